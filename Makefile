@@ -1,0 +1,48 @@
+# The two commands: `make demo` and `make test`. Each sets up what is missing first:
+# .venv from a CPython >= 3.12 with a shared libpython, the Python packages, the release
+# binary (rpath to libpython) and the kernelspec installed into .venv.
+
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+BIN := target/release/parakernel
+KERNELSPEC := $(VENV)/share/jupyter/kernels/parakernel/kernel.json
+
+.PHONY: demo test bench setup rust-test python-test browser clean-venv
+
+demo: setup
+	$(PY) tests/run_notebook.py notebooks/demo.ipynb
+
+test: setup browser
+	PYO3_PYTHON=$$(cat $(VENV)/.base-python) cargo test --release --locked
+	$(PY) -m pytest -v tests/python
+
+bench: setup
+	$(PY) bench/bench.py
+
+setup: $(KERNELSPEC)
+
+# The base interpreter is recorded so that cargo builds against the very Python the venv uses.
+$(VENV)/.base-python:
+	@base=$$(scripts/find-python.sh) && echo "using $$base" && \
+	  "$$base" -m venv $(VENV) && echo "$$base" > $@
+
+$(VENV)/.installed: requirements.txt $(VENV)/.base-python
+	$(PY) -m pip install -q -r requirements.txt
+	touch $@
+
+$(BIN): $(VENV)/.base-python Cargo.toml Cargo.lock build.rs $(shell find src -type f)
+	PYO3_PYTHON=$$(cat $(VENV)/.base-python) cargo build --release --locked
+
+$(KERNELSPEC): $(BIN) $(VENV)/.installed
+	$(BIN) install --sys-prefix --python $(PY)
+
+# JupyterLab tests drive Debian's Chromium; install it when it is missing.
+browser:
+	@command -v chromium >/dev/null || { \
+	  echo "installing Debian's chromium for the JupyterLab tests"; \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium; \
+	  else sudo apt-get update -qq && sudo apt-get install -y -qq chromium; fi; }
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,26 @@
+//! parakernel: a Jupyter kernel that runs Python cells on lanes (the main interpreter or
+//! own-GIL subinterpreters), each on its own thread.
+//!
+//! # Layout
+//!
+//! - [`wire`]: connection file, message envelope and typed request content, multipart framing,
+//!   HMAC-SHA256 signing and verification. Bytes in, typed messages out; no I/O.
+//! - [`transport`]: the five ZeroMQ sockets on tokio (shell, control, stdin, iopub, heartbeat).
+//!   Moves multipart frames; never looks inside them.
+//! - [`kernel`]: the meaning of each request: one dispatch table, busy/idle in one place, the
+//!   execution counter, per-lane queues, `stop_on_error`, stream coalescing, history, interrupt
+//!   and shutdown. Talks to Python only through the [`kernel::executor::Executor`] trait.
+//! - [`python`]: embeds CPython, runs the main lane on the process's main thread and answers
+//!   the executor contract. All FFI outside `native` lives here.
+//! - [`native`]: the `_parakernel` extension module every interpreter imports (multi-phase
+//!   init, per-interpreter GIL): stream writers, display publishing, `input()`.
+//! - [`install`]: writes the kernelspec.
+//!
+//! Arrows point one way: `wire <- transport <- kernel -> Executor <- python -> native`.
+
+pub mod install;
+pub mod kernel;
+pub mod native;
+pub mod python;
+pub mod transport;
+pub mod wire;

@@ -1,0 +1,1 @@
+//! The `_parakernel` extension module (multi-phase init, per-interpreter GIL).

@@ -1,0 +1,1 @@
+//! Embeds CPython and runs lanes. All FFI outside `native` lives here.

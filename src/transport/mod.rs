@@ -1,0 +1,1 @@
+//! The five ZeroMQ sockets on tokio. Moves frames; never looks inside them.

@@ -1,0 +1,1 @@
+//! Connection file, message envelope, framing and signing. No I/O.
