@@ -1,0 +1,210 @@
+//! Typed content of the requests the kernel answers, and the one table that maps each
+//! `msg_type` to its type.
+
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use super::WireError;
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ExecuteRequest {
+    pub code: String,
+    #[serde(default)]
+    pub silent: bool,
+    #[serde(default = "yes")]
+    pub store_history: bool,
+    #[serde(default)]
+    pub user_expressions: Map<String, Value>,
+    #[serde(default = "yes")]
+    pub allow_stdin: bool,
+    #[serde(default = "yes")]
+    pub stop_on_error: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct CompleteRequest {
+    pub code: String,
+    pub cursor_pos: Option<usize>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct InspectRequest {
+    pub code: String,
+    pub cursor_pos: Option<usize>,
+    #[serde(default)]
+    pub detail_level: u8,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct IsCompleteRequest {
+    pub code: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HistoryAccess {
+    Range,
+    Tail,
+    Search,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct HistoryRequest {
+    #[serde(default)]
+    pub output: bool,
+    #[serde(default)]
+    pub raw: bool,
+    pub hist_access_type: HistoryAccess,
+    #[serde(default)]
+    pub session: Option<i64>,
+    #[serde(default)]
+    pub start: Option<i64>,
+    #[serde(default)]
+    pub stop: Option<i64>,
+    #[serde(default)]
+    pub n: Option<usize>,
+    #[serde(default)]
+    pub pattern: Option<String>,
+    #[serde(default)]
+    pub unique: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct CommInfoRequest {
+    #[serde(default)]
+    pub target_name: Option<String>,
+}
+
+/// `comm_open`, `comm_msg` and `comm_close` all carry a comm id; the rest goes to the comm
+/// manager as it came.
+#[derive(Debug, Clone, Deserialize)]
+pub struct CommRequest {
+    pub comm_id: String,
+    #[serde(flatten)]
+    pub rest: Map<String, Value>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ShutdownRequest {
+    #[serde(default)]
+    pub restart: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct InputReply {
+    pub value: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Empty {}
+
+fn yes() -> bool {
+    true
+}
+
+/// One table: `msg_type` => variant(content). The enum, the parser and `msg_type()` are all
+/// generated from it, so they cannot drift apart.
+macro_rules! requests {
+    ($($msg_type:literal => $variant:ident($content:ty),)*) => {
+        /// A message the kernel understands, with typed content.
+        #[derive(Debug, Clone)]
+        pub enum Request {
+            $($variant($content),)*
+            /// A `msg_type` the kernel does not know.
+            Unknown(String),
+        }
+
+        impl Request {
+            /// Types the content of a message of type `msg_type`.
+            pub fn parse(msg_type: &str, content: &Value) -> Result<Self, WireError> {
+                let typed = match msg_type {
+                    $($msg_type => serde_json::from_value(content.clone()).map(Request::$variant),)*
+                    other => return Ok(Request::Unknown(other.to_owned())),
+                };
+                typed.map_err(|source| WireError::Content { msg_type: msg_type.to_owned(), source })
+            }
+
+            pub fn msg_type(&self) -> &str {
+                match self {
+                    $(Request::$variant(_) => $msg_type,)*
+                    Request::Unknown(msg_type) => msg_type,
+                }
+            }
+        }
+    };
+}
+
+requests! {
+    "kernel_info_request" => KernelInfo(Empty),
+    "execute_request" => Execute(ExecuteRequest),
+    "complete_request" => Complete(CompleteRequest),
+    "inspect_request" => Inspect(InspectRequest),
+    "is_complete_request" => IsComplete(IsCompleteRequest),
+    "history_request" => History(HistoryRequest),
+    "comm_info_request" => CommInfo(CommInfoRequest),
+    "comm_open" => CommOpen(CommRequest),
+    "comm_msg" => CommMsg(CommRequest),
+    "comm_close" => CommClose(CommRequest),
+    "shutdown_request" => Shutdown(ShutdownRequest),
+    "interrupt_request" => Interrupt(Empty),
+    "input_reply" => InputReply(InputReply),
+}
+
+/// The reply type owed for `msg_type`, if it is a request (`x_request` → `x_reply`).
+pub fn reply_type(msg_type: &str) -> Option<String> {
+    msg_type.strip_suffix("_request").map(|stem| format!("{stem}_reply"))
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn execute_request_defaults_follow_the_protocol() {
+        let Request::Execute(request) =
+            Request::parse("execute_request", &json!({"code": "1"})).unwrap()
+        else {
+            panic!("not an execute request")
+        };
+        assert!(!request.silent);
+        assert!(request.store_history);
+        assert!(request.allow_stdin);
+        assert!(request.stop_on_error);
+    }
+
+    #[test]
+    fn a_wrong_typed_field_is_an_error_that_names_the_message() {
+        let error = Request::parse("execute_request", &json!({"code": 5})).unwrap_err();
+        let text = error.to_string();
+        assert!(text.starts_with("execute_request content is not valid"), "{text}");
+        assert!(text.contains("expected a string"), "{text}");
+    }
+
+    #[test]
+    fn unknown_types_are_kept_by_name() {
+        let request = Request::parse("debug_request", &json!({})).unwrap();
+        assert!(matches!(&request, Request::Unknown(name) if name == "debug_request"));
+        assert_eq!(request.msg_type(), "debug_request");
+    }
+
+    #[test]
+    fn the_table_maps_both_ways() {
+        for msg_type in ["kernel_info_request", "comm_msg", "input_reply", "history_request"] {
+            let content = match msg_type {
+                "comm_msg" => json!({"comm_id": "c", "data": {}}),
+                "input_reply" => json!({"value": "x"}),
+                "history_request" => json!({"hist_access_type": "tail", "n": 3}),
+                _ => json!({}),
+            };
+            assert_eq!(Request::parse(msg_type, &content).unwrap().msg_type(), msg_type);
+        }
+    }
+
+    #[test]
+    fn reply_types() {
+        assert_eq!(reply_type("execute_request").as_deref(), Some("execute_reply"));
+        assert_eq!(reply_type("comm_msg"), None);
+    }
+}
