@@ -1,1 +1,145 @@
-fn main() {}
+//! The `parakernel` binary: `parakernel kernel -f CONNECTION_FILE` (what kernel.json starts) and
+//! `parakernel install`.
+//!
+//! Threads: the process's main thread runs the main lane (Python's signal handling needs it);
+//! the sockets and the kernel run on a tokio runtime in background threads, which block SIGINT
+//! so that a SIGINT sent to the process always reaches Python on the main thread.
+
+use std::io::Write;
+use std::os::fd::AsFd;
+use std::path::PathBuf;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use nix::sys::signal::{SigSet, Signal};
+use parakernel::kernel::{Kernel, KernelInfo};
+use parakernel::python::{self, PythonOptions};
+use parakernel::transport::{self, Endpoints};
+use parakernel::wire::{ConnectionInfo, Session, Signer};
+
+/// How long shutdown may take once the shutdown reply is sent, even with a lane stuck in C code.
+const SHUTDOWN_BOUND: Duration = Duration::from_secs(3);
+
+#[derive(Parser)]
+#[command(version, about = "A Jupyter kernel that runs Python cells in parallel lanes")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the kernel (started by a Jupyter client through kernel.json).
+    Kernel {
+        /// The connection file the client wrote.
+        #[arg(short = 'f', long = "connection-file")]
+        connection_file: PathBuf,
+        /// The Python environment to run (its `python`); default: the one built against.
+        #[arg(long)]
+        python: Option<PathBuf>,
+    },
+    /// Install the kernelspec.
+    Install(parakernel::install::InstallArgs),
+}
+
+fn main() {
+    init_logging();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Kernel { connection_file, python } => run_kernel(&connection_file, python),
+        Command::Install(args) => parakernel::install::install(&args).map(|directory| {
+            println!("Installed kernelspec {} in {}", args.name, directory.display());
+        }).map_err(anyhow::Error::from),
+    };
+    if let Err(error) = result {
+        tracing::error!("{error:#}");
+        eprintln!("parakernel: {error:#}");
+        std::process::exit(1);
+    }
+}
+
+/// Logs go to stderr (a duplicate of fd 2 taken now, so that redirecting fd 2 into cell output
+/// later never sends the kernel's own log into a notebook). The level comes from
+/// `PARAKERNEL_LOG` (e.g. `debug`, `parakernel=trace`); default `warn`.
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PARAKERNEL_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let stderr = std::io::stderr().as_fd().try_clone_to_owned().map(std::fs::File::from);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false);
+    match stderr {
+        Ok(file) => builder.with_writer(std::sync::Mutex::new(file)).init(),
+        Err(_) => builder.with_writer(std::io::stderr).init(),
+    }
+}
+
+fn run_kernel(connection_file: &std::path::Path, python: Option<PathBuf>) -> anyhow::Result<()> {
+    let connection = ConnectionInfo::from_file(connection_file)?;
+    let session = Session::new(Signer::new(connection.key.as_bytes()));
+    let endpoints = Endpoints {
+        transport: connection.transport.clone(),
+        ip: connection.ip.clone(),
+        shell_port: connection.shell_port,
+        control_port: connection.control_port,
+        stdin_port: connection.stdin_port,
+        iopub_port: connection.iopub_port,
+        hb_port: connection.hb_port,
+    };
+    let info = KernelInfo { language_info: python::language_info(), banner: python::banner() };
+    let (events_tx, events) = tokio::sync::mpsc::unbounded_channel();
+    let (executor, main_lane) = python::start(PythonOptions { python }, events_tx)?;
+
+    // Threads started while SIGINT is blocked inherit the mask.
+    let mut sigint = SigSet::empty();
+    sigint.add(Signal::SIGINT);
+    sigint.thread_block().context("cannot block SIGINT for the socket threads")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("parakernel-io")
+        .enable_all()
+        .build()
+        .context("cannot start the tokio runtime")?;
+    let (kernel_done, kernel_ended) = mpsc::channel::<anyhow::Result<()>>();
+    std::thread::Builder::new()
+        .name("parakernel-kernel".into())
+        .spawn(move || {
+            let result = runtime.block_on(async move {
+                let transport = transport::bind(&endpoints).await?;
+                let outgoing = transport.outgoing.clone();
+                Kernel::new(session, executor, outgoing, info).serve(transport, events).await;
+                Ok(())
+            });
+            // Dropping the runtime lets each socket task finish writing what it holds.
+            drop(runtime);
+            let failed = result.is_err();
+            let _ = kernel_done.send(result);
+            if !failed {
+                // The shutdown reply is out; a lane stuck in C code must not keep us alive.
+                std::thread::sleep(SHUTDOWN_BOUND);
+                tracing::warn!("a lane did not stop within {SHUTDOWN_BOUND:?} of shutdown; exiting");
+                let _ = std::io::stderr().flush();
+                std::process::exit(0);
+            }
+        })
+        .context("cannot start the kernel thread")?;
+    sigint.thread_unblock().context("cannot unblock SIGINT on the main thread")?;
+
+    let (failure_tx, failure_rx) = mpsc::channel();
+    // A kernel that could not bind its sockets ends the process even while Python starts.
+    std::thread::spawn(move || {
+        if let Ok(result) = kernel_ended.recv() {
+            if let Err(error) = &result {
+                tracing::error!("{error:#}");
+                eprintln!("parakernel: {error:#}");
+                std::process::exit(1);
+            }
+            let _ = failure_tx.send(());
+        }
+    });
+    main_lane.run()?;
+    // The main lane ends after the executor's shutdown; wait (bounded) for the kernel to send
+    // its last messages.
+    let _ = failure_rx.recv_timeout(SHUTDOWN_BOUND);
+    std::process::exit(0);
+}

@@ -1,4 +1,481 @@
-//! What each request means: dispatch, busy/idle, counters, lane queues. Never touches sockets or
-//! Python directly.
+//! What each request means: one dispatch table, busy/idle published in one place, the
+//! kernel-wide execution counter, per-lane queues with `stop_on_error`, stream coalescing,
+//! history, input routing, interrupt and shutdown. Never touches sockets or Python: frames come
+//! and go through [`Transport`]'s queues, and Python runs behind [`Executor`].
 
 pub mod executor;
+mod history;
+mod streams;
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::Instant;
+
+use bytes::Bytes;
+use serde_json::{json, Map, Value};
+use tokio::sync::mpsc::UnboundedReceiver;
+use tracing::{debug, error, info, warn};
+
+use crate::transport::{Channel, Incoming, Outgoing, Transport};
+use crate::wire::{reply_type, Header, Message, Request, Session, Verifier};
+use executor::{Event, ExecuteJob, Executor, InterruptTarget, Job, Lane, Query, RequestId};
+use history::History;
+use streams::{Flushed, StreamBuffer};
+
+/// What `kernel_info_reply` says about the language; known before Python starts.
+#[derive(Debug, Clone)]
+pub struct KernelInfo {
+    pub language_info: Value,
+    pub banner: String,
+}
+
+/// How many finished requests keep their header, so that output written later by threads a cell
+/// started is still parented to that cell.
+const REMEMBERED_FINISHED: usize = 1024;
+
+/// How long the last messages may take to leave once the kernel stops serving.
+const FLUSH_BOUND: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// A request between its `busy` and its `idle`.
+#[derive(Debug)]
+struct InFlight {
+    message: Message,
+    channel: Channel,
+    lane: Option<Lane>,
+    stop_on_error: bool,
+    execution_count: u64,
+}
+
+#[derive(Debug, Default)]
+struct LaneQueue {
+    running: Option<RequestId>,
+    waiting: VecDeque<Job>,
+}
+
+/// The kernel's state; one task owns it, so nothing here is shared.
+pub struct Kernel<E: Executor> {
+    session: Session,
+    verifier: Verifier,
+    executor: E,
+    outgoing: tokio::sync::mpsc::UnboundedSender<Outgoing>,
+    info: KernelInfo,
+    next_request: RequestId,
+    in_flight: BTreeMap<RequestId, InFlight>,
+    finished: HashMap<RequestId, Header>,
+    finished_order: VecDeque<RequestId>,
+    lanes: HashMap<Lane, LaneQueue>,
+    execution_count: u64,
+    streams: StreamBuffer,
+    history: History,
+    /// `input_request`s sent and not yet answered: (its msg_id, the lane that waits).
+    awaiting_input: VecDeque<(String, Lane)>,
+    shutting_down: bool,
+}
+
+impl<E: Executor> Kernel<E> {
+    pub fn new(session: Session, executor: E, outgoing: tokio::sync::mpsc::UnboundedSender<Outgoing>, info: KernelInfo) -> Self {
+        Self {
+            verifier: Verifier::new(session.signer.clone()),
+            session,
+            executor,
+            outgoing,
+            info,
+            next_request: 1,
+            in_flight: BTreeMap::new(),
+            finished: HashMap::new(),
+            finished_order: VecDeque::new(),
+            lanes: HashMap::new(),
+            execution_count: 0,
+            streams: StreamBuffer::default(),
+            history: History::default(),
+            awaiting_input: VecDeque::new(),
+            shutting_down: false,
+        }
+    }
+
+    /// Serves until a `shutdown_request` has been answered, or the transport is gone. Control is
+    /// read before everything else, so `kernel_info` and `interrupt` never wait behind cells.
+    pub async fn serve(mut self, mut transport: Transport, mut events: UnboundedReceiver<Event>) {
+        self.publish_status("starting", None);
+        let mut events_open = true;
+        while !self.shutting_down {
+            let deadline = self.streams.deadline();
+            tokio::select! {
+                biased;
+                Some(incoming) = transport.control.recv() => self.on_incoming(incoming),
+                event = events.recv(), if events_open => match event {
+                    Some(event) => self.on_event(event),
+                    None => {
+                        error!("the Python side has gone away; only kernel_info and shutdown are answered now");
+                        events_open = false;
+                    }
+                },
+                () = sleep_until(deadline), if deadline.is_some() => self.flush_streams(),
+                Some(incoming) = transport.shell.recv() => self.on_incoming(incoming),
+                Some(incoming) = transport.stdin.recv() => self.on_incoming(incoming),
+                Some(topic) = transport.subscriptions.recv() => self.welcome(topic),
+                else => break,
+            }
+        }
+        self.flush_streams();
+        // A client that stopped reading must not hold the process: the flush is bounded.
+        if tokio::time::timeout(FLUSH_BOUND, transport.flush()).await.is_err() {
+            warn!("outgoing messages were not all written within {FLUSH_BOUND:?}");
+        }
+    }
+
+    fn on_incoming(&mut self, incoming: Incoming) {
+        let Incoming { channel, frames } = incoming;
+        let message = match Message::decode(frames, &mut self.verifier) {
+            Ok(message) => message,
+            Err(error) => {
+                warn!(?channel, %error, "dropped a message");
+                return;
+            }
+        };
+        debug!(?channel, msg_type = message.msg_type(), "received");
+        if channel == Channel::Stdin {
+            self.on_stdin(&message);
+            return;
+        }
+        let request = match Request::parse(message.msg_type(), &message.content) {
+            Ok(request) => request,
+            Err(error) => {
+                warn!(?channel, %error, "refused a request");
+                let id = self.begin(message, channel);
+                let reply = error_content("BadRequest", &error.to_string());
+                self.finish(id, Some(reply));
+                return;
+            }
+        };
+        let id = self.begin(message, channel);
+        self.dispatch(id, request);
+    }
+
+    /// The one dispatch table: what each request does.
+    fn dispatch(&mut self, id: RequestId, request: Request) {
+        match request {
+            Request::KernelInfo(_) => {
+                let reply = self.kernel_info();
+                self.finish(id, Some(reply));
+            }
+            Request::Execute(execute) => {
+                let counted = !execute.silent && execute.store_history;
+                if counted {
+                    self.execution_count += 1;
+                    self.history.record(self.execution_count, &execute.code);
+                }
+                let flight = self.in_flight.get_mut(&id).expect("begun above");
+                flight.stop_on_error = execute.stop_on_error;
+                flight.execution_count = self.execution_count;
+                let job = Job::Execute(ExecuteJob {
+                    request: id,
+                    code: execute.code,
+                    silent: execute.silent,
+                    store_history: execute.store_history,
+                    user_expressions: execute.user_expressions,
+                    allow_stdin: execute.allow_stdin,
+                    execution_count: self.execution_count,
+                });
+                self.enqueue(Lane::Main, job);
+            }
+            Request::Complete(complete) => {
+                let cursor_pos = complete.cursor_pos.unwrap_or_else(|| complete.code.chars().count());
+                self.query(id, Query::Complete { code: complete.code, cursor_pos });
+            }
+            Request::Inspect(inspect) => {
+                let cursor_pos = inspect.cursor_pos.unwrap_or_else(|| inspect.code.chars().count());
+                let detail_level = inspect.detail_level;
+                self.query(id, Query::Inspect { code: inspect.code, cursor_pos, detail_level });
+            }
+            Request::IsComplete(is_complete) => self.query(id, Query::IsComplete { code: is_complete.code }),
+            Request::CommInfo(comm_info) => self.query(id, Query::CommInfo { target_name: comm_info.target_name }),
+            Request::History(history) => {
+                let reply = self.history.reply(&history);
+                self.finish(id, Some(reply));
+            }
+            Request::CommOpen(_) | Request::CommMsg(_) | Request::CommClose(_) => {
+                let flight = &self.in_flight[&id];
+                let job = Job::Comm {
+                    request: id,
+                    msg_type: flight.message.msg_type().to_owned(),
+                    content: flight.message.content.clone(),
+                };
+                self.enqueue(Lane::Main, job);
+            }
+            Request::Interrupt(_) => {
+                self.executor.interrupt(&InterruptTarget::All);
+                self.finish(id, Some(json!({"status": "ok"})));
+            }
+            Request::Shutdown(shutdown) => {
+                info!(restart = shutdown.restart, "shutting down");
+                self.executor.shutdown();
+                self.finish(id, Some(json!({"status": "ok", "restart": shutdown.restart})));
+                self.shutting_down = true;
+            }
+            Request::InputReply(_) => {
+                warn!("input_reply arrived on a channel other than stdin; ignored");
+                self.finish(id, None);
+            }
+            Request::Unknown(msg_type) => {
+                warn!(msg_type, "unknown message type");
+                let reply = reply_type(&msg_type).map(|_| {
+                    error_content("UnknownMessageType", &format!("parakernel does not handle {msg_type}"))
+                });
+                self.finish(id, reply);
+            }
+        }
+    }
+
+    fn kernel_info(&self) -> Value {
+        json!({
+            "status": "ok",
+            "protocol_version": crate::wire::PROTOCOL_VERSION,
+            "implementation": "parakernel",
+            "implementation_version": env!("CARGO_PKG_VERSION"),
+            "language_info": self.info.language_info,
+            "banner": self.info.banner,
+            "help_links": [
+                {"text": "Python Reference", "url": "https://docs.python.org/3/"},
+                {"text": "IPython Reference", "url": "https://ipython.readthedocs.io/en/stable/"},
+            ],
+            "debugger": false,
+            "supported_features": [],
+        })
+    }
+
+    fn query(&mut self, id: RequestId, query: Query) {
+        self.in_flight.get_mut(&id).expect("begun").lane = Some(Lane::Main);
+        self.executor.query(&Lane::Main, id, query);
+    }
+
+    /// Queues `job` behind its lane's running job; the lane gets it when it is free.
+    fn enqueue(&mut self, lane: Lane, job: Job) {
+        self.in_flight.get_mut(&job.request()).expect("begun").lane = Some(lane.clone());
+        self.lanes.entry(lane.clone()).or_default().waiting.push_back(job);
+        self.start_next(&lane);
+    }
+
+    fn start_next(&mut self, lane: &Lane) {
+        let queue = self.lanes.entry(lane.clone()).or_default();
+        if queue.running.is_some() {
+            return;
+        }
+        let Some(job) = queue.waiting.pop_front() else {
+            return;
+        };
+        queue.running = Some(job.request());
+        if let Job::Execute(execute) = &job {
+            if !execute.silent {
+                let content = json!({"code": execute.code, "execution_count": execute.execution_count});
+                self.publish(execute.request, "execute_input", content);
+            }
+        }
+        self.executor.run(lane, job);
+    }
+
+    fn on_event(&mut self, event: Event) {
+        match event {
+            Event::Stream { request, name, text } => {
+                for ready in self.streams.push(request, name, &text, Instant::now()) {
+                    self.publish_stream(ready);
+                }
+            }
+            Event::Publish { request, msg_type, content, metadata, buffers } => {
+                self.flush_streams();
+                if msg_type == "execute_result" {
+                    self.record_result(request, &content);
+                }
+                let parent = request.and_then(|id| self.header_of(id)).cloned();
+                let mut message = self.iopub_message(&msg_type, content, parent.as_ref());
+                message.metadata = metadata;
+                message.buffers = buffers.into_iter().map(Bytes::from).collect();
+                self.send(Channel::Iopub, &message);
+            }
+            Event::InputRequest { request, prompt, password } => {
+                self.flush_streams();
+                let Some(flight) = self.in_flight.get(&request) else {
+                    warn!(request, "input requested by a request that is not running");
+                    return;
+                };
+                let lane = flight.lane.clone().unwrap_or(Lane::Main);
+                let message = self.session.reply(
+                    &flight.message,
+                    "input_request",
+                    json!({"prompt": prompt, "password": password}),
+                );
+                self.awaiting_input.push_back((message.header.msg_id.clone(), lane));
+                self.send(Channel::Stdin, &message);
+            }
+            Event::Finished { request, reply } => self.on_finished(request, reply),
+            Event::Answered { request, reply } => self.finish(request, Some(reply)),
+        }
+    }
+
+    fn on_finished(&mut self, id: RequestId, reply: Option<Value>) {
+        let Some(lane) = self.in_flight.get(&id).and_then(|flight| flight.lane.clone()) else {
+            warn!(id, "a lane finished a request the kernel does not know");
+            return;
+        };
+        let failed = reply.as_ref().is_some_and(|reply| reply["status"] == "error");
+        let abort = failed && self.in_flight[&id].stop_on_error;
+        if let Some(queue) = self.lanes.get_mut(&lane) {
+            if queue.running == Some(id) {
+                queue.running = None;
+            }
+        }
+        self.finish(id, reply);
+        if abort {
+            self.abort_queued(&lane);
+        }
+        self.start_next(&lane);
+    }
+
+    /// `stop_on_error`: the cells queued behind a failed one in the same lane are answered
+    /// `aborted` without running; other lanes and non-execute jobs go on.
+    fn abort_queued(&mut self, lane: &Lane) {
+        let Some(queue) = self.lanes.get_mut(lane) else {
+            return;
+        };
+        let (aborted, kept): (Vec<Job>, Vec<Job>) =
+            queue.waiting.drain(..).partition(|job| matches!(job, Job::Execute(_)));
+        queue.waiting.extend(kept);
+        for job in aborted {
+            let count = self.in_flight.get(&job.request()).map_or(0, |flight| flight.execution_count);
+            let reply = json!({"status": "aborted", "execution_count": count, "user_expressions": {}, "payload": []});
+            self.finish(job.request(), Some(reply));
+        }
+    }
+
+    fn on_stdin(&mut self, message: &Message) {
+        let Ok(Request::InputReply(reply)) = Request::parse(message.msg_type(), &message.content) else {
+            warn!(msg_type = message.msg_type(), "unexpected message on stdin; dropped");
+            return;
+        };
+        let parent = message.parent_header.as_ref().map(|header| header.msg_id.as_str());
+        let position = self
+            .awaiting_input
+            .iter()
+            .position(|(msg_id, _)| Some(msg_id.as_str()) == parent)
+            .or(if self.awaiting_input.is_empty() { None } else { Some(0) });
+        match position.and_then(|position| self.awaiting_input.remove(position)) {
+            Some((_, lane)) => self.executor.input_reply(&lane, reply.value),
+            None => warn!("input_reply with no input_request waiting; dropped"),
+        }
+    }
+
+    /// Registers a request and publishes its `busy`.
+    fn begin(&mut self, message: Message, channel: Channel) -> RequestId {
+        let id = self.next_request;
+        self.next_request += 1;
+        self.publish_status("busy", Some(&message.header));
+        self.in_flight
+            .insert(id, InFlight { message, channel, lane: None, stop_on_error: false, execution_count: 0 });
+        id
+    }
+
+    /// Sends the reply (if one is owed) and the `idle` of a request, after all of its output.
+    /// While other requests still run, a `busy` parented to one of them follows, so a client's
+    /// indicator (which shows the last status) reads busy until the last request is done.
+    fn finish(&mut self, id: RequestId, reply: Option<Value>) {
+        self.flush_streams();
+        let Some(flight) = self.in_flight.remove(&id) else {
+            warn!(id, "finished a request twice");
+            return;
+        };
+        if let (Some(content), Some(reply_type)) = (reply, reply_type(flight.message.msg_type())) {
+            let message = self.session.reply(&flight.message, &reply_type, content);
+            self.send(flight.channel, &message);
+        }
+        self.publish_status("idle", Some(&flight.message.header));
+        if let Some(still_running) = self.in_flight.values().next() {
+            let header = still_running.message.header.clone();
+            self.publish_status("busy", Some(&header));
+        }
+        self.remember_finished(id, flight.message.header);
+    }
+
+    fn remember_finished(&mut self, id: RequestId, header: Header) {
+        self.finished.insert(id, header);
+        self.finished_order.push_back(id);
+        if self.finished_order.len() > REMEMBERED_FINISHED {
+            if let Some(oldest) = self.finished_order.pop_front() {
+                self.finished.remove(&oldest);
+            }
+        }
+    }
+
+    fn header_of(&self, id: RequestId) -> Option<&Header> {
+        self.in_flight.get(&id).map(|flight| &flight.message.header).or_else(|| self.finished.get(&id))
+    }
+
+    fn record_result(&mut self, request: Option<RequestId>, content: &Value) {
+        let (Some(count), Some(text)) = (content["execution_count"].as_u64(), content["data"]["text/plain"].as_str())
+        else {
+            return;
+        };
+        if request.is_some() {
+            self.history.record_output(count, text);
+        }
+    }
+
+    fn welcome(&mut self, topic: Bytes) {
+        let content = json!({"subscription": String::from_utf8_lossy(&topic)});
+        let mut message = self.iopub_message("iopub_welcome", content, None);
+        message.identities = if topic.is_empty() { Vec::new() } else { vec![topic] };
+        self.send(Channel::Iopub, &message);
+    }
+
+    fn flush_streams(&mut self) {
+        if let Some(ready) = self.streams.take() {
+            self.publish_stream(ready);
+        }
+    }
+
+    fn publish_stream(&mut self, flushed: Flushed) {
+        let Flushed { request, name, text } = flushed;
+        let parent = request.and_then(|id| self.header_of(id)).cloned();
+        let message = self.iopub_message("stream", json!({"name": name.as_str(), "text": text}), parent.as_ref());
+        self.send(Channel::Iopub, &message);
+    }
+
+    fn publish(&mut self, request: RequestId, msg_type: &str, content: Value) {
+        let parent = self.header_of(request).cloned();
+        let message = self.iopub_message(msg_type, content, parent.as_ref());
+        self.send(Channel::Iopub, &message);
+    }
+
+    fn publish_status(&mut self, state: &str, parent: Option<&Header>) {
+        let message = self.iopub_message("status", json!({"execution_state": state}), parent);
+        self.send(Channel::Iopub, &message);
+    }
+
+    fn iopub_message(&self, msg_type: &str, content: Value, parent: Option<&Header>) -> Message {
+        let topic = Bytes::from(format!("kernel.{}.{msg_type}", self.session.id));
+        self.session.message(msg_type, content, parent, vec![topic])
+    }
+
+    fn send(&self, channel: Channel, message: &Message) {
+        let frames = message.encode(&self.session.signer);
+        if self.outgoing.send(Outgoing { channel, frames }).is_err() {
+            debug!(?channel, "transport closed; message not sent");
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    if let Some(deadline) = deadline {
+        tokio::time::sleep_until(deadline.into()).await;
+    }
+}
+
+fn error_content(ename: &str, evalue: &str) -> Value {
+    let mut content = Map::new();
+    content.insert("status".into(), json!("error"));
+    content.insert("ename".into(), json!(ename));
+    content.insert("evalue".into(), json!(evalue));
+    content.insert("traceback".into(), json!([format!("{ename}: {evalue}")]));
+    Value::Object(content)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,1 +1,398 @@
-//! Embeds CPython and runs lanes. All FFI outside `native` lives here.
+//! Embeds CPython and runs lanes; answers the [`Executor`] contract. All FFI outside `native`
+//! lives here. Never blocks the tokio runtime: every executor method only hands work to a lane
+//! thread.
+//!
+//! Threads: the main lane runs on the process's main thread ([`MainLane::run`]), so that SIGINT
+//! and `signal` work in cells as under ipykernel. Queries (completion, inspection, ...) are
+//! answered by a second thread with its own thread state of the main interpreter, which gets the
+//! GIL between the bytecodes of a busy cell.
+
+mod embed;
+mod ffi;
+mod lane;
+
+use std::path::PathBuf;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tokio::sync::mpsc::UnboundedSender;
+
+pub use ffi::PythonException;
+
+use crate::kernel::executor::{Event, Executor, InterruptTarget, Job, Lane, Query, RequestId};
+use crate::native::{self, LaneState};
+use ffi::{Gil, InterpreterHandle, ThreadState};
+use lane::LaneRuntime;
+
+/// How long shutdown waits for the threads cells started, and for the query thread, before it
+/// gives up on finalizing Python (the process then exits without `Py_FinalizeEx`).
+const STOP_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How to start Python.
+#[derive(Debug, Clone, Default)]
+pub struct PythonOptions {
+    /// The environment's `python` executable from the kernelspec (`--python`); `None` runs the
+    /// interpreter parakernel was built against, without a virtual environment.
+    pub python: Option<PathBuf>,
+}
+
+#[derive(thiserror::Error, Debug)]
+pub enum PythonError {
+    #[error("cannot use the Python at {}", path.display())]
+    Executable {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot tell the version of the Python at {}: {detail}", path.display())]
+    VersionUnknown { path: PathBuf, detail: String },
+    #[error(
+        "{} is Python {found}, but parakernel embeds Python {embedded}: create the environment \
+         with Python {embedded}, or rebuild parakernel against this Python (PYO3_PYTHON)",
+        path.display()
+    )]
+    VersionMismatch { path: PathBuf, found: String, embedded: String },
+    #[error("MainLane::run must be called on the process's main thread (SIGINT is delivered there)")]
+    NotMainThread,
+    #[error("initializing Python failed: {0}")]
+    Initialize(String),
+    #[error(
+        "Python started from {} runs in {} instead of its environment {}",
+        python.display(), found.display(), expected.display()
+    )]
+    WrongEnvironment { python: PathBuf, expected: PathBuf, found: PathBuf },
+    #[error("setting up the main lane failed: {context}")]
+    Setup {
+        context: &'static str,
+        #[source]
+        exception: PythonException,
+    },
+}
+
+/// `language_info` for `kernel_info_reply`; needs no running Python.
+pub fn language_info() -> Value {
+    json!({
+        "name": "python",
+        "version": embed::version(),
+        "mimetype": "text/x-python",
+        "codemirror_mode": { "name": "ipython", "version": 3 },
+        "pygments_lexer": "ipython3",
+        "nbconvert_exporter": "python",
+        "file_extension": ".py",
+    })
+}
+
+/// The banner for `kernel_info_reply`; needs no running Python.
+pub fn banner() -> String {
+    format!(
+        "Python {}\nType 'copyright', 'credits' or 'license' for more information\n\
+         IPython -- An enhanced Interactive Python. Type '?' for help.\n\
+         parakernel {} -- cells run in lanes; tag a cell `lane:NAME` or start it with %%lane NAME.\n",
+        embed::full_version(),
+        env!("CARGO_PKG_VERSION"),
+    )
+}
+
+/// Checks `options` and prepares the main lane. The returned [`MainLane`] must be run on the
+/// process's main thread; the executor may be used at once (work waits until Python is ready).
+pub fn start(options: PythonOptions, events: UnboundedSender<Event>) -> Result<(PythonExecutor, MainLane), PythonError> {
+    // Format the version strings now, before any interpreter exists (see `embed::versions`).
+    let _ = (embed::version(), embed::full_version());
+    if let Some(python) = &options.python {
+        embed::check_version(python)?;
+    }
+    let (commands, command_inbox) = mpsc::channel();
+    let (queries, query_inbox) = mpsc::channel();
+    let state = Arc::new(LaneState::new(events.clone()));
+    let control = Arc::new(MainControl::default());
+    let executor = PythonExecutor {
+        commands,
+        queries: queries.clone(),
+        state: Arc::clone(&state),
+        control: Arc::clone(&control),
+        events,
+    };
+    let main_lane = MainLane { options, command_inbox, query_inbox, queries, state, control };
+    Ok((executor, main_lane))
+}
+
+enum Command {
+    Run(Job),
+    Shutdown,
+}
+
+enum QueryCommand {
+    Answer(RequestId, Query),
+    Stop,
+}
+
+/// Whether the main thread runs a job, and which thread that is: an interrupt sends SIGINT to
+/// that thread only while a job runs.
+#[derive(Default)]
+struct MainControl {
+    inner: Mutex<MainSignal>,
+}
+
+#[derive(Default)]
+struct MainSignal {
+    thread: Option<libc::pthread_t>,
+    running: bool,
+}
+
+impl MainControl {
+    fn lock(&self) -> std::sync::MutexGuard<'_, MainSignal> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Marks a job as running, after clearing a SIGINT left over from the previous one (an
+    /// interrupt that raced with its end), so it cannot hit this job.
+    fn begin(&self, _gil: Gil<'_>) {
+        let mut signal = self.lock();
+        // SAFETY: a system call returns with every pending unblocked signal of this thread
+        // handled; `set` is a valid sigset_t. After it, a SIGINT sent while the previous job ran
+        // has tripped CPython's flag, which PyOS_InterruptOccurred clears (it needs the main
+        // thread of the main interpreter attached: the token and `run` make sure of both).
+        unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigpending(&raw mut set);
+            pyo3_ffi::PyOS_InterruptOccurred();
+        }
+        signal.running = true;
+    }
+
+    fn end(&self) {
+        self.lock().running = false;
+    }
+
+    /// Sends SIGINT to the main thread if it runs a job. Returns whether it did.
+    fn interrupt(&self) -> bool {
+        let signal = self.lock();
+        match (signal.running, signal.thread) {
+            (true, Some(thread)) => {
+                // SAFETY: `thread` is the process's main thread, alive while the process is; the
+                // lock keeps `running` true, so the signal lands in a running job.
+                unsafe { libc::pthread_kill(thread, libc::SIGINT) == 0 }
+            }
+            _ => false,
+        }
+    }
+}
+
+/// The executor handed to the kernel. Every method returns at once.
+pub struct PythonExecutor {
+    commands: Sender<Command>,
+    queries: Sender<QueryCommand>,
+    state: Arc<LaneState>,
+    control: Arc<MainControl>,
+    events: UnboundedSender<Event>,
+}
+
+impl std::fmt::Debug for PythonExecutor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PythonExecutor").finish_non_exhaustive()
+    }
+}
+
+impl Executor for PythonExecutor {
+    fn run(&mut self, lane: &Lane, job: Job) {
+        match lane {
+            Lane::Main => {
+                if let Err(mpsc::SendError(Command::Run(job))) = self.commands.send(Command::Run(job)) {
+                    let reply = matches!(job, Job::Execute(_)).then(|| lane_gone_reply(&job));
+                    let _ = self.events.send(Event::Finished { request: job.request(), reply });
+                }
+            }
+        }
+    }
+
+    fn query(&mut self, lane: &Lane, request: RequestId, query: Query) {
+        match lane {
+            Lane::Main => {
+                if self.queries.send(QueryCommand::Answer(request, query)).is_err() {
+                    let reply = json!({
+                        "status": "error", "ename": "RuntimeError",
+                        "evalue": "the main lane has stopped", "traceback": [],
+                    });
+                    let _ = self.events.send(Event::Answered { request, reply });
+                }
+            }
+        }
+    }
+
+    fn input_reply(&mut self, lane: &Lane, value: String) {
+        match lane {
+            Lane::Main => {
+                if !self.state.reply_input(value) {
+                    tracing::warn!("input_reply for the main lane, which is not waiting for input: dropped");
+                }
+            }
+        }
+    }
+
+    fn interrupt(&mut self, target: &InterruptTarget) {
+        match target {
+            InterruptTarget::All => {
+                // Signal first: a woken input() then finds SIGINT tripped and raises once.
+                let signalled = self.control.interrupt();
+                let woken = self.state.interrupt_input();
+                tracing::debug!(signalled, woken, "interrupt of the main lane");
+            }
+        }
+    }
+
+    fn shutdown(&mut self) {
+        self.interrupt(&InterruptTarget::All);
+        let _ = self.commands.send(Command::Shutdown);
+    }
+}
+
+fn lane_gone_reply(job: &Job) -> Value {
+    let execution_count = match job {
+        Job::Execute(job) => job.execution_count,
+        Job::Comm { .. } => 0,
+    };
+    let evalue = "the main lane has stopped; restart the kernel";
+    json!({
+        "status": "error", "execution_count": execution_count, "ename": "RuntimeError",
+        "evalue": evalue, "traceback": [format!("RuntimeError: {evalue}")],
+        "user_expressions": {}, "payload": [],
+    })
+}
+
+/// The main lane, to be run on the process's main thread.
+pub struct MainLane {
+    options: PythonOptions,
+    command_inbox: Receiver<Command>,
+    query_inbox: Receiver<QueryCommand>,
+    queries: Sender<QueryCommand>,
+    state: Arc<LaneState>,
+    control: Arc<MainControl>,
+}
+
+impl std::fmt::Debug for MainLane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MainLane").field("options", &self.options).finish_non_exhaustive()
+    }
+}
+
+impl MainLane {
+    /// Initializes CPython, loads the shell, serves jobs until [`Executor::shutdown`] (or until
+    /// the executor is dropped), then finalizes Python and returns. Must run on the process's
+    /// main thread.
+    pub fn run(self) -> Result<(), PythonError> {
+        // SAFETY: getpid and gettid only read the calling process's and thread's ids.
+        let on_main_thread = unsafe { i64::from(libc::getpid()) == libc::syscall(libc::SYS_gettid) };
+        if !on_main_thread {
+            return Err(PythonError::NotMainThread);
+        }
+        // SAFETY: pthread_self only names the calling thread.
+        self.control.lock().thread = Some(unsafe { libc::pthread_self() });
+        let started = std::time::Instant::now();
+        embed::initialize(self.options.python.as_deref())?;
+        // SAFETY: Py_InitializeFromConfig returned with this thread's (the main) thread state
+        // attached; it stays attached for the rest of `run` except inside `Gil::detach`.
+        let gil = unsafe { Gil::assume() };
+        let state = Arc::clone(&self.state);
+        let (result, finalize) = self.serve(gil, started);
+        if finalize {
+            if !embed::finalize(gil) {
+                tracing::warn!("Py_FinalizeEx reported an error");
+            }
+        } else {
+            tracing::warn!("threads started by cells are still running: exiting without finalizing Python");
+        }
+        // Output written while Python finalized (atexit handlers, __del__).
+        state.flush();
+        result
+    }
+
+    /// Returns the outcome and whether Python can be finalized without waiting for a thread
+    /// that may never end.
+    fn serve(self, gil: Gil<'_>, started: std::time::Instant) -> (Result<(), PythonError>, bool) {
+        if let Err(error) = embed::after_initialize(gil, self.options.python.as_deref()) {
+            return (Err(error), true);
+        }
+        let runtime = match LaneRuntime::start(gil, Arc::clone(&self.state), true) {
+            Ok(runtime) => runtime,
+            Err(error) => return (Err(error), true),
+        };
+        tracing::info!(elapsed = ?started.elapsed(), "main lane ready");
+        let (query_thread, query_done) = spawn_query_thread(InterpreterHandle::main(gil), self.query_inbox, Arc::clone(&self.state));
+
+        let mut commands = self.command_inbox;
+        loop {
+            // The inbox moves into the detached closure and back: a `&Receiver` is not `Send`.
+            let (command, inbox) = gil.detach(move || (commands.recv(), commands));
+            commands = inbox;
+            match command {
+                Ok(Command::Run(job)) => run_job(&runtime, &self.state, &self.control, gil, job),
+                Ok(Command::Shutdown) | Err(_) => break,
+            }
+        }
+
+        let _ = self.queries.send(QueryCommand::Stop);
+        let query_stopped = gil.detach(move || match query_done.recv_timeout(STOP_TIMEOUT) {
+            Ok(()) | Err(RecvTimeoutError::Disconnected) => true,
+            Err(RecvTimeoutError::Timeout) => false,
+        });
+        if query_stopped {
+            let _ = query_thread.join();
+        } else {
+            tracing::warn!("the query thread did not stop in time");
+        }
+        let threads_done = runtime.stop(STOP_TIMEOUT.as_secs_f64());
+        drop(runtime);
+        (Ok(()), query_stopped && threads_done)
+    }
+
+}
+
+fn run_job(runtime: &LaneRuntime<'_>, state: &LaneState, control: &MainControl, gil: Gil<'_>, job: Job) {
+    let request = job.request();
+    state.set_request(request);
+    let reply = match &job {
+        Job::Execute(execute) => {
+            state.set_allow_stdin(execute.allow_stdin);
+            control.begin(gil);
+            let reply = runtime.execute(execute);
+            control.end();
+            state.set_allow_stdin(false);
+            Some(reply)
+        }
+        Job::Comm { msg_type, content, .. } => {
+            control.begin(gil);
+            runtime.comm(msg_type, content);
+            control.end();
+            None
+        }
+    };
+    state.send(Event::Finished { request, reply });
+}
+
+/// Starts the thread that answers queries with its own thread state of the main interpreter.
+/// The returned receiver reports when that thread state is deleted.
+fn spawn_query_thread(
+    interpreter: InterpreterHandle,
+    inbox: Receiver<QueryCommand>,
+    state: Arc<LaneState>,
+) -> (JoinHandle<()>, Receiver<()>) {
+    let (done, done_inbox) = mpsc::channel();
+    let thread = native::spawn_without_sigint("parakernel-query", move || {
+        // SAFETY: the main interpreter lives until `run` finalizes it, which happens only after
+        // this thread reported (through `done`) that its thread state is deleted.
+        let Some(thread_state) = (unsafe { ThreadState::new(interpreter) }) else {
+            tracing::error!("could not create a thread state for queries");
+            return;
+        };
+        while let Ok(QueryCommand::Answer(request, query)) = inbox.recv() {
+            let reply = thread_state.with(|gil| lane::answer(gil, &query));
+            state.send(Event::Answered { request, reply });
+        }
+        thread_state.delete();
+        let _ = done.send(());
+    });
+    (thread, done_inbox)
+}

@@ -1,0 +1,374 @@
+//! The kernel's logic against a mock executor and unbound transport queues: no sockets, no
+//! Python. Each test waits on real messages; nothing is timed.
+
+use serde_json::{json, Value};
+use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
+
+use super::executor::{Event, Executor, InterruptTarget, Job, Lane, Query, RequestId, StreamName};
+use super::{Kernel, KernelInfo};
+use crate::transport::{Channel, Incoming, Peer, Transport};
+use crate::wire::{Message, Session, Signer, Verifier};
+
+#[derive(Debug)]
+enum Call {
+    Run(Job),
+    Query(RequestId, Query),
+    InputReply(String),
+    Interrupt,
+    Shutdown,
+}
+
+struct MockExecutor(UnboundedSender<Call>);
+
+impl Executor for MockExecutor {
+    fn run(&mut self, _lane: &Lane, job: Job) {
+        self.0.send(Call::Run(job)).unwrap();
+    }
+    fn query(&mut self, _lane: &Lane, request: RequestId, query: Query) {
+        self.0.send(Call::Query(request, query)).unwrap();
+    }
+    fn input_reply(&mut self, _lane: &Lane, value: String) {
+        self.0.send(Call::InputReply(value)).unwrap();
+    }
+    fn interrupt(&mut self, target: &InterruptTarget) {
+        assert_eq!(target, &InterruptTarget::All);
+        self.0.send(Call::Interrupt).unwrap();
+    }
+    fn shutdown(&mut self) {
+        self.0.send(Call::Shutdown).unwrap();
+    }
+}
+
+const KEY: &[u8] = b"test-key";
+
+/// A client talking to a kernel that runs on its own task.
+struct Harness {
+    peer: Peer,
+    calls: UnboundedReceiver<Call>,
+    events: UnboundedSender<Event>,
+    client: Session,
+    verifier: Verifier,
+    kernel: tokio::task::JoinHandle<()>,
+}
+
+impl Harness {
+    async fn start() -> Self {
+        let (transport, peer) = Transport::unbound();
+        let (calls_tx, calls) = mpsc::unbounded_channel();
+        let (events, events_rx) = mpsc::unbounded_channel();
+        let info = KernelInfo { language_info: json!({"name": "python"}), banner: "test".into() };
+        let kernel = Kernel::new(Session::new(Signer::new(KEY)), MockExecutor(calls_tx), transport.outgoing.clone(), info);
+        let kernel = tokio::spawn(kernel.serve(transport, events_rx));
+        let mut harness = Self {
+            peer,
+            calls,
+            events,
+            client: Session::new(Signer::new(KEY)),
+            verifier: Verifier::new(Signer::new(KEY)),
+            kernel,
+        };
+        let starting = harness.next(Channel::Iopub).await;
+        assert_eq!(starting.content["execution_state"], "starting");
+        harness
+    }
+
+    fn request(&self, msg_type: &str, content: Value) -> Message {
+        self.client.message(msg_type, content, None, vec![bytes::Bytes::from_static(b"client")])
+    }
+
+    async fn send(&self, channel: Channel, message: &Message) {
+        self.send_frames(channel, message.encode(&self.client.signer)).await;
+    }
+
+    async fn send_frames(&self, channel: Channel, frames: Vec<bytes::Bytes>) {
+        let queue = match channel {
+            Channel::Shell => &self.peer.shell,
+            Channel::Control => &self.peer.control,
+            Channel::Stdin => &self.peer.stdin,
+            Channel::Iopub => unreachable!("clients do not send on iopub"),
+        };
+        queue.send(Incoming { channel, frames }).await.unwrap();
+    }
+
+    /// The next message the kernel sends, which must be on `channel`.
+    async fn next(&mut self, channel: Channel) -> Message {
+        let outgoing = self.peer.outgoing.recv().await.expect("the kernel stopped sending");
+        let message = Message::decode(outgoing.frames, &mut self.verifier).expect("the kernel signs what it sends");
+        assert_eq!(outgoing.channel, channel, "expected {channel:?}, got {}", message.msg_type());
+        message
+    }
+
+    async fn expect_status(&mut self, state: &str, parent: &Message) {
+        let status = self.next(Channel::Iopub).await;
+        assert_eq!(status.msg_type(), "status");
+        assert_eq!(status.content["execution_state"], state);
+        assert_eq!(status.parent_header.unwrap().msg_id, parent.header.msg_id);
+    }
+
+    async fn call(&mut self) -> Call {
+        self.calls.recv().await.expect("the kernel dropped the executor")
+    }
+
+    async fn run_call(&mut self) -> super::executor::ExecuteJob {
+        match self.call().await {
+            Call::Run(Job::Execute(job)) => job,
+            other => panic!("expected an execute job, got {other:?}"),
+        }
+    }
+
+    fn event(&self, event: Event) {
+        self.events.send(event).unwrap();
+    }
+
+    /// Sends an execute request and reads its busy and execute_input.
+    async fn execute(&mut self, code: &str) -> Message {
+        let request = self.request("execute_request", json!({"code": code}));
+        self.send(Channel::Shell, &request).await;
+        self.expect_status("busy", &request).await;
+        request
+    }
+
+    /// Reads the execute_input that precedes a job, then the job itself.
+    async fn started(&mut self, request: &Message) -> super::executor::ExecuteJob {
+        let input = self.next(Channel::Iopub).await;
+        assert_eq!(input.msg_type(), "execute_input");
+        assert_eq!(input.parent_header.unwrap().msg_id, request.header.msg_id);
+        self.run_call().await
+    }
+}
+
+fn ok_reply(count: u64) -> Option<Value> {
+    Some(json!({"status": "ok", "execution_count": count, "user_expressions": {}, "payload": []}))
+}
+
+#[tokio::test]
+async fn kernel_info_is_answered_between_busy_and_idle() {
+    let mut h = Harness::start().await;
+    let request = h.request("kernel_info_request", json!({}));
+    h.send(Channel::Control, &request).await;
+    h.expect_status("busy", &request).await;
+    let reply = h.next(Channel::Control).await;
+    assert_eq!(reply.msg_type(), "kernel_info_reply");
+    assert_eq!(reply.content["protocol_version"], "5.5");
+    assert_eq!(reply.content["language_info"]["name"], "python");
+    assert_eq!(reply.identities[0].as_ref(), b"client");
+    h.expect_status("idle", &request).await;
+}
+
+#[tokio::test]
+async fn a_cell_runs_streams_coalesce_and_everything_precedes_idle() {
+    let mut h = Harness::start().await;
+    let request = h.execute("print('x')").await;
+    let job = h.started(&request).await;
+    assert_eq!(job.execution_count, 1);
+    assert_eq!(job.code, "print('x')");
+    for line in 0..1000 {
+        h.event(Event::Stream { request: Some(job.request), name: StreamName::Stdout, text: format!("{line}\n") });
+    }
+    h.event(Event::Finished { request: job.request, reply: ok_reply(1) });
+    let stream = h.next(Channel::Iopub).await;
+    assert_eq!(stream.msg_type(), "stream");
+    assert_eq!(stream.content["text"].as_str().unwrap().lines().count(), 1000);
+    assert_eq!(stream.parent_header.unwrap().msg_id, request.header.msg_id);
+    let reply = h.next(Channel::Shell).await;
+    assert_eq!(reply.msg_type(), "execute_reply");
+    assert_eq!(reply.content["execution_count"], 1);
+    h.expect_status("idle", &request).await;
+}
+
+#[tokio::test]
+async fn stop_on_error_aborts_only_what_is_queued_behind_the_failure() {
+    let mut h = Harness::start().await;
+    let first = h.execute("1/0").await;
+    let job = h.started(&first).await;
+    let second = h.execute("a").await;
+    let third = h.execute("b").await;
+    h.event(Event::Finished {
+        request: job.request,
+        reply: Some(json!({"status": "error", "ename": "ZeroDivisionError", "evalue": "", "traceback": []})),
+    });
+    let reply = h.next(Channel::Shell).await;
+    assert_eq!(reply.content["status"], "error");
+    h.expect_status("idle", &first).await;
+    h.expect_status("busy", &second).await;
+    for (aborted, next_busy) in [(&second, Some(&third)), (&third, None)] {
+        let reply = h.next(Channel::Shell).await;
+        assert_eq!(reply.content["status"], "aborted");
+        assert_eq!(reply.parent_header.unwrap().msg_id, aborted.header.msg_id);
+        h.expect_status("idle", aborted).await;
+        if let Some(next) = next_busy {
+            h.expect_status("busy", next).await;
+        }
+    }
+    // The lane goes on with the next request.
+    let fourth = h.execute("c").await;
+    let job = h.started(&fourth).await;
+    assert_eq!(job.execution_count, 4);
+}
+
+#[tokio::test]
+async fn kernel_info_on_control_is_answered_while_a_cell_runs_and_busy_follows_its_idle() {
+    let mut h = Harness::start().await;
+    let cell = h.execute("import time; time.sleep(100)").await;
+    let job = h.started(&cell).await;
+    let info = h.request("kernel_info_request", json!({}));
+    h.send(Channel::Control, &info).await;
+    h.expect_status("busy", &info).await;
+    assert_eq!(h.next(Channel::Control).await.msg_type(), "kernel_info_reply");
+    h.expect_status("idle", &info).await;
+    h.expect_status("busy", &cell).await;
+    h.event(Event::Finished { request: job.request, reply: ok_reply(1) });
+    h.next(Channel::Shell).await;
+    h.expect_status("idle", &cell).await;
+}
+
+#[tokio::test]
+async fn malformed_messages_are_dropped_and_bad_content_gets_an_error_reply() {
+    let mut h = Harness::start().await;
+    let request = h.request("kernel_info_request", json!({}));
+    let mut tampered = request.encode(&h.client.signer);
+    tampered[2] = bytes::Bytes::from_static(b"0000");
+    h.send_frames(Channel::Shell, tampered).await;
+    h.send_frames(Channel::Shell, vec![bytes::Bytes::from_static(b"junk")]).await;
+    let frames = request.encode(&h.client.signer);
+    h.send_frames(Channel::Shell, frames.clone()).await;
+    h.send_frames(Channel::Shell, frames).await; // replayed: dropped
+    let bad = h.request("execute_request", json!({"code": 5}));
+    h.send(Channel::Shell, &bad).await;
+
+    // Only the good kernel_info and the bad execute_request are answered.
+    h.expect_status("busy", &request).await;
+    assert_eq!(h.next(Channel::Shell).await.msg_type(), "kernel_info_reply");
+    h.expect_status("idle", &request).await;
+    h.expect_status("busy", &bad).await;
+    let reply = h.next(Channel::Shell).await;
+    assert_eq!(reply.msg_type(), "execute_reply");
+    assert_eq!(reply.content["status"], "error");
+    assert!(reply.content["evalue"].as_str().unwrap().contains("expected a string"));
+    h.expect_status("idle", &bad).await;
+    assert!(h.calls.try_recv().is_err(), "nothing ran");
+}
+
+#[tokio::test]
+async fn unknown_requests_get_an_error_reply() {
+    let mut h = Harness::start().await;
+    let request = h.request("debug_request", json!({}));
+    h.send(Channel::Control, &request).await;
+    h.expect_status("busy", &request).await;
+    let reply = h.next(Channel::Control).await;
+    assert_eq!(reply.msg_type(), "debug_reply");
+    assert_eq!(reply.content["ename"], "UnknownMessageType");
+    h.expect_status("idle", &request).await;
+}
+
+#[tokio::test]
+async fn completion_is_a_query_answered_beside_the_running_cell() {
+    let mut h = Harness::start().await;
+    let cell = h.execute("while True: pass").await;
+    h.started(&cell).await;
+    let complete = h.request("complete_request", json!({"code": "pri", "cursor_pos": 3}));
+    h.send(Channel::Shell, &complete).await;
+    h.expect_status("busy", &complete).await;
+    let Call::Query(id, Query::Complete { code, cursor_pos }) = h.call().await else { panic!("not a query") };
+    assert_eq!((code.as_str(), cursor_pos), ("pri", 3));
+    h.event(Event::Answered { request: id, reply: json!({"status": "ok", "matches": ["print"]}) });
+    let reply = h.next(Channel::Shell).await;
+    assert_eq!(reply.content["matches"], json!(["print"]));
+}
+
+#[tokio::test]
+async fn input_goes_to_the_client_that_sent_the_cell_and_back_to_the_lane() {
+    let mut h = Harness::start().await;
+    let cell = h.execute("input('name? ')").await;
+    let job = h.started(&cell).await;
+    h.event(Event::InputRequest { request: job.request, prompt: "name? ".into(), password: false });
+    let input_request = h.next(Channel::Stdin).await;
+    assert_eq!(input_request.content["prompt"], "name? ");
+    assert_eq!(input_request.identities[0].as_ref(), b"client");
+    assert_eq!(input_request.parent_header.as_ref().unwrap().msg_id, cell.header.msg_id);
+    let answer = h.client.reply(&input_request, "input_reply", json!({"value": "Ada"}));
+    h.send(Channel::Stdin, &answer).await;
+    assert!(matches!(h.call().await, Call::InputReply(value) if value == "Ada"));
+}
+
+#[tokio::test]
+async fn output_after_the_cell_finished_keeps_its_parent() {
+    let mut h = Harness::start().await;
+    let cell = h.execute("start a thread").await;
+    let job = h.started(&cell).await;
+    h.event(Event::Finished { request: job.request, reply: ok_reply(1) });
+    h.next(Channel::Shell).await;
+    h.expect_status("idle", &cell).await;
+    h.event(Event::Publish {
+        request: Some(job.request),
+        msg_type: "display_data".into(),
+        content: json!({"data": {"text/plain": "late"}, "metadata": {}, "transient": {}}),
+        metadata: serde_json::Map::new(),
+        buffers: vec![],
+    });
+    let display = h.next(Channel::Iopub).await;
+    assert_eq!(display.msg_type(), "display_data");
+    assert_eq!(display.parent_header.unwrap().msg_id, cell.header.msg_id);
+}
+
+#[tokio::test]
+async fn silent_cells_do_not_count() {
+    let mut h = Harness::start().await;
+    let silent = h.request("execute_request", json!({"code": "x", "silent": true}));
+    h.send(Channel::Shell, &silent).await;
+    h.expect_status("busy", &silent).await;
+    let job = h.run_call().await;
+    assert_eq!(job.execution_count, 0);
+    assert!(job.silent);
+    h.event(Event::Finished { request: job.request, reply: ok_reply(0) });
+    h.next(Channel::Shell).await;
+    h.expect_status("idle", &silent).await;
+    let counted = h.execute("y").await;
+    assert_eq!(h.started(&counted).await.execution_count, 1);
+}
+
+#[tokio::test]
+async fn interrupt_and_shutdown_reach_the_executor_and_shutdown_ends_serving() {
+    let mut h = Harness::start().await;
+    let interrupt = h.request("interrupt_request", json!({}));
+    h.send(Channel::Control, &interrupt).await;
+    h.expect_status("busy", &interrupt).await;
+    assert!(matches!(h.call().await, Call::Interrupt));
+    assert_eq!(h.next(Channel::Control).await.content["status"], "ok");
+    h.expect_status("idle", &interrupt).await;
+
+    let shutdown = h.request("shutdown_request", json!({"restart": true}));
+    h.send(Channel::Control, &shutdown).await;
+    h.expect_status("busy", &shutdown).await;
+    assert!(matches!(h.call().await, Call::Shutdown));
+    let reply = h.next(Channel::Control).await;
+    assert_eq!(reply.content["restart"], true);
+    h.expect_status("idle", &shutdown).await;
+    h.kernel.await.unwrap();
+}
+
+#[tokio::test]
+async fn every_subscription_is_welcomed() {
+    let mut h = Harness::start().await;
+    h.peer.subscriptions.send(bytes::Bytes::new()).await.unwrap();
+    let welcome = h.next(Channel::Iopub).await;
+    assert_eq!(welcome.msg_type(), "iopub_welcome");
+    assert_eq!(welcome.content["subscription"], "");
+}
+
+#[tokio::test]
+async fn history_is_the_kernels_record_in_request_order() {
+    let mut h = Harness::start().await;
+    for code in ["a = 1", "b = 2"] {
+        let cell = h.execute(code).await;
+        let job = h.started(&cell).await;
+        h.event(Event::Finished { request: job.request, reply: ok_reply(job.execution_count) });
+        h.next(Channel::Shell).await;
+        h.expect_status("idle", &cell).await;
+    }
+    let request = h.request("history_request", json!({"hist_access_type": "tail", "n": 10}));
+    h.send(Channel::Shell, &request).await;
+    h.expect_status("busy", &request).await;
+    let reply = h.next(Channel::Shell).await;
+    assert_eq!(reply.content["history"], json!([[1, 1, "a = 1"], [1, 2, "b = 2"]]));
+}

@@ -1,0 +1,173 @@
+//! One lane's interpreter and shell: loads the embedded shell helper into the interpreter whose
+//! thread state is attached, and runs jobs and queries through it. The main lane uses it on the
+//! process's main thread; subinterpreter lanes will use it on their own threads.
+
+use std::ffi::CStr;
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+
+use super::ffi::{Gil, InterpreterHandle, Owned, PythonException};
+use super::PythonError;
+use crate::kernel::executor::{Event, ExecuteJob, Query};
+use crate::native::{self, LaneState};
+
+/// The shell helper's source, executed in every lane as `_parakernel_shell`.
+const SHELL_SOURCE: &str = include_str!("shell.py");
+const SHELL_MODULE: &CStr = c"_parakernel_shell";
+
+/// A lane's loaded shell, bound to the interpreter whose GIL `'py` stands for.
+pub(crate) struct LaneRuntime<'py> {
+    gil: Gil<'py>,
+    state: Arc<LaneState>,
+    interpreter: InterpreterHandle,
+    execute: Owned<'py>,
+    comm: Owned<'py>,
+    stop: Owned<'py>,
+}
+
+impl<'py> LaneRuntime<'py> {
+    /// Binds `_parakernel` in the current interpreter to `state`, loads the shell helper and
+    /// creates the lane's IPython shell.
+    pub(crate) fn start(gil: Gil<'py>, state: Arc<LaneState>, main: bool) -> Result<Self, PythonError> {
+        let interpreter = InterpreterHandle::current(gil);
+        native::register(interpreter.id(), Arc::clone(&state));
+        let setup = |context: &'static str| move |exception| PythonError::Setup { context, exception };
+        gil.import(native::MODULE_NAME).map_err(setup("import _parakernel"))?;
+        let module = load_module(gil, SHELL_MODULE, SHELL_SOURCE).map_err(setup("load the shell helper"))?;
+        let options = gil.str(&json!({ "main": main }).to_string()).map_err(setup("start the shell"))?;
+        module
+            .getattr(c"start")
+            .and_then(|start| start.call(&[&options]))
+            .map_err(setup("start the IPython shell"))?;
+        let function = |name: &'static CStr| module.getattr(name).map_err(setup("find the shell's entry points"));
+        Ok(LaneRuntime {
+            gil,
+            execute: function(c"execute")?,
+            comm: function(c"comm")?,
+            stop: function(c"stop")?,
+            state,
+            interpreter,
+        })
+    }
+
+    /// Runs one `execute_request`; returns the `execute_reply` content.
+    pub(crate) fn execute(&self, job: &ExecuteJob) -> Value {
+        let request = json!({
+            "code": job.code,
+            "silent": job.silent,
+            "store_history": job.store_history,
+            "user_expressions": job.user_expressions,
+            "execution_count": job.execution_count,
+        });
+        let reply = self
+            .gil
+            .str(&request.to_string())
+            .and_then(|request| self.execute.call(&[&request]))
+            .and_then(|reply| reply.text());
+        match reply.map(|text| serde_json::from_str::<Value>(&text)) {
+            Ok(Ok(reply)) => reply,
+            Ok(Err(error)) => self.internal_error(job, &PythonException {
+                name: "ValueError".into(),
+                message: format!("the shell's reply is not JSON: {error}"),
+                traceback: Vec::new(),
+            }),
+            Err(exception) => self.internal_error(job, &exception),
+        }
+    }
+
+    /// The shell itself failed (not the user's code): show it in the cell, answer `error`.
+    fn internal_error(&self, job: &ExecuteJob, exception: &PythonException) -> Value {
+        tracing::error!(
+            request = job.request,
+            "the lane's shell failed: {exception}\n{}",
+            exception.traceback.concat()
+        );
+        let traceback = exception.traceback.clone();
+        self.state.send(Event::Publish {
+            request: self.state.request(),
+            msg_type: "error".into(),
+            content: json!({ "ename": exception.name, "evalue": exception.message, "traceback": traceback }),
+            metadata: serde_json::Map::new(),
+            buffers: Vec::new(),
+        });
+        json!({
+            "status": "error",
+            "execution_count": job.execution_count,
+            "ename": exception.name,
+            "evalue": exception.message,
+            "traceback": traceback,
+            "user_expressions": {},
+            "payload": [],
+        })
+    }
+
+    /// Feeds a `comm_open` / `comm_msg` / `comm_close` to the lane's comm manager.
+    pub(crate) fn comm(&self, msg_type: &str, content: &Value) {
+        let result = self.gil.str(msg_type).and_then(|msg_type| {
+            let content = self.gil.str(&content.to_string())?;
+            self.comm.call(&[&msg_type, &content])
+        });
+        if let Err(exception) = result {
+            tracing::warn!("{msg_type} failed in the lane: {exception}\n{}", exception.traceback.concat());
+        }
+    }
+
+    /// Waits up to `timeout_seconds` for the threads cells started; true when none is left that
+    /// would make interpreter teardown wait.
+    pub(crate) fn stop(&self, timeout_seconds: f64) -> bool {
+        // SAFETY: GIL held (token in self); returns a new reference or null.
+        let timeout = self.gil.check(unsafe { pyo3_ffi::PyFloat_FromDouble(timeout_seconds) });
+        match timeout.and_then(|timeout| self.stop.call(&[&timeout])).and_then(|done| done.is_true()) {
+            Ok(done) => done,
+            Err(exception) => {
+                tracing::warn!("stopping the lane's threads failed: {exception}");
+                false
+            }
+        }
+    }
+}
+
+impl Drop for LaneRuntime<'_> {
+    fn drop(&mut self) {
+        native::unregister(self.interpreter.id());
+    }
+}
+
+/// Answers a query with the shell of the interpreter attached to this thread (any thread of
+/// that interpreter: it finds the shell helper in `sys.modules`).
+pub(crate) fn answer(gil: Gil<'_>, query: &Query) -> Value {
+    let request = match query {
+        Query::Complete { code, cursor_pos } => json!({ "kind": "complete", "code": code, "cursor_pos": cursor_pos }),
+        Query::Inspect { code, cursor_pos, detail_level } => json!({
+            "kind": "inspect", "code": code, "cursor_pos": cursor_pos, "detail_level": detail_level,
+        }),
+        Query::IsComplete { code } => json!({ "kind": "is_complete", "code": code }),
+        Query::CommInfo { target_name } => json!({ "kind": "comm_info", "target_name": target_name }),
+    };
+    let reply = gil
+        .import(SHELL_MODULE)
+        .and_then(|module| module.getattr(c"query"))
+        .and_then(|function| function.call(&[&gil.str(&request.to_string())?]))
+        .and_then(|reply| reply.text());
+    match reply.map(|text| serde_json::from_str::<Value>(&text)) {
+        Ok(Ok(reply)) => reply,
+        Ok(Err(error)) => json!({ "status": "error", "ename": "ValueError", "evalue": error.to_string(), "traceback": [] }),
+        Err(exception) => {
+            tracing::warn!("query failed: {exception}\n{}", exception.traceback.concat());
+            json!({ "status": "error", "ename": exception.name, "evalue": exception.message, "traceback": exception.traceback })
+        }
+    }
+}
+
+/// Compiles `source` and executes it as the module `name` (registered in `sys.modules`).
+fn load_module<'py>(gil: Gil<'py>, name: &CStr, source: &str) -> Result<Owned<'py>, PythonException> {
+    let source = std::ffi::CString::new(source).expect("the shell helper has no NUL byte");
+    // SAFETY: GIL held (token); both strings are valid C strings for the call; returns a new
+    // reference or null.
+    let code = gil.check(unsafe {
+        pyo3_ffi::Py_CompileString(source.as_ptr(), c"<parakernel shell>".as_ptr(), pyo3_ffi::Py_file_input)
+    })?;
+    // SAFETY: GIL held; `code` is a live code object; returns a new reference or null.
+    gil.check(unsafe { pyo3_ffi::PyImport_ExecCodeModule(name.as_ptr(), code.as_ptr()) })
+}

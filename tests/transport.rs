@@ -1,0 +1,422 @@
+//! Black-box tests of `parakernel::transport`: real sockets on free loopback ports, with zeromq
+//! DEALER, SUB and REQ clients; no frame is interpreted.
+
+use std::future::Future;
+use std::time::Duration;
+
+use bytes::Bytes;
+use parakernel::transport::{
+    self, Channel, Endpoints, Incoming, Outgoing, Transport, TransportError,
+    INCOMING_QUEUE_CAPACITY,
+};
+use zeromq::util::PeerIdentity;
+use zeromq::{
+    DealerSocket, ReqSocket, Socket, SocketOptions, SocketRecv, SocketSend, SubSocket, ZmqMessage,
+};
+
+/// Only a guard against a hang; every test waits on the event it expects.
+const FAILURE_GUARD: Duration = Duration::from_secs(30);
+
+async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
+    tokio::time::timeout(FAILURE_GUARD, future)
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+}
+
+fn free_endpoints() -> Endpoints {
+    // Hold all five listeners at once so the ports are distinct.
+    let listeners: Vec<std::net::TcpListener> = (0..5)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port"))
+        .collect();
+    let ports: Vec<u16> = listeners
+        .iter()
+        .map(|listener| listener.local_addr().expect("local address").port())
+        .collect();
+    Endpoints {
+        transport: "tcp".to_owned(),
+        ip: "127.0.0.1".to_owned(),
+        shell_port: ports[0],
+        control_port: ports[1],
+        stdin_port: ports[2],
+        iopub_port: ports[3],
+        hb_port: ports[4],
+    }
+}
+
+/// Binds on free ports. Another test's client connection can take a port between the probe
+/// and the bind (the probe must release it), so a taken port means: probe again.
+async fn bind_free() -> (Endpoints, Transport) {
+    let mut attempts = 0;
+    loop {
+        let endpoints = free_endpoints();
+        match transport::bind(&endpoints).await {
+            Ok(transport) => return (endpoints, transport),
+            Err(error @ TransportError::Bind { .. }) if attempts < 10 => {
+                attempts += 1;
+                eprintln!("probing again: {error}");
+            }
+            Err(error) => panic!("bind: {error:?}"),
+        }
+    }
+}
+
+fn address(port: u16) -> String {
+    format!("tcp://127.0.0.1:{port}")
+}
+
+fn frames(parts: &[&'static [u8]]) -> Vec<Bytes> {
+    parts.iter().map(|part| Bytes::from_static(part)).collect()
+}
+
+fn message(parts: &[&'static [u8]]) -> ZmqMessage {
+    ZmqMessage::try_from(frames(parts)).expect("at least one frame")
+}
+
+async fn dealer(identity: &str, port: u16) -> DealerSocket {
+    let mut options = SocketOptions::default();
+    options.peer_identity(PeerIdentity::try_from(identity.as_bytes()).expect("identity"));
+    let mut socket = DealerSocket::with_options(options);
+    within("dealer connect", socket.connect(&address(port)))
+        .await
+        .expect("dealer connects");
+    socket
+}
+
+async fn next(receiver: &mut tokio::sync::mpsc::Receiver<Incoming>, what: &str) -> Incoming {
+    within(what, receiver.recv())
+        .await
+        .expect("transport still running")
+}
+
+fn send(transport: &Transport, channel: Channel, frames: Vec<Bytes>) {
+    transport
+        .outgoing
+        .send(Outgoing { channel, frames })
+        .expect("transport still running");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeat_echoes_each_request() {
+    let (endpoints, _transport) = bind_free().await;
+    let mut client = ReqSocket::new();
+    within(
+        "heartbeat connect",
+        client.connect(&address(endpoints.hb_port)),
+    )
+    .await
+    .expect("connect");
+    for ping in [&b"ping"[..], b"second", b""] {
+        let ping = Bytes::copy_from_slice(ping);
+        client
+            .send(ZmqMessage::from(ping.clone()))
+            .await
+            .expect("send ping");
+        let echo = within("heartbeat echo", client.recv()).await.expect("echo");
+        assert_eq!(echo.into_vec(), vec![ping]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shell_request_arrives_with_identity_and_reply_reaches_the_dealer() {
+    let (endpoints, mut transport) = bind_free().await;
+    let mut client = dealer("client-1", endpoints.shell_port).await;
+
+    client
+        .send(message(&[
+            b"<IDS|MSG>",
+            b"signature",
+            b"{\"header\":1}",
+            b"",
+            b"{}",
+        ]))
+        .await
+        .expect("send request");
+    let request = next(&mut transport.shell, "shell request").await;
+    assert_eq!(request.channel, Channel::Shell);
+    assert_eq!(
+        request.frames,
+        frames(&[
+            b"client-1",
+            b"<IDS|MSG>",
+            b"signature",
+            b"{\"header\":1}",
+            b"",
+            b"{}"
+        ])
+    );
+
+    let mut reply = vec![request.frames[0].clone()];
+    reply.extend(frames(&[b"<IDS|MSG>", b"reply", b""]));
+    send(&transport, Channel::Shell, reply);
+    let received = within("shell reply", client.recv()).await.expect("reply");
+    assert_eq!(received.into_vec(), frames(&[b"<IDS|MSG>", b"reply", b""]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stdin_routes_both_ways_like_shell() {
+    let (endpoints, mut transport) = bind_free().await;
+    let mut client = dealer("client-stdin", endpoints.stdin_port).await;
+
+    // A ROUTER knows a peer once it has read from it; until then a send to it is dropped.
+    client.send(message(&[b"hello"])).await.expect("send");
+    let hello = next(&mut transport.stdin, "stdin message").await;
+    assert_eq!(hello.channel, Channel::Stdin);
+    assert_eq!(hello.frames, frames(&[b"client-stdin", b"hello"]));
+
+    send(
+        &transport,
+        Channel::Stdin,
+        frames(&[b"client-stdin", b"input_request"]),
+    );
+    let received = within("input_request", client.recv())
+        .await
+        .expect("input_request");
+    assert_eq!(received.into_vec(), frames(&[b"input_request"]));
+}
+
+/// Shell's queue is full and nobody reads it, so its receive task is stuck waiting: control
+/// must still be delivered (no head-of-line blocking), and then every shell message arrives,
+/// in order (nothing dropped).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_is_delivered_while_shell_is_full_and_unread() {
+    let (endpoints, mut transport) = bind_free().await;
+    let mut shell_client = dealer("shell-client", endpoints.shell_port).await;
+    let mut control_client = dealer("control-client", endpoints.control_port).await;
+
+    let shell_messages = INCOMING_QUEUE_CAPACITY + 50;
+    for index in 0..shell_messages {
+        shell_client
+            .send(ZmqMessage::from(index.to_string()))
+            .await
+            .expect("send shell request");
+    }
+    // Polling a real condition, not sleeping for an ordering: the shell queue is full.
+    within("the shell queue to fill", async {
+        while transport.shell.len() < INCOMING_QUEUE_CAPACITY {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+
+    control_client
+        .send(message(&[b"interrupt_request"]))
+        .await
+        .expect("send control request");
+    let control = next(&mut transport.control, "control while shell is full").await;
+    assert_eq!(
+        control.frames,
+        frames(&[b"control-client", b"interrupt_request"])
+    );
+
+    send(
+        &transport,
+        Channel::Control,
+        frames(&[b"control-client", b"interrupt_reply"]),
+    );
+    let reply = within("control reply", control_client.recv())
+        .await
+        .expect("reply");
+    assert_eq!(reply.into_vec(), frames(&[b"interrupt_reply"]));
+
+    for index in 0..shell_messages {
+        let request = next(&mut transport.shell, "queued shell request").await;
+        assert_eq!(request.frames[1], Bytes::from(index.to_string()));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscription_is_reported_then_published_frames_reach_the_subscriber() {
+    let (endpoints, mut transport) = bind_free().await;
+    let mut subscriber = SubSocket::new();
+    within(
+        "sub connect",
+        subscriber.connect(&address(endpoints.iopub_port)),
+    )
+    .await
+    .expect("connect");
+    subscriber.subscribe("").await.expect("subscribe");
+
+    let topic = within("subscription", transport.subscriptions.recv())
+        .await
+        .expect("transport still running");
+    assert_eq!(topic, Bytes::new());
+
+    // No further subscription message comes; publishing must not wait for one.
+    for index in 0..3 {
+        let index = index.to_string();
+        let published = vec![
+            Bytes::from_static(b"kernel.1234.status"),
+            Bytes::from_static(b"<IDS|MSG>"),
+            Bytes::from(index.clone()),
+        ];
+        send(&transport, Channel::Iopub, published.clone());
+        let received = within("published message", subscriber.recv())
+            .await
+            .expect("message");
+        assert_eq!(received.into_vec(), published);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topic_subscriptions_are_reported_without_the_subscribe_byte() {
+    let (endpoints, mut transport) = bind_free().await;
+    let mut subscriber = SubSocket::new();
+    within(
+        "sub connect",
+        subscriber.connect(&address(endpoints.iopub_port)),
+    )
+    .await
+    .expect("connect");
+    subscriber.subscribe("kernel.").await.expect("subscribe");
+    let topic = within("subscription", transport.subscriptions.recv()).await;
+    assert_eq!(topic, Some(Bytes::from_static(b"kernel.")));
+
+    // The XPUB filters by topic: only the matching message arrives.
+    send(&transport, Channel::Iopub, frames(&[b"other", b"dropped"]));
+    send(
+        &transport,
+        Channel::Iopub,
+        frames(&[b"kernel.status", b"kept"]),
+    );
+    let received = within("published message", subscriber.recv())
+        .await
+        .expect("message");
+    assert_eq!(received.into_vec(), frames(&[b"kernel.status", b"kept"]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unroutable_messages_are_dropped_and_the_socket_keeps_serving() {
+    let (endpoints, mut transport) = bind_free().await;
+    let mut client = dealer("known", endpoints.shell_port).await;
+    client.send(message(&[b"request"])).await.expect("send");
+    let request = next(&mut transport.shell, "request").await;
+    let identity = request.frames[0].clone();
+
+    send(&transport, Channel::Shell, frames(&[b"nobody", b"lost"]));
+    send(
+        &transport,
+        Channel::Shell,
+        vec![Bytes::from(vec![b'x'; 300]), Bytes::from_static(b"lost")],
+    );
+    send(&transport, Channel::Shell, vec![identity.clone()]);
+    send(&transport, Channel::Shell, Vec::new());
+    send(&transport, Channel::Iopub, Vec::new());
+    send(
+        &transport,
+        Channel::Shell,
+        vec![identity, Bytes::from_static(b"delivered")],
+    );
+
+    let received = within("the valid reply", client.recv())
+        .await
+        .expect("reply");
+    assert_eq!(received.into_vec(), frames(&[b"delivered"]));
+
+    client.send(message(&[b"again"])).await.expect("send");
+    let again = next(&mut transport.shell, "a later request").await;
+    assert_eq!(again.frames, frames(&[b"known", b"again"]));
+}
+
+/// The kernel sends its last replies, flushes, and its runtime is dropped at once (as when the
+/// process ends): every reply must still reach the client.
+#[test]
+fn flush_then_runtime_drop_delivers_every_queued_reply() {
+    const REPLIES: usize = 100;
+    let client_runtime = tokio::runtime::Runtime::new().expect("client runtime");
+    let kernel_runtime = tokio::runtime::Runtime::new().expect("kernel runtime");
+    let (endpoints, mut transport) = kernel_runtime.block_on(bind_free());
+    let mut client = client_runtime.block_on(dealer("leaving", endpoints.control_port));
+    client_runtime
+        .block_on(client.send(message(&[b"shutdown_request"])))
+        .expect("send");
+
+    kernel_runtime.block_on(async {
+        let request = next(&mut transport.control, "shutdown_request").await;
+        for index in 0..REPLIES {
+            let body = Bytes::from(vec![u8::try_from(index % 256).expect("byte"); 10 * 1024]);
+            send(
+                &transport,
+                Channel::Control,
+                vec![request.frames[0].clone(), body],
+            );
+        }
+        within("flush", transport.flush()).await;
+    });
+    drop(kernel_runtime);
+
+    client_runtime.block_on(async {
+        for index in 0..REPLIES {
+            let reply = within("a reply sent before the flush", client.recv())
+                .await
+                .unwrap_or_else(|error| panic!("reply {index} lost: {error}"));
+            let reply = reply.into_vec();
+            assert_eq!(reply.len(), 1);
+            assert_eq!(reply[0].len(), 10 * 1024);
+            assert_eq!(reply[0][0], u8::try_from(index % 256).expect("byte"));
+        }
+    });
+    drop(transport);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flush_answers_when_nothing_can_be_delivered_and_after_the_transport_is_gone() {
+    let (_endpoints, transport) = bind_free().await;
+    // Nothing is connected: everything is dropped, and flush still answers.
+    send(&transport, Channel::Shell, frames(&[b"nobody", b"x"]));
+    send(&transport, Channel::Control, frames(&[b"nobody", b"x"]));
+    send(&transport, Channel::Stdin, frames(&[b"nobody", b"x"]));
+    send(&transport, Channel::Iopub, frames(&[b"topic", b"x"]));
+    within("flush", transport.flush()).await;
+
+    let flusher = transport.flusher();
+    drop(transport);
+    within("flush after the transport is dropped", flusher.flush()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bind_errors_name_the_socket_and_address() {
+    let (endpoints, _first) = bind_free().await;
+    let Err(error) = transport::bind(&endpoints).await else {
+        panic!("binding the same ports twice succeeded");
+    };
+    assert!(
+        matches!(&error, TransportError::Bind { socket: "shell", address, .. } if *address == address_of(endpoints.shell_port)),
+        "{error:?}"
+    );
+    assert_eq!(
+        error.to_string(),
+        format!(
+            "cannot bind the shell socket to tcp://127.0.0.1:{}",
+            endpoints.shell_port
+        )
+    );
+}
+
+fn address_of(port: u16) -> String {
+    address(port)
+}
+
+/// Dropping the `Transport` ends every task and closes every socket: all five ports can be
+/// bound again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_the_transport_releases_the_ports() {
+    let (endpoints, transport) = bind_free().await;
+    let mut client = dealer("someone", endpoints.shell_port).await;
+    client.send(message(&[b"unread"])).await.expect("send");
+    drop(transport);
+
+    // The tasks end on their own schedule; poll for the ports to come free.
+    let again = within("the ports to be released", async {
+        loop {
+            match transport::bind(&endpoints).await {
+                Ok(transport) => break transport,
+                Err(TransportError::Bind { .. }) => {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Err(error) => panic!("{error}"),
+            }
+        }
+    })
+    .await;
+    drop(again);
+}
