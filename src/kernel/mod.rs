@@ -5,6 +5,7 @@
 
 pub mod executor;
 mod history;
+pub mod routing;
 mod streams;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};

@@ -1,0 +1,151 @@
+//! How a cell finds its lane (DESIGN.md): the cell's first line (`%%lane NAME`, `%%lane main`,
+//! `%%lane --fresh`, `%%parallel`), else its tags (`lane:NAME`, `lane=NAME`, `parallel`), else
+//! the main lane. A bad name or option is an error that says what is allowed.
+
+/// Where a cell goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    Main,
+    Named(String),
+    /// Any lane of the warm pool; it keeps nothing of the cell.
+    Fresh,
+}
+
+/// A routed cell: where it runs and its code without the magic line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Routed {
+    pub route: Route,
+    pub code: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RouteError {
+    #[error("{0:?} is not a lane name: use 1-64 letters, digits, '_' or '-' (e.g. %%lane sweep_1)")]
+    BadName(String),
+    #[error("%%lane needs a lane: write `%%lane NAME`, `%%lane main` or `%%lane --fresh`")]
+    MissingName,
+    #[error("unknown option {0:?}: write `%%lane NAME`, `%%lane main`, `%%lane --fresh` or `%%parallel`")]
+    UnknownOption(String),
+    #[error("the cell's tags name two lanes ({0} and {1}); a cell runs in one lane: keep one `lane:NAME` or `parallel` tag")]
+    ConflictingTags(String, String),
+}
+
+const MAX_NAME: usize = 64;
+
+/// Whether `name` can name a lane.
+pub fn valid_name(name: &str) -> bool {
+    (1..=MAX_NAME).contains(&name.len())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+fn named(name: &str) -> Result<Route, RouteError> {
+    if name == "main" {
+        Ok(Route::Main)
+    } else if valid_name(name) {
+        Ok(Route::Named(name.to_owned()))
+    } else {
+        Err(RouteError::BadName(name.to_owned()))
+    }
+}
+
+/// Chooses the lane of a cell from its code and its tags (`metadata.tags`).
+pub fn route(code: &str, tags: &[String]) -> Result<Routed, RouteError> {
+    let (first, rest) = code.split_once('\n').unwrap_or((code, ""));
+    let mut words = first.split_whitespace();
+    let magic = match words.next() {
+        Some("%%lane") => {
+            let route = match (words.next(), words.next()) {
+                (None, _) => return Err(RouteError::MissingName),
+                (Some("--fresh"), None) => Route::Fresh,
+                (Some(option), _) if option.starts_with('-') => {
+                    return Err(RouteError::UnknownOption(option.to_owned()))
+                }
+                (Some(name), None) => named(name)?,
+                (Some(_), Some(extra)) => return Err(RouteError::UnknownOption(extra.to_owned())),
+            };
+            Some(route)
+        }
+        Some("%%parallel") => match words.next() {
+            None => Some(Route::Fresh),
+            Some(extra) => return Err(RouteError::UnknownOption(extra.to_owned())),
+        },
+        _ => None,
+    };
+    if let Some(route) = magic {
+        return Ok(Routed { route, code: rest.to_owned() });
+    }
+    let mut chosen: Option<(Route, &str)> = None;
+    for tag in tags {
+        let route = if tag == "parallel" {
+            Route::Fresh
+        } else if let Some(name) = tag.strip_prefix("lane:").or_else(|| tag.strip_prefix("lane=")) {
+            named(name)?
+        } else {
+            continue;
+        };
+        match &chosen {
+            Some((existing, first_tag)) if *existing != route => {
+                return Err(RouteError::ConflictingTags((*first_tag).to_owned(), tag.clone()))
+            }
+            Some(_) => {}
+            None => chosen = Some((route, tag)),
+        }
+    }
+    let route = chosen.map_or(Route::Main, |(route, _)| route);
+    Ok(Routed { route, code: code.to_owned() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tags(list: &[&str]) -> Vec<String> {
+        list.iter().map(|tag| (*tag).to_owned()).collect()
+    }
+
+    #[test]
+    fn the_first_line_wins_and_is_removed() {
+        let routed = route("%%lane sweep-1\nx = 1\ny = 2", &tags(&["lane:other"])).unwrap();
+        assert_eq!(routed.route, Route::Named("sweep-1".into()));
+        assert_eq!(routed.code, "x = 1\ny = 2");
+        assert_eq!(route("%%lane main\nx", &[]).unwrap(), Routed { route: Route::Main, code: "x".into() });
+        assert_eq!(route("%%parallel\nx", &[]).unwrap().route, Route::Fresh);
+        assert_eq!(route("%%lane --fresh\nx", &[]).unwrap().route, Route::Fresh);
+        assert_eq!(route("%%lane  a  ", &[]).unwrap(), Routed { route: Route::Named("a".into()), code: String::new() });
+    }
+
+    #[test]
+    fn tags_route_when_there_is_no_magic() {
+        assert_eq!(route("x", &tags(&["lane:a"])).unwrap().route, Route::Named("a".into()));
+        assert_eq!(route("x", &tags(&["lane=b", "other"])).unwrap().route, Route::Named("b".into()));
+        assert_eq!(route("x", &tags(&["parallel"])).unwrap().route, Route::Fresh);
+        assert_eq!(route("x", &tags(&["lane:main"])).unwrap().route, Route::Main);
+        assert_eq!(route("x", &tags(&["lane:a", "lane=a"])).unwrap().route, Route::Named("a".into()));
+        let plain = route("%lanes\nx", &tags(&["unrelated"])).unwrap();
+        assert_eq!(plain, Routed { route: Route::Main, code: "%lanes\nx".into() });
+    }
+
+    #[test]
+    fn bad_names_and_options_say_what_is_allowed() {
+        assert_eq!(route("%%lane\nx", &[]), Err(RouteError::MissingName));
+        assert_eq!(route("%%lane a/b\nx", &[]), Err(RouteError::BadName("a/b".into())));
+        assert_eq!(route("%%lane --fast\nx", &[]), Err(RouteError::UnknownOption("--fast".into())));
+        assert_eq!(route("%%lane a b\nx", &[]), Err(RouteError::UnknownOption("b".into())));
+        assert_eq!(route("%%parallel now\nx", &[]), Err(RouteError::UnknownOption("now".into())));
+        assert_eq!(route("x", &tags(&["lane:"])), Err(RouteError::BadName(String::new())));
+        let long = "x".repeat(65);
+        assert_eq!(route(&format!("%%lane {long}\n"), &[]), Err(RouteError::BadName(long)));
+        assert!(matches!(route("x", &tags(&["lane:a", "parallel"])), Err(RouteError::ConflictingTags(..))));
+        assert!(RouteError::BadName("a/b".into()).to_string().contains("1-64 letters"));
+    }
+
+    #[test]
+    fn names() {
+        assert!(valid_name("a"));
+        assert!(valid_name(&"x".repeat(64)));
+        assert!(valid_name("Sweep_2-b"));
+        assert!(!valid_name(""));
+        assert!(!valid_name("a b"));
+        assert!(!valid_name("é"));
+    }
+}
