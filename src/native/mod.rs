@@ -73,7 +73,8 @@ impl LaneState {
 
     /// Parents the lane's output (also that of threads a cell started) to `request` from now on.
     pub fn set_request(&self, request: RequestId) {
-        self.request.store(request.wrapping_add(1), Ordering::Release);
+        self.request
+            .store(request.wrapping_add(1), Ordering::Release);
     }
 
     pub fn request(&self) -> Option<RequestId> {
@@ -98,7 +99,7 @@ impl LaneState {
     }
 
     /// Buffers text written to a stream of the lane's current request.
-    fn write(&self, name: StreamName, text: &str) {
+    pub fn write_stream(&self, name: StreamName, text: &str) {
         self.outlet.write(self.request(), name, text);
     }
 
@@ -193,24 +194,39 @@ impl Outlet {
     fn send_locked(&self, outbox: &mut Outbox) {
         if let Some(pending) = outbox.pending.take() {
             // A kernel that is gone no longer cares.
-            let _ = self.events.send(Event::Stream { request: pending.request, name: pending.name, text: pending.text });
+            let _ = self.events.send(Event::Stream {
+                request: pending.request,
+                name: pending.name,
+                text: pending.text,
+            });
         }
     }
 
     fn write(&self, request: Option<RequestId>, name: StreamName, text: &str) {
         let mut outbox = self.lock();
         match &mut outbox.pending {
-            Some(pending) if pending.request == request && pending.name == name => pending.text.push_str(text),
+            Some(pending) if pending.request == request && pending.name == name => {
+                pending.text.push_str(text);
+            }
             _ => {
                 let was_idle = outbox.pending.is_none();
                 self.send_locked(&mut outbox);
-                outbox.pending = Some(PendingText { request, name, text: text.to_owned(), since: Instant::now() });
+                outbox.pending = Some(PendingText {
+                    request,
+                    name,
+                    text: text.to_owned(),
+                    since: Instant::now(),
+                });
                 if was_idle {
                     self.wake.notify_one();
                 }
             }
         }
-        if outbox.pending.as_ref().is_some_and(|pending| pending.text.len() >= STREAM_FLUSH_SIZE) {
+        if outbox
+            .pending
+            .as_ref()
+            .is_some_and(|pending| pending.text.len() >= STREAM_FLUSH_SIZE)
+        {
             self.send_locked(&mut outbox);
         }
     }
@@ -239,14 +255,27 @@ impl Outlet {
                 self.send_locked(&mut outbox);
                 return;
             }
-            match outbox.pending.as_ref().map(|pending| pending.since + STREAM_FLUSH_INTERVAL) {
-                None => outbox = self.wake.wait(outbox).unwrap_or_else(PoisonError::into_inner),
+            match outbox
+                .pending
+                .as_ref()
+                .map(|pending| pending.since + STREAM_FLUSH_INTERVAL)
+            {
+                None => {
+                    outbox = self
+                        .wake
+                        .wait(outbox)
+                        .unwrap_or_else(PoisonError::into_inner);
+                }
                 Some(due) => {
                     let now = Instant::now();
                     if now >= due {
                         self.send_locked(&mut outbox);
                     } else {
-                        outbox = self.wake.wait_timeout(outbox, due - now).unwrap_or_else(PoisonError::into_inner).0;
+                        outbox = self
+                            .wake
+                            .wait_timeout(outbox, due - now)
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .0;
                     }
                 }
             }
@@ -255,8 +284,11 @@ impl Outlet {
 }
 
 /// Spawns a thread with SIGINT blocked, so that the signal always reaches the main thread
-/// (CPython runs Python signal handlers there only, and `time.sleep` is woken there only).
-pub fn spawn_without_sigint(name: &str, body: impl FnOnce() + Send + 'static) -> std::thread::JoinHandle<()> {
+/// (Python runs signal handlers there only, and only there is `time.sleep` woken by one).
+pub fn spawn_without_sigint(
+    name: &str,
+    body: impl FnOnce() + Send + 'static,
+) -> std::thread::JoinHandle<()> {
     // SAFETY: sigset operations on local sets; pthread_sigmask changes only the calling thread's
     // mask, which the new thread inherits, and is restored right after the spawn.
     let previous = unsafe {
@@ -267,7 +299,10 @@ pub fn spawn_without_sigint(name: &str, body: impl FnOnce() + Send + 'static) ->
         libc::pthread_sigmask(libc::SIG_BLOCK, &raw const block, &raw mut previous);
         previous
     };
-    let thread = std::thread::Builder::new().name(name.into()).spawn(body).expect("spawning a thread");
+    let thread = std::thread::Builder::new()
+        .name(name.into())
+        .spawn(body)
+        .expect("spawning a thread");
     // SAFETY: restores the mask saved above.
     unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &raw const previous, std::ptr::null_mut()) };
     thread
@@ -309,8 +344,8 @@ struct ModuleState {
     lane: *const LaneState,
 }
 
-/// Static FFI tables that CPython reads (and, for the module definition, initializes once in
-/// `PyModuleDef_Init`). CPython serializes that with the import lock; nothing in Rust touches
+/// Static FFI tables that the interpreter reads (and, for the module definition, initializes once
+/// in `PyModuleDef_Init`) under the import lock; nothing in Rust touches
 /// them after their construction.
 struct FfiTable<T>(std::cell::UnsafeCell<T>);
 
@@ -364,15 +399,22 @@ static METHODS: FfiTable<[ffi::PyMethodDef; 7]> = FfiTable(std::cell::UnsafeCell
 ]));
 
 static SLOTS: FfiTable<[ffi::PyModuleDef_Slot; 3]> = FfiTable(std::cell::UnsafeCell::new([
-    ffi::PyModuleDef_Slot { slot: ffi::Py_mod_exec, value: module_exec as *mut c_void },
+    ffi::PyModuleDef_Slot {
+        slot: ffi::Py_mod_exec,
+        value: module_exec as *mut c_void,
+    },
     ffi::PyModuleDef_Slot {
         slot: ffi::Py_mod_multiple_interpreters,
         value: ffi::Py_MOD_PER_INTERPRETER_GIL_SUPPORTED,
     },
-    ffi::PyModuleDef_Slot { slot: 0, value: ptr::null_mut() },
+    ffi::PyModuleDef_Slot {
+        slot: 0,
+        value: ptr::null_mut(),
+    },
 ]));
 
-static MODULE: FfiTable<ffi::PyModuleDef> = FfiTable(std::cell::UnsafeCell::new(ffi::PyModuleDef {
+static MODULE: FfiTable<ffi::PyModuleDef> =
+    FfiTable(std::cell::UnsafeCell::new(ffi::PyModuleDef {
     m_base: ffi::PyModuleDef_HEAD_INIT,
     m_name: MODULE_NAME.as_ptr(),
     m_doc: c"parakernel's per-lane bridge to the kernel: output, display and input.".as_ptr(),
@@ -385,8 +427,12 @@ static MODULE: FfiTable<ffi::PyModuleDef> = FfiTable(std::cell::UnsafeCell::new(
     m_free: Some(module_free),
 }));
 
-/// The init function for `PyImport_AppendInittab`: returns the module definition, and CPython
+/// The init function for `PyImport_AppendInittab`: returns the module definition, and Python
 /// creates one module per interpreter from it (multi-phase init).
+///
+/// # Safety
+/// Called by the interpreter during import (pass it to `PyImport_AppendInittab`), with the
+/// importing interpreter's GIL held.
 pub unsafe extern "C" fn init_module() -> *mut ffi::PyObject {
     let def = MODULE.get();
     // SAFETY: CPython calls this with the importing interpreter's GIL held and the import lock
@@ -444,7 +490,10 @@ unsafe fn lane_of<'m>(module: *mut ffi::PyObject) -> Option<&'m LaneState> {
     unsafe {
         let state = ffi::PyModule_GetState(module).cast::<ModuleState>();
         if state.is_null() || (*state).lane.is_null() {
-            ffi::PyErr_SetString(ffi::PyExc_RuntimeError, c"_parakernel is not initialized".as_ptr());
+            ffi::PyErr_SetString(
+                ffi::PyExc_RuntimeError,
+                c"_parakernel is not initialized".as_ptr(),
+            );
             return None;
         }
         Some(&*(*state).lane)
@@ -472,7 +521,10 @@ unsafe fn text_of<'a>(object: *mut ffi::PyObject, what: &str) -> Option<Cow<'a, 
     unsafe {
         if ffi::PyUnicode_Check(object) == 0 {
             let type_name = CStr::from_ptr((*ffi::Py_TYPE(object)).tp_name).to_string_lossy();
-            raise(ffi::PyExc_TypeError, &format!("{what} must be str, not {type_name}"));
+            raise(
+                ffi::PyExc_TypeError,
+                &format!("{what} must be str, not {type_name}"),
+            );
             return None;
         }
         let mut size: ffi::Py_ssize_t = 0;
@@ -480,13 +532,17 @@ unsafe fn text_of<'a>(object: *mut ffi::PyObject, what: &str) -> Option<Cow<'a, 
         if data.is_null() {
             // Lone surrogates cannot be UTF-8: write them replaced rather than fail the print.
             ffi::PyErr_Clear();
-            let bytes = ffi::PyUnicode_AsEncodedString(object, c"utf-8".as_ptr(), c"replace".as_ptr());
+            let bytes =
+                ffi::PyUnicode_AsEncodedString(object, c"utf-8".as_ptr(), c"replace".as_ptr());
             if bytes.is_null() {
                 return None;
             }
             let mut raw: *mut std::ffi::c_char = ptr::null_mut();
             let text = if ffi::PyBytes_AsStringAndSize(bytes, &raw mut raw, &raw mut size) == 0 {
-                let slice = std::slice::from_raw_parts(raw.cast::<u8>(), usize::try_from(size).unwrap_or(0));
+                let slice = std::slice::from_raw_parts(
+                    raw.cast::<u8>(),
+                    usize::try_from(size).unwrap_or(0),
+                );
                 Some(Cow::Owned(String::from_utf8_lossy(slice).into_owned()))
             } else {
                 None
@@ -494,31 +550,46 @@ unsafe fn text_of<'a>(object: *mut ffi::PyObject, what: &str) -> Option<Cow<'a, 
             ffi::Py_DecRef(bytes);
             return text;
         }
-        let slice = std::slice::from_raw_parts(data.cast::<u8>(), usize::try_from(size).unwrap_or(0));
+        let slice =
+            std::slice::from_raw_parts(data.cast::<u8>(), usize::try_from(size).unwrap_or(0));
         // PyUnicode_AsUTF8AndSize returns valid UTF-8.
         Some(Cow::Borrowed(std::str::from_utf8_unchecked(slice)))
     }
 }
 
-unsafe fn write_stream(module: *mut ffi::PyObject, text: *mut ffi::PyObject, name: StreamName) -> *mut ffi::PyObject {
+unsafe fn write_stream(
+    module: *mut ffi::PyObject,
+    text: *mut ffi::PyObject,
+    name: StreamName,
+) -> *mut ffi::PyObject {
     // SAFETY: called by CPython with the lane interpreter's GIL held; `module` is `self` and
     // `text` the argument, both alive for the call.
     unsafe {
-        let Some(lane) = lane_of(module) else { return ptr::null_mut() };
-        let Some(string) = text_of(text, "write() argument") else { return ptr::null_mut() };
+        let Some(lane) = lane_of(module) else {
+            return ptr::null_mut();
+        };
+        let Some(string) = text_of(text, "write() argument") else {
+            return ptr::null_mut();
+        };
         if !string.is_empty() {
-            lane.write(name, &string);
+            lane.write_stream(name, &string);
         }
         ffi::PyLong_FromSsize_t(ffi::PyUnicode_GetLength(text))
     }
 }
 
-unsafe extern "C" fn write_stdout(module: *mut ffi::PyObject, text: *mut ffi::PyObject) -> *mut ffi::PyObject {
+unsafe extern "C" fn write_stdout(
+    module: *mut ffi::PyObject,
+    text: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
     // SAFETY: forwarded as received from CPython.
     unsafe { write_stream(module, text, StreamName::Stdout) }
 }
 
-unsafe extern "C" fn write_stderr(module: *mut ffi::PyObject, text: *mut ffi::PyObject) -> *mut ffi::PyObject {
+unsafe extern "C" fn write_stderr(
+    module: *mut ffi::PyObject,
+    text: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
     // SAFETY: forwarded as received from CPython.
     unsafe { write_stream(module, text, StreamName::Stderr) }
 }
@@ -526,7 +597,7 @@ unsafe extern "C" fn write_stderr(module: *mut ffi::PyObject, text: *mut ffi::Py
 /// The positional arguments of a `METH_FASTCALL` call, checked for count.
 ///
 /// # Safety
-/// `args` points at `nargs` valid object pointers (CPython's calling convention); GIL held.
+/// `args` points at `nargs` valid object pointers (the vectorcall convention); GIL held.
 unsafe fn fastcall_args<'a>(
     args: *const *mut ffi::PyObject,
     nargs: ffi::Py_ssize_t,
@@ -536,7 +607,12 @@ unsafe fn fastcall_args<'a>(
     let count = usize::try_from(nargs).unwrap_or(0);
     if count != expected {
         // SAFETY: GIL held (caller).
-        unsafe { raise(ffi::PyExc_TypeError, &format!("{name}() takes {expected} arguments ({count} given)")) };
+        unsafe {
+            raise(
+                ffi::PyExc_TypeError,
+                &format!("{name}() takes {expected} arguments ({count} given)"),
+            );
+        }
         return None;
     }
     // SAFETY: CPython passes `nargs` argument pointers at `args` (caller).
@@ -548,7 +624,12 @@ unsafe fn parse_json(text: &str, what: &str) -> Option<Value> {
         Ok(value) => Some(value),
         Err(error) => {
             // SAFETY: GIL held (caller).
-            unsafe { raise(ffi::PyExc_ValueError, &format!("{what} is not valid JSON: {error}")) };
+            unsafe {
+                raise(
+                    ffi::PyExc_ValueError,
+                    &format!("{what} is not valid JSON: {error}"),
+                );
+            }
             None
         }
     }
@@ -566,7 +647,10 @@ unsafe fn buffers_of(list: *mut ffi::PyObject) -> Option<Vec<Vec<u8>>> {
             return Some(Vec::new());
         }
         if ffi::PyList_Check(list) == 0 {
-            raise(ffi::PyExc_TypeError, "buffers must be a list of bytes or None");
+            raise(
+                ffi::PyExc_TypeError,
+                "buffers must be a list of bytes or None",
+            );
             return None;
         }
         let count = ffi::PyList_Size(list);
@@ -577,7 +661,10 @@ unsafe fn buffers_of(list: *mut ffi::PyObject) -> Option<Vec<Vec<u8>>> {
                 return None;
             }
             if ffi::PyBytes_Check(item) == 0 {
-                raise(ffi::PyExc_TypeError, "buffers must be a list of bytes or None");
+                raise(
+                    ffi::PyExc_TypeError,
+                    "buffers must be a list of bytes or None",
+                );
                 return None;
             }
             let mut data: *mut std::ffi::c_char = ptr::null_mut();
@@ -585,7 +672,10 @@ unsafe fn buffers_of(list: *mut ffi::PyObject) -> Option<Vec<Vec<u8>>> {
             if ffi::PyBytes_AsStringAndSize(item, &raw mut data, &raw mut size) != 0 {
                 return None;
             }
-            buffers.push(std::slice::from_raw_parts(data.cast::<u8>(), usize::try_from(size).unwrap_or(0)).to_vec());
+            buffers.push(
+                std::slice::from_raw_parts(data.cast::<u8>(), usize::try_from(size).unwrap_or(0))
+                    .to_vec(),
+            );
         }
         Some(buffers)
     }
@@ -599,12 +689,24 @@ unsafe extern "C" fn publish(
     // SAFETY: called by CPython with the lane interpreter's GIL held, `module` is `self`, the
     // arguments are alive for the call.
     unsafe {
-        let Some(lane) = lane_of(module) else { return ptr::null_mut() };
-        let Some(args) = fastcall_args(args, nargs, 4, "publish") else { return ptr::null_mut() };
-        let Some(msg_type) = text_of(args[0], "msg_type").map(Cow::into_owned) else { return ptr::null_mut() };
-        let Some(content) = text_of(args[1], "content") else { return ptr::null_mut() };
-        let Some(metadata) = text_of(args[2], "metadata") else { return ptr::null_mut() };
-        let Some(content) = parse_json(&content, "content") else { return ptr::null_mut() };
+        let Some(lane) = lane_of(module) else {
+            return ptr::null_mut();
+        };
+        let Some(args) = fastcall_args(args, nargs, 4, "publish") else {
+            return ptr::null_mut();
+        };
+        let Some(msg_type) = text_of(args[0], "msg_type").map(Cow::into_owned) else {
+            return ptr::null_mut();
+        };
+        let Some(content) = text_of(args[1], "content") else {
+            return ptr::null_mut();
+        };
+        let Some(metadata) = text_of(args[2], "metadata") else {
+            return ptr::null_mut();
+        };
+        let Some(content) = parse_json(&content, "content") else {
+            return ptr::null_mut();
+        };
         let metadata = match parse_json(&metadata, "metadata") {
             Some(Value::Object(map)) => map,
             Some(Value::Null) => Map::new(),
@@ -614,8 +716,16 @@ unsafe extern "C" fn publish(
             }
             None => return ptr::null_mut(),
         };
-        let Some(buffers) = buffers_of(args[3]) else { return ptr::null_mut() };
-        lane.send(Event::Publish { request: lane.request(), msg_type, content, metadata, buffers });
+        let Some(buffers) = buffers_of(args[3]) else {
+            return ptr::null_mut();
+        };
+        lane.send(Event::Publish {
+            request: lane.request(),
+            msg_type,
+            content,
+            metadata,
+            buffers,
+        });
         ffi::Py_NewRef(ffi::Py_None())
     }
 }
@@ -629,9 +739,15 @@ unsafe extern "C" fn input(
     // arguments are alive for the call. The GIL is released around the wait only, and no Python
     // object is touched while it is released.
     unsafe {
-        let Some(lane) = lane_of(module) else { return ptr::null_mut() };
-        let Some(args) = fastcall_args(args, nargs, 2, "input") else { return ptr::null_mut() };
-        let Some(prompt) = text_of(args[0], "prompt").map(Cow::into_owned) else { return ptr::null_mut() };
+        let Some(lane) = lane_of(module) else {
+            return ptr::null_mut();
+        };
+        let Some(args) = fastcall_args(args, nargs, 2, "input") else {
+            return ptr::null_mut();
+        };
+        let Some(prompt) = text_of(args[0], "prompt").map(Cow::into_owned) else {
+            return ptr::null_mut();
+        };
         let password = match ffi::PyObject_IsTrue(args[1]) {
             -1 => return ptr::null_mut(),
             truth => truth == 1,
@@ -641,44 +757,58 @@ unsafe extern "C" fn input(
             return ptr::null_mut();
         };
         if !lane.begin_input() {
-            raise(ffi::PyExc_RuntimeError, "another thread of this lane is already waiting for input");
+            raise(
+                ffi::PyExc_RuntimeError,
+                "another thread of this lane is already waiting for input",
+            );
             return ptr::null_mut();
         }
-        lane.send(Event::InputRequest { request, prompt, password });
+        lane.send(Event::InputRequest {
+            request,
+            prompt,
+            password,
+        });
         let thread_state = ffi::PyEval_SaveThread();
         let reply = lane.wait_input();
         ffi::PyEval_RestoreThread(thread_state);
-        match reply {
-            Some(value) => {
-                #[allow(clippy::cast_possible_wrap)] // a String's length fits isize
-                let size = value.len() as ffi::Py_ssize_t;
-                ffi::PyUnicode_FromStringAndSize(value.as_ptr().cast(), size)
-            }
-            None => {
-                // On the main interpreter's main thread the interrupt also tripped SIGINT: let
-                // its handler raise, so the signal is not left pending for later.
-                if ffi::PyErr_CheckSignals() != 0 {
-                    return ptr::null_mut();
-                }
-                ffi::PyErr_SetNone(ffi::PyExc_KeyboardInterrupt);
-                ptr::null_mut()
-            }
+        if let Some(value) = reply {
+            #[allow(clippy::cast_possible_wrap)] // a String's length fits isize
+            let size = value.len() as ffi::Py_ssize_t;
+            return ffi::PyUnicode_FromStringAndSize(value.as_ptr().cast(), size);
         }
+        // On the main interpreter's main thread the interrupt also tripped SIGINT: let its
+        // handler raise, so the signal is not left pending for later.
+        if ffi::PyErr_CheckSignals() == 0 {
+            ffi::PyErr_SetNone(ffi::PyExc_KeyboardInterrupt);
+        }
+        ptr::null_mut()
     }
 }
 
-unsafe extern "C" fn allow_stdin(module: *mut ffi::PyObject, _unused: *mut ffi::PyObject) -> *mut ffi::PyObject {
+unsafe extern "C" fn allow_stdin(
+    module: *mut ffi::PyObject,
+    _unused: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
     // SAFETY: called by CPython with the lane interpreter's GIL held; `module` is `self`.
     unsafe {
-        let Some(lane) = lane_of(module) else { return ptr::null_mut() };
-        ffi::PyBool_FromLong(std::ffi::c_long::from(lane.allow_stdin.load(Ordering::Acquire)))
+        let Some(lane) = lane_of(module) else {
+            return ptr::null_mut();
+        };
+        ffi::PyBool_FromLong(std::ffi::c_long::from(
+            lane.allow_stdin.load(Ordering::Acquire),
+        ))
     }
 }
 
-unsafe extern "C" fn flush(module: *mut ffi::PyObject, _unused: *mut ffi::PyObject) -> *mut ffi::PyObject {
+unsafe extern "C" fn flush(
+    module: *mut ffi::PyObject,
+    _unused: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
     // SAFETY: called by CPython with the lane interpreter's GIL held; `module` is `self`.
     unsafe {
-        let Some(lane) = lane_of(module) else { return ptr::null_mut() };
+        let Some(lane) = lane_of(module) else {
+            return ptr::null_mut();
+        };
         lane.flush();
         ffi::Py_NewRef(ffi::Py_None())
     }

@@ -1,4 +1,4 @@
-//! Starting and ending the embedded CPython: the version checks against the kernelspec's
+//! Starting and ending the embedded Python: the version checks against the kernelspec's
 //! environment, `PyConfig`-based initialization, and finalization.
 
 use std::ffi::{CStr, CString};
@@ -12,12 +12,12 @@ use super::ffi::Gil;
 use super::PythonError;
 use crate::native;
 
-/// The embedded CPython's version, e.g. `3.13.0` (as `sys.version.split()[0]`).
+/// The embedded Python's version, e.g. `3.13.0` (as `sys.version.split()[0]`).
 pub(crate) fn version() -> &'static str {
     &versions().0
 }
 
-/// The embedded CPython's `sys.version`.
+/// The embedded Python's `sys.version`.
 pub(crate) fn full_version() -> &'static str {
     &versions().1
 }
@@ -32,15 +32,20 @@ fn versions() -> &'static (String, String) {
         let part = |shift: u32| (hex >> shift) & 0xff;
         let mut short = format!("{}.{}.{}", part(24), part(16), part(8));
         let serial = hex & 0xf;
-        match (hex >> 4) & 0xf {
-            0xa => short.push_str(&format!("a{serial}")),
-            0xb => short.push_str(&format!("b{serial}")),
-            0xc => short.push_str(&format!("rc{serial}")),
-            _ => {}
+        let level = match (hex >> 4) & 0xf {
+            0xa => "a",
+            0xb => "b",
+            0xc => "rc",
+            _ => "",
+        };
+        if !level.is_empty() {
+            short = format!("{short}{level}{serial}");
         }
         // SAFETY: returns a pointer to a static NUL-terminated buffer; called once, before any
         // interpreter exists (see above).
-        let full = unsafe { CStr::from_ptr(ffi::Py_GetVersion()) }.to_string_lossy().into_owned();
+        let full = unsafe { CStr::from_ptr(ffi::Py_GetVersion()) }
+            .to_string_lossy()
+            .into_owned();
         (short, full)
     })
 }
@@ -123,7 +128,7 @@ fn version_of_executable(python: &Path) -> Result<String, PythonError> {
     Ok(String::from_utf8_lossy(&output.stdout).trim().to_string())
 }
 
-/// Initializes CPython on the calling thread (the process's main thread), with `python` as the
+/// Initializes Python on the calling thread (the process's main thread), with `python` as the
 /// program so that `sys.prefix` is its environment. Returns with the main thread state attached.
 pub(crate) fn initialize(python: Option<&Path>) -> Result<(), PythonError> {
     // SAFETY: called once, from the main thread, before any other Python API use in the process
@@ -131,10 +136,15 @@ pub(crate) fn initialize(python: Option<&Path>) -> Result<(), PythonError> {
     // cleared after use; the strings we pass are valid C strings for the duration of each call.
     unsafe {
         if ffi::Py_IsInitialized() != 0 {
-            return Err(PythonError::Initialize("Python is already initialized in this process".into()));
+            return Err(PythonError::Initialize(
+                "Python is already initialized in this process".into(),
+            ));
         }
-        if ffi::PyImport_AppendInittab(native::MODULE_NAME.as_ptr(), Some(native::init_module)) != 0 {
-            return Err(PythonError::Initialize("could not register the _parakernel module".into()));
+        if ffi::PyImport_AppendInittab(native::MODULE_NAME.as_ptr(), Some(native::init_module)) != 0
+        {
+            return Err(PythonError::Initialize(
+                "could not register the _parakernel module".into(),
+            ));
         }
         let mut config = std::mem::MaybeUninit::<ffi::PyConfig>::zeroed();
         ffi::PyConfig_InitPythonConfig(config.as_mut_ptr());
@@ -146,11 +156,16 @@ pub(crate) fn initialize(python: Option<&Path>) -> Result<(), PythonError> {
         (*config).install_signal_handlers = 1;
         let mut result = Ok(());
         if let Some(python) = python {
-            let path = CString::new(python.as_os_str().as_bytes())
-                .map_err(|_| PythonError::Initialize(format!("{} contains a NUL byte", python.display())))?;
+            let path = CString::new(python.as_os_str().as_bytes()).map_err(|_| {
+                PythonError::Initialize(format!("{} contains a NUL byte", python.display()))
+            })?;
             // The program name (not resolved through symlinks) is where CPython's getpath finds
             // the environment's pyvenv.cfg.
-            result = status(ffi::PyConfig_SetBytesString(config, &raw mut (*config).program_name, path.as_ptr()));
+            result = status(ffi::PyConfig_SetBytesString(
+                config,
+                &raw mut (*config).program_name,
+                path.as_ptr(),
+            ));
         }
         if result.is_ok() {
             result = status(ffi::Py_InitializeFromConfig(config));
@@ -167,7 +182,11 @@ fn status(status: ffi::PyStatus) -> Result<(), PythonError> {
     }
     let text = |pointer: *const std::ffi::c_char| {
         // SAFETY: CPython's status strings are static NUL-terminated strings (or null).
-        (!pointer.is_null()).then(|| unsafe { CStr::from_ptr(pointer) }.to_string_lossy().into_owned())
+        (!pointer.is_null()).then(|| {
+            unsafe { CStr::from_ptr(pointer) }
+                .to_string_lossy()
+                .into_owned()
+        })
     };
     let message = match (text(status.func), text(status.err_msg)) {
         (Some(func), Some(message)) => format!("{func}: {message}"),
@@ -183,13 +202,21 @@ pub(crate) fn after_initialize(gil: Gil<'_>, python: Option<&Path>) -> Result<()
     // A subinterpreter importing `_datetime` before the main interpreter did crashes 3.13.0 at
     // teardown (CPython gh-136421 / gh-136423).
     gil.import(c"_datetime")
-        .map_err(|exception| PythonError::Setup { context: "import _datetime", exception })?;
-    let Some(environment) = python.and_then(environment_of) else { return Ok(()) };
+        .map_err(|exception| PythonError::Setup {
+            context: "import _datetime",
+            exception,
+        })?;
+    let Some(environment) = python.and_then(environment_of) else {
+        return Ok(());
+    };
     let prefix = gil
         .import(c"sys")
         .and_then(|sys| sys.getattr(c"prefix"))
         .and_then(|prefix| prefix.text())
-        .map_err(|exception| PythonError::Setup { context: "read sys.prefix", exception })?;
+        .map_err(|exception| PythonError::Setup {
+            context: "read sys.prefix",
+            exception,
+        })?;
     let same = |a: &Path, b: &Path| a == b || a.canonicalize().ok() == b.canonicalize().ok();
     if same(Path::new(&prefix), &environment) {
         Ok(())
@@ -202,7 +229,7 @@ pub(crate) fn after_initialize(gil: Gil<'_>, python: Option<&Path>) -> Result<()
     }
 }
 
-/// Finalizes CPython. The caller has made sure no thread it cannot stop still runs Python.
+/// Finalizes Python. The caller has made sure no thread it cannot stop still runs Python.
 pub(crate) fn finalize(_gil: Gil<'_>) -> bool {
     // SAFETY: called on the main thread with the main thread state attached (token), after every
     // `Owned` is dropped and every other thread state this crate made is deleted.

@@ -1,4 +1,4 @@
-//! The few safe wrappers over CPython's C API that the rest of `python` uses: a token proving
+//! The few safe wrappers over Python's C API that the rest of `python` uses: a token proving
 //! that the calling thread has a thread state attached ([`Gil`]), owned references that cannot
 //! outlive it ([`Owned`]), thread states of other threads ([`ThreadState`]), and Python
 //! exceptions turned into Rust data ([`PythonException`]).
@@ -35,6 +35,7 @@ impl<'py> Gil<'py> {
 
     /// Releases the GIL while `f` runs (which can touch no Python object: `Owned` is not
     /// `Send`), then attaches the same thread state again.
+    #[allow(clippy::unused_self)] // the token is the proof that detaching is allowed
     pub(crate) fn detach<T: Send>(self, f: impl FnOnce() -> T + Send) -> T {
         // SAFETY: the token proves a thread state is attached to this thread; SaveThread detaches
         // it and RestoreThread re-attaches the very same one before any Python object is used.
@@ -79,7 +80,11 @@ impl<'py> Gil<'py> {
         // Formatting may itself have failed; that error is not the one being reported.
         // SAFETY: GIL held.
         unsafe { ffi::PyErr_Clear() };
-        PythonException { name, message, traceback }
+        PythonException {
+            name,
+            message,
+            traceback,
+        }
     }
 
     /// `import name`.
@@ -92,7 +97,52 @@ impl<'py> Gil<'py> {
     pub(crate) fn str(self, text: &str) -> Result<Owned<'py>, PythonException> {
         let size = isize::try_from(text.len()).expect("a string's length fits isize");
         // SAFETY: GIL held; the pointer and length describe valid UTF-8.
-        self.check(unsafe { ffi::PyUnicode_FromStringAndSize(text.as_ptr().cast::<c_char>(), size) })
+        self.check(unsafe {
+            ffi::PyUnicode_FromStringAndSize(text.as_ptr().cast::<c_char>(), size)
+        })
+    }
+
+    /// A new `float`.
+    pub(crate) fn float(self, value: f64) -> Result<Owned<'py>, PythonException> {
+        // SAFETY: GIL held.
+        self.check(unsafe { ffi::PyFloat_FromDouble(value) })
+    }
+
+    /// Compiles `source` and executes it as the module `name`, registered in `sys.modules`.
+    pub(crate) fn exec_module(
+        self,
+        name: &CStr,
+        filename: &CStr,
+        source: &str,
+    ) -> Result<Owned<'py>, PythonException> {
+        let source = std::ffi::CString::new(source).map_err(|_| PythonException {
+            name: "ValueError".into(),
+            message: format!(
+                "the source of {} contains a NUL byte",
+                name.to_string_lossy()
+            ),
+            traceback: Vec::new(),
+        })?;
+        // SAFETY: GIL held; the strings are valid C strings for the call; a new reference or null.
+        let code = self.check(unsafe {
+            ffi::Py_CompileString(source.as_ptr(), filename.as_ptr(), ffi::Py_file_input)
+        })?;
+        // SAFETY: GIL held; `code` is a live code object; a new reference or null.
+        self.check(unsafe { ffi::PyImport_ExecCodeModule(name.as_ptr(), code.as_ptr()) })
+    }
+
+    /// Takes a SIGINT that was sent to this thread out of Python's signal flags, so it raises
+    /// nowhere. Only the main thread of the main interpreter handles signals: call it there.
+    #[allow(clippy::unused_self)] // the token is the proof that the GIL is held
+    pub(crate) fn clear_interrupt(self) {
+        // SAFETY: a system call returns with every pending unblocked signal of this thread
+        // handled, so a SIGINT sent before now has tripped Python's flag; `set` is a valid
+        // sigset_t. PyOS_InterruptOccurred then clears the flag (GIL held: token).
+        unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigpending(&raw mut set);
+            ffi::PyOS_InterruptOccurred();
+        }
     }
 
     /// Turns a returned new reference into `Owned`, or the pending exception into an error.
@@ -122,7 +172,8 @@ impl<'py> Owned<'py> {
 
     pub(crate) fn getattr(&self, name: &CStr) -> Result<Owned<'py>, PythonException> {
         // SAFETY: GIL held (token in self); the object is alive (we own a reference).
-        self.gil.check(unsafe { ffi::PyObject_GetAttrString(self.as_ptr(), name.as_ptr()) })
+        self.gil
+            .check(unsafe { ffi::PyObject_GetAttrString(self.as_ptr(), name.as_ptr()) })
     }
 
     /// Calls the object with positional arguments.
@@ -130,7 +181,12 @@ impl<'py> Owned<'py> {
         let pointers: Vec<*mut ffi::PyObject> = args.iter().map(|arg| arg.as_ptr()).collect();
         // SAFETY: GIL held; every pointer is a live object we hold a reference to for the call.
         let result = unsafe {
-            ffi::PyObject_Vectorcall(self.as_ptr(), pointers.as_ptr(), pointers.len(), std::ptr::null_mut())
+            ffi::PyObject_Vectorcall(
+                self.as_ptr(),
+                pointers.as_ptr(),
+                pointers.len(),
+                std::ptr::null_mut(),
+            )
         };
         self.gil.check(result)
     }
@@ -144,7 +200,8 @@ impl<'py> Owned<'py> {
             if data.is_null() {
                 return Err(self.gil.fetch());
             }
-            let bytes = std::slice::from_raw_parts(data.cast::<u8>(), usize::try_from(size).unwrap_or(0));
+            let bytes =
+                std::slice::from_raw_parts(data.cast::<u8>(), usize::try_from(size).unwrap_or(0));
             Ok(String::from_utf8_lossy(bytes).into_owned())
         }
     }
@@ -152,7 +209,9 @@ impl<'py> Owned<'py> {
     /// The texts of an iterable of `str`.
     pub(crate) fn strings(&self) -> Result<Vec<String>, PythonException> {
         // SAFETY: GIL held; GetIter returns a new reference or null.
-        let iterator = self.gil.check(unsafe { ffi::PyObject_GetIter(self.as_ptr()) })?;
+        let iterator = self
+            .gil
+            .check(unsafe { ffi::PyObject_GetIter(self.as_ptr()) })?;
         let mut strings = Vec::new();
         loop {
             // SAFETY: GIL held; `iterator` is alive; returns a new reference or null.
@@ -161,7 +220,9 @@ impl<'py> Owned<'py> {
             match unsafe { Owned::from_raw(self.gil, item) } {
                 Some(item) => strings.push(item.text()?),
                 // SAFETY: GIL held.
-                None if unsafe { !ffi::PyErr_Occurred().is_null() } => return Err(self.gil.fetch()),
+                None if unsafe { !ffi::PyErr_Occurred().is_null() } => {
+                    return Err(self.gil.fetch())
+                }
                 None => return Ok(strings),
             }
         }

@@ -28,19 +28,33 @@ pub(crate) struct LaneRuntime<'py> {
 
 impl<'py> LaneRuntime<'py> {
     /// Binds `_parakernel` in the current interpreter to `state`, loads the shell helper and
-    /// creates the lane's IPython shell.
-    pub(crate) fn start(gil: Gil<'py>, state: Arc<LaneState>, main: bool) -> Result<Self, PythonError> {
+    /// creates the lane's shell (an `IPython` `InteractiveShell`).
+    pub(crate) fn start(
+        gil: Gil<'py>,
+        state: Arc<LaneState>,
+        main: bool,
+    ) -> Result<Self, PythonError> {
         let interpreter = InterpreterHandle::current(gil);
         native::register(interpreter.id(), Arc::clone(&state));
-        let setup = |context: &'static str| move |exception| PythonError::Setup { context, exception };
-        gil.import(native::MODULE_NAME).map_err(setup("import _parakernel"))?;
-        let module = load_module(gil, SHELL_MODULE, SHELL_SOURCE).map_err(setup("load the shell helper"))?;
-        let options = gil.str(&json!({ "main": main }).to_string()).map_err(setup("start the shell"))?;
+        let setup =
+            |context: &'static str| move |exception| PythonError::Setup { context, exception };
+        gil.import(native::MODULE_NAME)
+            .map_err(setup("import _parakernel"))?;
+        let module = gil
+            .exec_module(SHELL_MODULE, c"<parakernel shell>", SHELL_SOURCE)
+            .map_err(setup("load the shell helper"))?;
+        let options = gil
+            .str(&json!({ "main": main }).to_string())
+            .map_err(setup("start the shell"))?;
         module
             .getattr(c"start")
             .and_then(|start| start.call(&[&options]))
             .map_err(setup("start the IPython shell"))?;
-        let function = |name: &'static CStr| module.getattr(name).map_err(setup("find the shell's entry points"));
+        let function = |name: &'static CStr| {
+            module
+                .getattr(name)
+                .map_err(setup("find the shell's entry points"))
+        };
         Ok(LaneRuntime {
             gil,
             execute: function(c"execute")?,
@@ -67,11 +81,14 @@ impl<'py> LaneRuntime<'py> {
             .and_then(|reply| reply.text());
         match reply.map(|text| serde_json::from_str::<Value>(&text)) {
             Ok(Ok(reply)) => reply,
-            Ok(Err(error)) => self.internal_error(job, &PythonException {
-                name: "ValueError".into(),
-                message: format!("the shell's reply is not JSON: {error}"),
-                traceback: Vec::new(),
-            }),
+            Ok(Err(error)) => self.internal_error(
+                job,
+                &PythonException {
+                    name: "ValueError".into(),
+                    message: format!("the shell's reply is not JSON: {error}"),
+                    traceback: Vec::new(),
+                },
+            ),
             Err(exception) => self.internal_error(job, &exception),
         }
     }
@@ -109,16 +126,21 @@ impl<'py> LaneRuntime<'py> {
             self.comm.call(&[&msg_type, &content])
         });
         if let Err(exception) = result {
-            tracing::warn!("{msg_type} failed in the lane: {exception}\n{}", exception.traceback.concat());
+            tracing::warn!(
+                "{msg_type} failed in the lane: {exception}\n{}",
+                exception.traceback.concat()
+            );
         }
     }
 
     /// Waits up to `timeout_seconds` for the threads cells started; true when none is left that
     /// would make interpreter teardown wait.
     pub(crate) fn stop(&self, timeout_seconds: f64) -> bool {
-        // SAFETY: GIL held (token in self); returns a new reference or null.
-        let timeout = self.gil.check(unsafe { pyo3_ffi::PyFloat_FromDouble(timeout_seconds) });
-        match timeout.and_then(|timeout| self.stop.call(&[&timeout])).and_then(|done| done.is_true()) {
+        let timeout = self.gil.float(timeout_seconds);
+        match timeout
+            .and_then(|timeout| self.stop.call(&[&timeout]))
+            .and_then(|done| done.is_true())
+        {
             Ok(done) => done,
             Err(exception) => {
                 tracing::warn!("stopping the lane's threads failed: {exception}");
@@ -138,12 +160,20 @@ impl Drop for LaneRuntime<'_> {
 /// that interpreter: it finds the shell helper in `sys.modules`).
 pub(crate) fn answer(gil: Gil<'_>, query: &Query) -> Value {
     let request = match query {
-        Query::Complete { code, cursor_pos } => json!({ "kind": "complete", "code": code, "cursor_pos": cursor_pos }),
-        Query::Inspect { code, cursor_pos, detail_level } => json!({
+        Query::Complete { code, cursor_pos } => {
+            json!({ "kind": "complete", "code": code, "cursor_pos": cursor_pos })
+        }
+        Query::Inspect {
+            code,
+            cursor_pos,
+            detail_level,
+        } => json!({
             "kind": "inspect", "code": code, "cursor_pos": cursor_pos, "detail_level": detail_level,
         }),
         Query::IsComplete { code } => json!({ "kind": "is_complete", "code": code }),
-        Query::CommInfo { target_name } => json!({ "kind": "comm_info", "target_name": target_name }),
+        Query::CommInfo { target_name } => {
+            json!({ "kind": "comm_info", "target_name": target_name })
+        }
     };
     let reply = gil
         .import(SHELL_MODULE)
@@ -152,22 +182,15 @@ pub(crate) fn answer(gil: Gil<'_>, query: &Query) -> Value {
         .and_then(|reply| reply.text());
     match reply.map(|text| serde_json::from_str::<Value>(&text)) {
         Ok(Ok(reply)) => reply,
-        Ok(Err(error)) => json!({ "status": "error", "ename": "ValueError", "evalue": error.to_string(), "traceback": [] }),
+        Ok(Err(error)) => {
+            json!({ "status": "error", "ename": "ValueError", "evalue": error.to_string(), "traceback": [] })
+        }
         Err(exception) => {
-            tracing::warn!("query failed: {exception}\n{}", exception.traceback.concat());
+            tracing::warn!(
+                "query failed: {exception}\n{}",
+                exception.traceback.concat()
+            );
             json!({ "status": "error", "ename": exception.name, "evalue": exception.message, "traceback": exception.traceback })
         }
     }
-}
-
-/// Compiles `source` and executes it as the module `name` (registered in `sys.modules`).
-fn load_module<'py>(gil: Gil<'py>, name: &CStr, source: &str) -> Result<Owned<'py>, PythonException> {
-    let source = std::ffi::CString::new(source).expect("the shell helper has no NUL byte");
-    // SAFETY: GIL held (token); both strings are valid C strings for the call; returns a new
-    // reference or null.
-    let code = gil.check(unsafe {
-        pyo3_ffi::Py_CompileString(source.as_ptr(), c"<parakernel shell>".as_ptr(), pyo3_ffi::Py_file_input)
-    })?;
-    // SAFETY: GIL held; `code` is a live code object; returns a new reference or null.
-    gil.check(unsafe { pyo3_ffi::PyImport_ExecCodeModule(name.as_ptr(), code.as_ptr()) })
 }

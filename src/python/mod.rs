@@ -1,4 +1,4 @@
-//! Embeds CPython and runs lanes; answers the [`Executor`] contract. All FFI outside `native`
+//! Embeds Python (`libpython`) and runs lanes; answers the [`Executor`] contract. All FFI outside `native`
 //! lives here. Never blocks the tokio runtime: every executor method only hands work to a lane
 //! thread.
 //!
@@ -7,6 +7,7 @@
 //! answered by a second thread with its own thread state of the main interpreter, which gets the
 //! GIL between the bytecodes of a busy cell.
 
+mod capture;
 mod embed;
 mod ffi;
 mod lane;
@@ -24,6 +25,7 @@ pub use ffi::PythonException;
 
 use crate::kernel::executor::{Event, Executor, InterruptTarget, Job, Lane, Query, RequestId};
 use crate::native::{self, LaneState};
+use capture::FdCapture;
 use ffi::{Gil, InterpreterHandle, ThreadState};
 use lane::LaneRuntime;
 
@@ -54,8 +56,14 @@ pub enum PythonError {
          with Python {embedded}, or rebuild parakernel against this Python (PYO3_PYTHON)",
         path.display()
     )]
-    VersionMismatch { path: PathBuf, found: String, embedded: String },
-    #[error("MainLane::run must be called on the process's main thread (SIGINT is delivered there)")]
+    VersionMismatch {
+        path: PathBuf,
+        found: String,
+        embedded: String,
+    },
+    #[error(
+        "MainLane::run must be called on the process's main thread (SIGINT is delivered there)"
+    )]
     NotMainThread,
     #[error("initializing Python failed: {0}")]
     Initialize(String),
@@ -63,7 +71,11 @@ pub enum PythonError {
         "Python started from {} runs in {} instead of its environment {}",
         python.display(), found.display(), expected.display()
     )]
-    WrongEnvironment { python: PathBuf, expected: PathBuf, found: PathBuf },
+    WrongEnvironment {
+        python: PathBuf,
+        expected: PathBuf,
+        found: PathBuf,
+    },
     #[error("setting up the main lane failed: {context}")]
     Setup {
         context: &'static str,
@@ -98,7 +110,10 @@ pub fn banner() -> String {
 
 /// Checks `options` and prepares the main lane. The returned [`MainLane`] must be run on the
 /// process's main thread; the executor may be used at once (work waits until Python is ready).
-pub fn start(options: PythonOptions, events: UnboundedSender<Event>) -> Result<(PythonExecutor, MainLane), PythonError> {
+pub fn start(
+    options: PythonOptions,
+    events: UnboundedSender<Event>,
+) -> Result<(PythonExecutor, MainLane), PythonError> {
     // Format the version strings now, before any interpreter exists (see `embed::versions`).
     let _ = (embed::version(), embed::full_version());
     if let Some(python) = &options.python {
@@ -115,7 +130,14 @@ pub fn start(options: PythonOptions, events: UnboundedSender<Event>) -> Result<(
         control: Arc::clone(&control),
         events,
     };
-    let main_lane = MainLane { options, command_inbox, query_inbox, queries, state, control };
+    let main_lane = MainLane {
+        options,
+        command_inbox: Some(command_inbox),
+        query_inbox: Some(query_inbox),
+        queries,
+        state,
+        control,
+    };
     Ok((executor, main_lane))
 }
 
@@ -149,22 +171,25 @@ impl MainControl {
 
     /// Marks a job as running, after clearing a SIGINT left over from the previous one (an
     /// interrupt that raced with its end), so it cannot hit this job.
-    fn begin(&self, _gil: Gil<'_>) {
+    /// `gil` is the main thread's (see `MainLane::run`), where Python handles signals.
+    fn begin(&self, gil: Gil<'_>) {
         let mut signal = self.lock();
-        // SAFETY: a system call returns with every pending unblocked signal of this thread
-        // handled; `set` is a valid sigset_t. After it, a SIGINT sent while the previous job ran
-        // has tripped CPython's flag, which PyOS_InterruptOccurred clears (it needs the main
-        // thread of the main interpreter attached: the token and `run` make sure of both).
-        unsafe {
-            let mut set: libc::sigset_t = std::mem::zeroed();
-            libc::sigpending(&raw mut set);
-            pyo3_ffi::PyOS_InterruptOccurred();
-        }
+        gil.clear_interrupt();
         signal.running = true;
     }
 
     fn end(&self) {
         self.lock().running = false;
+    }
+
+    /// From shutdown on, SIGINT is ignored: `jupyter_client` sends one (in `signal` interrupt mode)
+    /// right before `shutdown_request`, and it must not raise in the shutdown's own Python code.
+    fn ignore_interrupts(&self, gil: Gil<'_>) {
+        let _signal = self.lock();
+        // SAFETY: installing SIG_IGN for SIGINT is always valid; Python's handler is bypassed
+        // from here on (finalization puts the original disposition back).
+        unsafe { libc::signal(libc::SIGINT, libc::SIG_IGN) };
+        gil.clear_interrupt();
     }
 
     /// Sends SIGINT to the main thread if it runs a job. Returns whether it did.
@@ -200,9 +225,14 @@ impl Executor for PythonExecutor {
     fn run(&mut self, lane: &Lane, job: Job) {
         match lane {
             Lane::Main => {
-                if let Err(mpsc::SendError(Command::Run(job))) = self.commands.send(Command::Run(job)) {
+                if let Err(mpsc::SendError(Command::Run(job))) =
+                    self.commands.send(Command::Run(job))
+                {
                     let reply = matches!(job, Job::Execute(_)).then(|| lane_gone_reply(&job));
-                    let _ = self.events.send(Event::Finished { request: job.request(), reply });
+                    let _ = self.events.send(Event::Finished {
+                        request: job.request(),
+                        reply,
+                    });
                 }
             }
         }
@@ -211,7 +241,11 @@ impl Executor for PythonExecutor {
     fn query(&mut self, lane: &Lane, request: RequestId, query: Query) {
         match lane {
             Lane::Main => {
-                if self.queries.send(QueryCommand::Answer(request, query)).is_err() {
+                if self
+                    .queries
+                    .send(QueryCommand::Answer(request, query))
+                    .is_err()
+                {
                     let reply = json!({
                         "status": "error", "ename": "RuntimeError",
                         "evalue": "the main lane has stopped", "traceback": [],
@@ -226,7 +260,9 @@ impl Executor for PythonExecutor {
         match lane {
             Lane::Main => {
                 if !self.state.reply_input(value) {
-                    tracing::warn!("input_reply for the main lane, which is not waiting for input: dropped");
+                    tracing::warn!(
+                        "input_reply for the main lane, which is not waiting for input: dropped"
+                    );
                 }
             }
         }
@@ -265,8 +301,9 @@ fn lane_gone_reply(job: &Job) -> Value {
 /// The main lane, to be run on the process's main thread.
 pub struct MainLane {
     options: PythonOptions,
-    command_inbox: Receiver<Command>,
-    query_inbox: Receiver<QueryCommand>,
+    /// Taken by the loop that serves them.
+    command_inbox: Option<Receiver<Command>>,
+    query_inbox: Option<Receiver<QueryCommand>>,
     queries: Sender<QueryCommand>,
     state: Arc<LaneState>,
     control: Arc<MainControl>,
@@ -274,65 +311,105 @@ pub struct MainLane {
 
 impl std::fmt::Debug for MainLane {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MainLane").field("options", &self.options).finish_non_exhaustive()
+        f.debug_struct("MainLane")
+            .field("options", &self.options)
+            .finish_non_exhaustive()
     }
 }
 
 impl MainLane {
-    /// Initializes CPython, loads the shell, serves jobs until [`Executor::shutdown`] (or until
+    /// Initializes Python, loads the shell, serves jobs until [`Executor::shutdown`] (or until
     /// the executor is dropped), then finalizes Python and returns. Must run on the process's
     /// main thread.
-    pub fn run(self) -> Result<(), PythonError> {
+    ///
+    /// When Python or the shell cannot start, every job and query is answered with an error that
+    /// says why (so a notebook shows it), until shutdown; then that error is returned.
+    pub fn run(mut self) -> Result<(), PythonError> {
         // SAFETY: getpid and gettid only read the calling process's and thread's ids.
-        let on_main_thread = unsafe { i64::from(libc::getpid()) == libc::syscall(libc::SYS_gettid) };
+        let on_main_thread =
+            unsafe { i64::from(libc::getpid()) == libc::syscall(libc::SYS_gettid) };
         if !on_main_thread {
             return Err(PythonError::NotMainThread);
         }
         // SAFETY: pthread_self only names the calling thread.
         self.control.lock().thread = Some(unsafe { libc::pthread_self() });
         let started = std::time::Instant::now();
-        embed::initialize(self.options.python.as_deref())?;
+        if let Err(error) = embed::initialize(self.options.python.as_deref()) {
+            return Err(self.refuse_jobs(error));
+        }
         // SAFETY: Py_InitializeFromConfig returned with this thread's (the main) thread state
         // attached; it stays attached for the rest of `run` except inside `Gil::detach`.
         let gil = unsafe { Gil::assume() };
         let state = Arc::clone(&self.state);
-        let (result, finalize) = self.serve(gil, started);
+        // Kept until Python is finalized, so that output of atexit handlers reaches the kernel.
+        let capture = FdCapture::start(Arc::clone(&state))
+            .inspect_err(|error| {
+                tracing::warn!("output to fds 1 and 2 will not reach cells: {error}");
+            })
+            .ok();
+        let (result, finalize) = match self.serve(gil, started, capture.as_ref()) {
+            Ok(finalize) => (Ok(()), finalize),
+            Err(error) => (Err(gil.detach(|| self.refuse_jobs(error))), true),
+        };
         if finalize {
+            let finalizing = std::time::Instant::now();
             if !embed::finalize(gil) {
                 tracing::warn!("Py_FinalizeEx reported an error");
             }
+            tracing::debug!(elapsed = ?finalizing.elapsed(), "Python finalized");
+            // Finalization put SIGINT back to its default action (end the process); the kernel
+            // may still be sending its last messages.
+            // SAFETY: installing SIG_IGN for SIGINT is always valid.
+            unsafe { libc::signal(libc::SIGINT, libc::SIG_IGN) };
         } else {
-            tracing::warn!("threads started by cells are still running: exiting without finalizing Python");
+            tracing::warn!(
+                "threads started by cells are still running: exiting without finalizing Python"
+            );
         }
         // Output written while Python finalized (atexit handlers, __del__).
+        drop(capture);
         state.flush();
         result
     }
 
-    /// Returns the outcome and whether Python can be finalized without waiting for a thread
-    /// that may never end.
-    fn serve(self, gil: Gil<'_>, started: std::time::Instant) -> (Result<(), PythonError>, bool) {
-        if let Err(error) = embed::after_initialize(gil, self.options.python.as_deref()) {
-            return (Err(error), true);
-        }
-        let runtime = match LaneRuntime::start(gil, Arc::clone(&self.state), true) {
-            Ok(runtime) => runtime,
-            Err(error) => return (Err(error), true),
-        };
+    /// Serves jobs until shutdown. Returns whether Python can be finalized without waiting for
+    /// a thread that may never end.
+    fn serve(
+        &mut self,
+        gil: Gil<'_>,
+        started: std::time::Instant,
+        capture: Option<&FdCapture>,
+    ) -> Result<bool, PythonError> {
+        embed::after_initialize(gil, self.options.python.as_deref())?;
+        let runtime = LaneRuntime::start(gil, Arc::clone(&self.state), true)?;
         tracing::info!(elapsed = ?started.elapsed(), "main lane ready");
-        let (query_thread, query_done) = spawn_query_thread(InterpreterHandle::main(gil), self.query_inbox, Arc::clone(&self.state));
+        let query_inbox = self
+            .query_inbox
+            .take()
+            .expect("the query inbox is taken once");
+        let (query_thread, query_done) = spawn_query_thread(
+            InterpreterHandle::main(gil),
+            query_inbox,
+            Arc::clone(&self.state),
+        );
 
-        let mut commands = self.command_inbox;
+        let mut commands = self
+            .command_inbox
+            .take()
+            .expect("the command inbox is taken once");
         loop {
             // The inbox moves into the detached closure and back: a `&Receiver` is not `Send`.
             let (command, inbox) = gil.detach(move || (commands.recv(), commands));
             commands = inbox;
             match command {
-                Ok(Command::Run(job)) => run_job(&runtime, &self.state, &self.control, gil, job),
+                Ok(Command::Run(job)) => {
+                    run_job(&runtime, &self.state, &self.control, capture, gil, &job);
+                }
                 Ok(Command::Shutdown) | Err(_) => break,
             }
         }
 
+        self.control.ignore_interrupts(gil);
         let _ = self.queries.send(QueryCommand::Stop);
         let query_stopped = gil.detach(move || match query_done.recv_timeout(STOP_TIMEOUT) {
             Ok(()) | Err(RecvTimeoutError::Disconnected) => true,
@@ -345,15 +422,86 @@ impl MainLane {
         }
         let threads_done = runtime.stop(STOP_TIMEOUT.as_secs_f64());
         drop(runtime);
-        (Ok(()), query_stopped && threads_done)
+        tracing::debug!(query_stopped, threads_done, "main lane stopped");
+        Ok(query_stopped && threads_done)
     }
 
+    /// The main lane could not start: answer everything with `error` until shutdown.
+    fn refuse_jobs(&mut self, error: PythonError) -> PythonError {
+        let mut message = error.to_string();
+        let mut cause = std::error::Error::source(&error);
+        while let Some(inner) = cause {
+            message = format!("{message}: {inner}");
+            cause = inner.source();
+        }
+        tracing::error!("the main lane cannot run cells: {message}");
+        let mut traceback = vec![message.clone()];
+        if let PythonError::Setup { exception, .. } = &error {
+            traceback.extend(exception.traceback.iter().cloned());
+        }
+        let reply = json!({
+            "status": "error", "ename": "ParakernelError", "evalue": message, "traceback": traceback,
+        });
+        if let Some(inbox) = self.query_inbox.take() {
+            let (state, reply) = (Arc::clone(&self.state), reply.clone());
+            native::spawn_without_sigint("parakernel-query", move || {
+                while let Ok(QueryCommand::Answer(request, _)) = inbox.recv() {
+                    state.send(Event::Answered {
+                        request,
+                        reply: reply.clone(),
+                    });
+                }
+            });
+        }
+        if let Some(inbox) = self.command_inbox.take() {
+            while let Ok(Command::Run(job)) = inbox.recv() {
+                let reply = match &job {
+                    Job::Execute(execute) => {
+                        let mut reply = reply.clone();
+                        reply["execution_count"] = json!(execute.execution_count);
+                        reply["user_expressions"] = json!({});
+                        reply["payload"] = json!([]);
+                        self.state.set_request(execute.request);
+                        self.state.send(Event::Publish {
+                            request: Some(execute.request),
+                            msg_type: "error".into(),
+                            content: json!({ "ename": reply["ename"], "evalue": reply["evalue"], "traceback": reply["traceback"] }),
+                            metadata: serde_json::Map::new(),
+                            buffers: Vec::new(),
+                        });
+                        Some(reply)
+                    }
+                    Job::Comm { .. } => None,
+                };
+                self.state.send(Event::Finished {
+                    request: job.request(),
+                    reply,
+                });
+            }
+        }
+        let _ = self.queries.send(QueryCommand::Stop);
+        error
+    }
 }
 
-fn run_job(runtime: &LaneRuntime<'_>, state: &LaneState, control: &MainControl, gil: Gil<'_>, job: Job) {
+fn run_job(
+    runtime: &LaneRuntime<'_>,
+    state: &LaneState,
+    control: &MainControl,
+    capture: Option<&FdCapture>,
+    gil: Gil<'_>,
+    job: &Job,
+) {
     let request = job.request();
+    // Text still in the pipes belongs to the request that ran last.
+    let sync = || {
+        if let Some(capture) = capture {
+            gil.detach(|| capture.sync());
+        }
+    };
+    sync();
     state.set_request(request);
-    let reply = match &job {
+    let reply = match job {
         Job::Execute(execute) => {
             state.set_allow_stdin(execute.allow_stdin);
             control.begin(gil);
@@ -362,13 +510,16 @@ fn run_job(runtime: &LaneRuntime<'_>, state: &LaneState, control: &MainControl, 
             state.set_allow_stdin(false);
             Some(reply)
         }
-        Job::Comm { msg_type, content, .. } => {
+        Job::Comm {
+            msg_type, content, ..
+        } => {
             control.begin(gil);
             runtime.comm(msg_type, content);
             control.end();
             None
         }
     };
+    sync();
     state.send(Event::Finished { request, reply });
 }
 

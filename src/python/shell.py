@@ -315,6 +315,7 @@ def _define_shell_classes():
         def run_cell(self, *args, **kwargs):
             self._last_traceback = None
             self._last_traceback_during_displayhook = False
+            self._last_error = None
             return super().run_cell(*args, **kwargs)
 
         def _showtraceback(self, etype, evalue, stb):
@@ -323,6 +324,7 @@ def _define_shell_classes():
                 self._last_traceback_during_displayhook = True
             _publish("error", {"traceback": stb, "ename": str(etype.__name__), "evalue": str(evalue)})
             self._last_traceback = stb
+            self._last_error = (str(etype.__name__), str(evalue))
 
     InteractiveShellABC.register(ZMQInteractiveShell)
     return ZMQInteractiveShell
@@ -396,7 +398,14 @@ def start(options_json):
 
     _install_comms()
 
-    from traitlets.config import Config
+    try:
+        from traitlets.config import Config
+        import IPython  # noqa: F401
+    except ImportError as error:
+        raise ImportError(
+            f"parakernel runs cells with IPython, which the environment {sys.prefix} lacks "
+            f"({error}); install it with: {sys.executable} -m pip install ipython"
+        ) from error
 
     config = Config()
     # The kernel keeps history (one record for every lane); IPython's history thread would also
@@ -434,11 +443,16 @@ def execute(job_json):
     if result.success and not getattr(shell, "_last_traceback_during_displayhook", False):
         reply = {"status": "ok"}
     else:
+        if error is not None:
+            ename, evalue = str(type(error).__name__), str(error)
+        else:
+            # The result's repr failed: report that exception (ipykernel says NoneType here).
+            ename, evalue = getattr(shell, "_last_error", None) or ("NoneType", "None")
         reply = {
             "status": "error",
             "traceback": shell._last_traceback or [],
-            "ename": str(type(error).__name__),
-            "evalue": str(error),
+            "ename": ename,
+            "evalue": evalue,
         }
     reply["execution_count"] = job["execution_count"]
     if reply["status"] == "ok":
@@ -536,6 +550,11 @@ def query(query_json):
     """Answer complete / inspect / is_complete / comm_info; runs beside a busy cell."""
     request = json.loads(query_json)
     kind = request["kind"]
+    # A busy cell takes the GIL back for a whole switch interval (5 ms) each time this thread
+    # lets go of it (file access, imports), which turned a 5 ms Jedi completion into seconds.
+    # A short interval for the length of the query keeps it near its idle speed.
+    switch_interval = sys.getswitchinterval()
+    sys.setswitchinterval(min(switch_interval, 0.0001))
     try:
         if kind == "complete":
             reply = _complete(request["code"], request["cursor_pos"])
@@ -549,6 +568,8 @@ def query(query_json):
             raise ValueError(f"unknown query {kind!r}")
     except Exception as exc:
         reply = _error_content(exc)
+    finally:
+        sys.setswitchinterval(switch_interval)
     return _dumps(reply)
 
 
