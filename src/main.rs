@@ -5,7 +5,6 @@
 //! the sockets and the kernel run on a tokio runtime in background threads, which block SIGINT
 //! so that a SIGINT sent to the process always reaches Python on the main thread.
 
-use std::io::Write;
 use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::sync::mpsc;
@@ -100,46 +99,35 @@ fn run_kernel(connection_file: &std::path::Path, python: Option<PathBuf>) -> any
         .enable_all()
         .build()
         .context("cannot start the tokio runtime")?;
-    let (kernel_done, kernel_ended) = mpsc::channel::<anyhow::Result<()>>();
+    let (kernel_done, kernel_ended) = mpsc::channel::<()>();
     std::thread::Builder::new()
         .name("parakernel-kernel".into())
         .spawn(move || {
-            let result = runtime.block_on(async move {
+            let served = runtime.block_on(async move {
                 let transport = transport::bind(&endpoints).await?;
                 let outgoing = transport.outgoing.clone();
                 Kernel::new(session, executor, outgoing, info).serve(transport, events).await;
-                Ok(())
+                Ok::<(), transport::TransportError>(())
             });
             // Dropping the runtime lets each socket task finish writing what it holds.
             drop(runtime);
-            let failed = result.is_err();
-            let _ = kernel_done.send(result);
-            if !failed {
-                // The shutdown reply is out; a lane stuck in C code must not keep us alive.
-                std::thread::sleep(SHUTDOWN_BOUND);
-                tracing::warn!("a lane did not stop within {SHUTDOWN_BOUND:?} of shutdown; exiting");
-                let _ = std::io::stderr().flush();
-                std::process::exit(0);
+            if let Err(error) = served {
+                // fd 2 may already carry cell output: the log keeps the original stderr.
+                tracing::error!("{error:#}");
+                std::process::exit(1);
             }
+            let _ = kernel_done.send(());
+            // The shutdown reply is out; a lane stuck in C code must not keep us alive.
+            std::thread::sleep(SHUTDOWN_BOUND);
+            tracing::warn!("a lane did not stop within {SHUTDOWN_BOUND:?} of shutdown; exiting");
+            std::process::exit(0);
         })
         .context("cannot start the kernel thread")?;
     sigint.thread_unblock().context("cannot unblock SIGINT on the main thread")?;
 
-    let (failure_tx, failure_rx) = mpsc::channel();
-    // A kernel that could not bind its sockets ends the process even while Python starts.
-    std::thread::spawn(move || {
-        if let Ok(result) = kernel_ended.recv() {
-            if let Err(error) = &result {
-                tracing::error!("{error:#}");
-                eprintln!("parakernel: {error:#}");
-                std::process::exit(1);
-            }
-            let _ = failure_tx.send(());
-        }
-    });
     main_lane.run()?;
     // The main lane ends after the executor's shutdown; wait (bounded) for the kernel to send
     // its last messages.
-    let _ = failure_rx.recv_timeout(SHUTDOWN_BOUND);
+    let _ = kernel_ended.recv_timeout(SHUTDOWN_BOUND);
     std::process::exit(0);
 }

@@ -138,6 +138,7 @@ impl Kernel {
             user_expressions: Map::new(),
             allow_stdin,
             execution_count,
+            parent_header: json!({ "msg_id": format!("request-{request}"), "msg_type": "execute_request" }),
         };
         self.executor.run(&Lane::Main, Job::Execute(job));
         request
@@ -347,6 +348,7 @@ fn check_user_expressions_and_silent(kernel: &mut Kernel) {
             user_expressions: expressions,
             allow_stdin: false,
             execution_count: 30,
+            parent_header: json!({ "msg_id": "silent", "msg_type": "execute_request" }),
         }),
     );
     let outcome = kernel.finish(request, GUARD);
@@ -629,6 +631,9 @@ fn check_comms(kernel: &mut Kernel) {
             request,
             msg_type: "comm_msg".into(),
             content,
+            metadata: Map::new(),
+            buffers: Vec::new(),
+            parent_header: json!({ "msg_id": "comm_msg-request", "msg_type": "comm_msg" }),
         },
     );
     let outcome = kernel.finish(request, GUARD);
@@ -655,11 +660,50 @@ fn check_comms(kernel: &mut Kernel) {
             request,
             msg_type: "comm_close".into(),
             content,
+            metadata: Map::new(),
+            buffers: Vec::new(),
+            parent_header: json!({ "msg_id": "comm_close-request", "msg_type": "comm_close" }),
         },
     );
     kernel.finish(request, GUARD);
     let info = kernel.query(Query::CommInfo { target_name: None });
     assert!(info["comms"].get(comm_id.as_str()).is_none(), "{info}");
+}
+
+fn check_comm_buffers_and_parent(kernel: &mut Kernel) {
+    let request = kernel.start("get_ipython().kernel.get_parent()['header']['msg_id']", false, 40);
+    let outcome = kernel.finish(request, GUARD);
+    let result = outcome.published("execute_result");
+    assert_eq!(result[0]["data"]["text/plain"], format!("'request-{request}'"));
+
+    kernel.execute_ok(concat!(
+        "import comm\nreceived = []\n",
+        "def opened(c, msg):\n",
+        "    c.on_msg(lambda m: received.append((bytes(m['buffers'][0]), m['metadata'], m['header']['msg_id'])))\n",
+        "comm.get_comm_manager().register_target('pk.test', opened)",
+    ));
+    let comm = |kernel: &mut Kernel, msg_type: &str, content: Value, buffers: Vec<Vec<u8>>| {
+        kernel.next_request += 1;
+        let request = kernel.next_request;
+        let job = Job::Comm {
+            request,
+            msg_type: msg_type.into(),
+            content,
+            metadata: json!({ "tag": 7 }).as_object().cloned().unwrap(),
+            buffers,
+            parent_header: json!({ "msg_id": format!("{msg_type}-{request}"), "msg_type": msg_type }),
+        };
+        kernel.executor.run(&Lane::Main, job);
+        kernel.finish(request, GUARD);
+        request
+    };
+    comm(kernel, "comm_open", json!({ "comm_id": "c-1", "target_name": "pk.test", "data": {} }), vec![]);
+    let sent = comm(kernel, "comm_msg", json!({ "comm_id": "c-1", "data": {} }), vec![vec![0, 1, 255]]);
+    let outcome = kernel.execute_ok("received");
+    assert_eq!(
+        outcome.published("execute_result")[0]["data"]["text/plain"],
+        format!("[(b'\\x00\\x01\\xff', {{'tag': 7}}, 'comm_msg-{sent}')]")
+    );
 }
 
 fn check_matplotlib(kernel: &mut Kernel) {
@@ -788,6 +832,7 @@ fn drive(kernel: &mut Kernel) {
         ("queries", check_queries),
         ("queries while busy", check_queries_while_busy),
         ("comms", check_comms),
+        ("comm buffers and the parent request", check_comm_buffers_and_parent),
         ("matplotlib", check_matplotlib),
         ("thread output", check_thread_output),
         ("output to fds 1 and 2", check_fd_output),

@@ -25,6 +25,9 @@ pub struct ExecuteJob {
     pub allow_stdin: bool,
     /// The count this cell is shown with (kernel-wide, assigned in request order).
     pub execution_count: u64,
+    /// The request's header, for code that asks "which request am I running?" (ipywidgets'
+    /// `Output` widget captures output by the parent's `msg_id`).
+    pub parent_header: Value,
 }
 
 /// Work that runs in a lane in request order, one at a time: the kernel hands a lane its next
@@ -33,7 +36,15 @@ pub struct ExecuteJob {
 pub enum Job {
     Execute(ExecuteJob),
     /// `comm_open`, `comm_msg` or `comm_close`; `msg_type` says which. Finishes with no reply.
-    Comm { request: RequestId, msg_type: String, content: Value },
+    Comm {
+        request: RequestId,
+        msg_type: String,
+        content: Value,
+        metadata: Map<String, Value>,
+        /// Binary buffers (e.g. widget state), as the frontend sent them.
+        buffers: Vec<Vec<u8>>,
+        parent_header: Value,
+    },
 }
 
 impl Job {

@@ -176,6 +176,7 @@ impl<E: Executor> Kernel<E> {
                     user_expressions: execute.user_expressions,
                     allow_stdin: execute.allow_stdin,
                     execution_count: self.execution_count,
+                    parent_header: header_json(&flight.message.header),
                 });
                 self.enqueue(Lane::Main, job);
             }
@@ -200,6 +201,9 @@ impl<E: Executor> Kernel<E> {
                     request: id,
                     msg_type: flight.message.msg_type().to_owned(),
                     content: flight.message.content.clone(),
+                    metadata: flight.message.metadata.clone(),
+                    buffers: flight.message.buffers.iter().map(|buffer| buffer.to_vec()).collect(),
+                    parent_header: header_json(&flight.message.header),
                 };
                 self.enqueue(Lane::Main, job);
             }
@@ -467,6 +471,10 @@ async fn sleep_until(deadline: Option<Instant>) {
     if let Some(deadline) = deadline {
         tokio::time::sleep_until(deadline.into()).await;
     }
+}
+
+fn header_json(header: &Header) -> Value {
+    serde_json::to_value(header).expect("a header is plain JSON")
 }
 
 fn error_content(ename: &str, evalue: &str) -> Value {

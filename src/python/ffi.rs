@@ -102,6 +102,24 @@ impl<'py> Gil<'py> {
         })
     }
 
+    /// A new `list` of `bytes`, one per buffer.
+    pub(crate) fn bytes_list(self, buffers: &[Vec<u8>]) -> Result<Owned<'py>, PythonException> {
+        // SAFETY: GIL held; returns a new reference or null.
+        let list = self.check(unsafe { ffi::PyList_New(0) })?;
+        for buffer in buffers {
+            let size = isize::try_from(buffer.len()).expect("a buffer's length fits isize");
+            // SAFETY: GIL held; the pointer and length describe `buffer`, which is copied.
+            let item = self.check(unsafe {
+                ffi::PyBytes_FromStringAndSize(buffer.as_ptr().cast::<c_char>(), size)
+            })?;
+            // SAFETY: GIL held; both are valid objects; PyList_Append takes its own reference.
+            if unsafe { ffi::PyList_Append(list.as_ptr(), item.as_ptr()) } != 0 {
+                return Err(self.fetch());
+            }
+        }
+        Ok(list)
+    }
+
     /// A new `float`.
     pub(crate) fn float(self, value: f64) -> Result<Owned<'py>, PythonException> {
         // SAFETY: GIL held.

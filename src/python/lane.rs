@@ -73,6 +73,7 @@ impl<'py> LaneRuntime<'py> {
             "store_history": job.store_history,
             "user_expressions": job.user_expressions,
             "execution_count": job.execution_count,
+            "parent_header": job.parent_header,
         });
         let reply = self
             .gil
@@ -119,11 +120,13 @@ impl<'py> LaneRuntime<'py> {
         })
     }
 
-    /// Feeds a `comm_open` / `comm_msg` / `comm_close` to the lane's comm manager.
-    pub(crate) fn comm(&self, msg_type: &str, content: &Value) {
+    /// Feeds a `comm_open` / `comm_msg` / `comm_close` (with its metadata, buffers and header)
+    /// to the lane's comm manager.
+    pub(crate) fn comm(&self, msg_type: &str, message: &Value, buffers: &[Vec<u8>]) {
         let result = self.gil.str(msg_type).and_then(|msg_type| {
-            let content = self.gil.str(&content.to_string())?;
-            self.comm.call(&[&msg_type, &content])
+            let message = self.gil.str(&message.to_string())?;
+            let buffers = self.gil.bytes_list(buffers)?;
+            self.comm.call(&[&msg_type, &message, &buffers])
         });
         if let Err(exception) = result {
             tracing::warn!(

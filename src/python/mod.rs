@@ -510,11 +510,12 @@ fn run_job(
             state.set_allow_stdin(false);
             Some(reply)
         }
-        Job::Comm {
-            msg_type, content, ..
-        } => {
+        Job::Comm { msg_type, content, metadata, buffers, parent_header, .. } => {
+            let message = serde_json::json!({
+                "content": content, "metadata": metadata, "header": parent_header,
+            });
             control.begin(gil);
-            runtime.comm(msg_type, content);
+            runtime.comm(msg_type, &message, buffers);
             control.end();
             None
         }

@@ -11,6 +11,7 @@ notebooks and libraries see what they see under ipykernel.
 
 import base64
 import builtins
+import contextlib
 import datetime
 import getpass
 import glob
@@ -312,6 +313,13 @@ def _define_shell_classes():
                 {"source": "set_next_input", "text": text, "replace": replace}
             )
 
+        @contextlib.contextmanager
+        def _tee(self, channel):
+            # IPython 9 wraps sys.stdout.write in a Python function that keeps every line a cell
+            # prints in history_manager.outputs: five times slower printing and memory that
+            # grows with output. The kernel keeps the history, so streams are not teed.
+            yield
+
         def run_cell(self, *args, **kwargs):
             self._last_traceback = None
             self._last_traceback_during_displayhook = False
@@ -413,6 +421,7 @@ def start(options_json):
     config.HistoryManager.enabled = False
     shell_class = _define_shell_classes()
     _shell = shell_class.instance(config=config)
+    _shell.kernel = _kernel
 
     session_name = os.environ.get("JPY_SESSION_NAME")
     if session_name:
@@ -424,9 +433,28 @@ def _error_content(exc):
     return {"status": "error", "ename": type(exc).__name__, "evalue": str(exc), "traceback": []}
 
 
+class _Kernel:
+    """What `get_ipython().kernel` offers to libraries: ipywidgets' `Output` widget asks it for
+    the request being run (`get_parent()`) to capture that request's output."""
+
+    def __init__(self):
+        self.parent = {}
+
+    def get_parent(self, channel=None):
+        return self.parent
+
+    @property
+    def _parent_header(self):
+        return self.parent
+
+
+_kernel = _Kernel()
+
+
 def execute(job_json):
     """Run one cell, as ipykernel's do_execute; returns the execute_reply content."""
     job = json.loads(job_json)
+    _kernel.parent = {"header": job["parent_header"]}
     shell = _shell
     shell.execution_count = job["execution_count"]
 
@@ -464,17 +492,21 @@ def execute(job_json):
     return _dumps(reply)
 
 
-def comm(msg_type, content_json):
+def comm(msg_type, message_json, buffers):
     """Feed a frontend's comm_open / comm_msg / comm_close to the comm manager."""
     if _comm_manager is None:
         return
-    content = json.loads(content_json)
+    message = json.loads(message_json)
+    header = message["header"]
+    _kernel.parent = {"header": header}
     msg = {
-        "header": {"msg_type": msg_type},
+        "header": header,
+        "msg_id": header.get("msg_id"),
+        "msg_type": msg_type,
         "parent_header": {},
-        "metadata": {},
-        "content": content,
-        "buffers": [],
+        "metadata": message["metadata"],
+        "content": message["content"],
+        "buffers": [memoryview(buffer) for buffer in buffers],
     }
     handler = getattr(_comm_manager, msg_type, None)
     if handler is None:
