@@ -7,10 +7,27 @@ use serde_json::{Map, Value};
 /// belongs to, so output is parented to the right cell.
 pub type RequestId = u64;
 
-/// Where a job runs. Issue 3 adds named and fresh lanes.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+/// Where a job runs.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Lane {
+    /// The main interpreter, on the process's main thread.
     Main,
+    /// An own-GIL subinterpreter named by the user; created on first use, kept until restarted
+    /// or stopped.
+    Named(String),
+    /// Slot `n` of the warm pool of fresh lanes: it keeps nothing from one job to the next.
+    Fresh(usize),
+}
+
+impl Lane {
+    /// The name users see (`%lanes`, errors): `main`, the lane's name, or `fresh-N`.
+    pub fn name(&self) -> String {
+        match self {
+            Lane::Main => "main".to_owned(),
+            Lane::Named(name) => name.clone(),
+            Lane::Fresh(slot) => format!("fresh-{slot}"),
+        }
+    }
 }
 
 /// An `execute_request` as the lane runs it. The magic line that chose the lane (if any) is
@@ -70,6 +87,26 @@ pub enum Query {
 pub enum InterruptTarget {
     /// Every lane that is running a job (`interrupt_request`, SIGINT).
     All,
+    /// One lane (`%lane interrupt NAME`); nothing happens if it is idle.
+    Lane(Lane),
+}
+
+/// What a lane asks of the kernel (parakernel's own magics). The lane blocks, interruptibly,
+/// until [`Executor::call_reply`] answers the call with the same `id`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LaneCall {
+    /// `%lanes`: one row per lane (name, kind, state, running cell, queued, cells run).
+    Lanes,
+    /// `%wait [NAME ...]`: answered when the named lanes (every other lane when empty) have
+    /// finished every cell requested before the calling one.
+    Wait { lanes: Vec<String> },
+    /// `%lane interrupt NAME`.
+    Interrupt { lane: String },
+    /// `%lane restart NAME`: queued cells are aborted, the running one interrupted, and the
+    /// lane gets a new interpreter.
+    Restart { lane: String },
+    /// `%lane stop NAME`: as restart, but the lane is gone until a cell names it again.
+    Stop { lane: String },
 }
 
 /// The two streams a cell writes to.
@@ -111,12 +148,18 @@ pub enum Event {
     Finished { request: RequestId, reply: Option<Value> },
     /// The answer to a [`Query`] sent with [`Executor::query`].
     Answered { request: RequestId, reply: Value },
+    /// A lane asks the kernel something; `id` is the lane's own number for the call, echoed by
+    /// [`Executor::call_reply`] so a lane can ignore the answer to a call it gave up
+    /// (interrupted).
+    Call { lane: Lane, id: u64, request: Option<RequestId>, call: LaneCall },
 }
 
 /// Runs Python for the kernel. Every method returns at once; results arrive as [`Event`]s on the
 /// channel the executor was created with.
 pub trait Executor: Send {
-    /// Starts `job` on `lane`. The lane is idle (the kernel keeps per-lane queues).
+    /// Starts `job` on `lane`. The lane is idle (the kernel keeps per-lane queues). A named lane
+    /// is created on first use; if it cannot be, the job finishes with an error reply (and an
+    /// `error` output) that says why.
     fn run(&mut self, lane: &Lane, job: Job);
     /// Answers `query` with `lane`'s namespace, without waiting for the lane's running job for
     /// more than a moment. The answer arrives as [`Event::Answered`] for `request`.
@@ -126,6 +169,19 @@ pub trait Executor: Send {
     /// Raises `KeyboardInterrupt` in the running jobs of `target`, also in `time.sleep` and
     /// `input()`.
     fn interrupt(&mut self, target: &InterruptTarget);
+    /// Answers the [`Event::Call`] `id` of `lane`: a JSON value, or an error message the lane
+    /// raises.
+    fn call_reply(&mut self, lane: &Lane, id: u64, reply: Result<Value, String>);
+    /// Ends a named lane's interpreter. Its running job (if any) is interrupted first and still
+    /// gets its [`Event::Finished`]. With `restart` a new interpreter is made at once; otherwise
+    /// at the lane's next job.
+    fn end_lane(&mut self, lane: &Lane, restart: bool);
+    /// How many fresh lanes the warm pool has (the kernel runs at most that many fresh jobs at
+    /// once).
+    fn fresh_lanes(&self) -> usize;
+    /// Why subinterpreter lanes cannot run in this process (e.g. CPython older than 3.12.4), or
+    /// `None` when they can.
+    fn lanes_unavailable(&self) -> Option<String>;
     /// Interrupts everything and asks every lane to end; the process exits once the kernel has
     /// sent its last message.
     fn shutdown(&mut self);

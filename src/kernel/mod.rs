@@ -313,6 +313,9 @@ impl<E: Executor> Kernel<E> {
             }
             Event::Finished { request, reply } => self.on_finished(request, reply),
             Event::Answered { request, reply } => self.finish(request, Some(reply)),
+            Event::Call { lane, id, .. } => {
+                self.executor.call_reply(&lane, id, Err("lane calls are not handled yet".to_owned()));
+            }
         }
     }
 

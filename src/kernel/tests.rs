@@ -11,18 +11,22 @@ use crate::wire::{Message, Session, Signer, Verifier};
 
 #[derive(Debug)]
 enum Call {
-    Run(Job),
+    Run(Lane, Job),
     Query(RequestId, Query),
     InputReply(String),
-    Interrupt,
+    Interrupt(InterruptTarget),
+    CallReply(Lane, u64, Result<Value, String>),
+    EndLane(Lane, bool),
     Shutdown,
 }
+
+const FRESH_LANES: usize = 2;
 
 struct MockExecutor(UnboundedSender<Call>);
 
 impl Executor for MockExecutor {
-    fn run(&mut self, _lane: &Lane, job: Job) {
-        self.0.send(Call::Run(job)).unwrap();
+    fn run(&mut self, lane: &Lane, job: Job) {
+        self.0.send(Call::Run(lane.clone(), job)).unwrap();
     }
     fn query(&mut self, _lane: &Lane, request: RequestId, query: Query) {
         self.0.send(Call::Query(request, query)).unwrap();
@@ -31,8 +35,19 @@ impl Executor for MockExecutor {
         self.0.send(Call::InputReply(value)).unwrap();
     }
     fn interrupt(&mut self, target: &InterruptTarget) {
-        assert_eq!(target, &InterruptTarget::All);
-        self.0.send(Call::Interrupt).unwrap();
+        self.0.send(Call::Interrupt(target.clone())).unwrap();
+    }
+    fn call_reply(&mut self, lane: &Lane, id: u64, reply: Result<Value, String>) {
+        self.0.send(Call::CallReply(lane.clone(), id, reply)).unwrap();
+    }
+    fn end_lane(&mut self, lane: &Lane, restart: bool) {
+        self.0.send(Call::EndLane(lane.clone(), restart)).unwrap();
+    }
+    fn fresh_lanes(&self) -> usize {
+        FRESH_LANES
+    }
+    fn lanes_unavailable(&self) -> Option<String> {
+        None
     }
     fn shutdown(&mut self) {
         self.0.send(Call::Shutdown).unwrap();
@@ -111,7 +126,7 @@ impl Harness {
 
     async fn run_call(&mut self) -> super::executor::ExecuteJob {
         match self.call().await {
-            Call::Run(Job::Execute(job)) => job,
+            Call::Run(_, Job::Execute(job)) => job,
             other => panic!("expected an execute job, got {other:?}"),
         }
     }
@@ -333,7 +348,7 @@ async fn interrupt_and_shutdown_reach_the_executor_and_shutdown_ends_serving() {
     let interrupt = h.request("interrupt_request", json!({}));
     h.send(Channel::Control, &interrupt).await;
     h.expect_status("busy", &interrupt).await;
-    assert!(matches!(h.call().await, Call::Interrupt));
+    assert!(matches!(h.call().await, Call::Interrupt(InterruptTarget::All)));
     assert_eq!(h.next(Channel::Control).await.content["status"], "ok");
     h.expect_status("idle", &interrupt).await;
 

@@ -235,6 +235,10 @@ impl Executor for PythonExecutor {
                     });
                 }
             }
+            Lane::Named(_) | Lane::Fresh(_) => {
+                let reply = matches!(job, Job::Execute(_)).then(|| lane_gone_reply(&job));
+                let _ = self.events.send(Event::Finished { request: job.request(), reply });
+            }
         }
     }
 
@@ -253,6 +257,10 @@ impl Executor for PythonExecutor {
                     let _ = self.events.send(Event::Answered { request, reply });
                 }
             }
+            Lane::Named(_) | Lane::Fresh(_) => {
+                let reply = json!({"status": "error", "ename": "RuntimeError", "evalue": "no such lane", "traceback": []});
+                let _ = self.events.send(Event::Answered { request, reply });
+            }
         }
     }
 
@@ -265,6 +273,7 @@ impl Executor for PythonExecutor {
                     );
                 }
             }
+            Lane::Named(_) | Lane::Fresh(_) => tracing::warn!("input_reply for a lane that does not exist"),
         }
     }
 
@@ -276,7 +285,22 @@ impl Executor for PythonExecutor {
                 let woken = self.state.interrupt_input();
                 tracing::debug!(signalled, woken, "interrupt of the main lane");
             }
+            InterruptTarget::Lane(_) => {}
         }
+    }
+
+    fn call_reply(&mut self, lane: &Lane, id: u64, _reply: Result<Value, String>) {
+        tracing::warn!(lane = lane.name(), id, "no lane waits for this call");
+    }
+
+    fn end_lane(&mut self, _lane: &Lane, _restart: bool) {}
+
+    fn fresh_lanes(&self) -> usize {
+        0
+    }
+
+    fn lanes_unavailable(&self) -> Option<String> {
+        Some("subinterpreter lanes are not built yet".to_owned())
     }
 
     fn shutdown(&mut self) {
