@@ -5,11 +5,14 @@
 
 pub mod executor;
 mod history;
+mod lanes;
 pub mod routing;
 mod streams;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::time::Instant;
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use bytes::Bytes;
 use serde_json::{json, Map, Value};
@@ -34,22 +37,49 @@ pub struct KernelInfo {
 const REMEMBERED_FINISHED: usize = 1024;
 
 /// How long the last messages may take to leave once the kernel stops serving.
-const FLUSH_BOUND: std::time::Duration = std::time::Duration::from_secs(2);
+const FLUSH_BOUND: Duration = Duration::from_secs(2);
+
+/// How long a completion, inspection or `is_complete` may wait for its lane; after that the
+/// client gets an empty answer (a busy lane must never hold the editor).
+const QUERY_BOUND: Duration = Duration::from_secs(1);
 
 /// A request between its `busy` and its `idle`.
 #[derive(Debug)]
 struct InFlight {
     message: Message,
     channel: Channel,
+    /// The lane of a job (execute or comm), once it has one.
     lane: Option<Lane>,
+    /// A job waiting in the fresh pool's queue for a free fresh lane.
+    pooled: bool,
     stop_on_error: bool,
     execution_count: u64,
+    /// For a query: the answer sent if the lane does not answer within [`QUERY_BOUND`], and
+    /// how many characters of the cell (a `%%lane` line) the lane did not see.
+    fallback: Option<Value>,
+    query_offset: usize,
 }
 
 #[derive(Debug, Default)]
 struct LaneQueue {
     running: Option<RequestId>,
+    /// `In [n]: first line` of the running cell, for `%lanes`.
+    running_label: Option<String>,
     waiting: VecDeque<Job>,
+    cells_run: u64,
+    /// `%lane stop` was asked: the lane is forgotten once its running job is done.
+    stopping: bool,
+}
+
+/// A `%wait` not answered yet.
+#[derive(Debug)]
+struct Waiter {
+    caller: Lane,
+    id: u64,
+    /// Only requests before this one are waited for.
+    before: RequestId,
+    /// Empty: every lane but the caller's.
+    targets: Vec<Lane>,
 }
 
 /// The kernel's state; one task owns it, so nothing here is shared.
@@ -63,7 +93,12 @@ pub struct Kernel<E: Executor> {
     in_flight: BTreeMap<RequestId, InFlight>,
     finished: HashMap<RequestId, Header>,
     finished_order: VecDeque<RequestId>,
-    lanes: HashMap<Lane, LaneQueue>,
+    lanes: BTreeMap<Lane, LaneQueue>,
+    /// Fresh jobs waiting for a free fresh lane.
+    pool: VecDeque<Job>,
+    waiters: Vec<Waiter>,
+    /// Pending query answers, earliest deadline first.
+    query_deadlines: VecDeque<(Instant, RequestId)>,
     execution_count: u64,
     streams: StreamBuffer,
     history: History,
@@ -74,6 +109,11 @@ pub struct Kernel<E: Executor> {
 
 impl<E: Executor> Kernel<E> {
     pub fn new(session: Session, executor: E, outgoing: tokio::sync::mpsc::UnboundedSender<Outgoing>, info: KernelInfo) -> Self {
+        let mut lanes = BTreeMap::new();
+        lanes.insert(Lane::Main, LaneQueue::default());
+        for slot in 0..executor.fresh_lanes() {
+            lanes.insert(Lane::Fresh(slot), LaneQueue::default());
+        }
         Self {
             verifier: Verifier::new(session.signer.clone()),
             session,
@@ -84,7 +124,10 @@ impl<E: Executor> Kernel<E> {
             in_flight: BTreeMap::new(),
             finished: HashMap::new(),
             finished_order: VecDeque::new(),
-            lanes: HashMap::new(),
+            lanes,
+            pool: VecDeque::new(),
+            waiters: Vec::new(),
+            query_deadlines: VecDeque::new(),
             execution_count: 0,
             streams: StreamBuffer::default(),
             history: History::default(),
@@ -100,6 +143,7 @@ impl<E: Executor> Kernel<E> {
         let mut events_open = true;
         while !self.shutting_down {
             let deadline = self.streams.deadline();
+            let query_deadline = self.query_deadlines.front().map(|(deadline, _)| *deadline);
             tokio::select! {
                 biased;
                 Some(incoming) = transport.control.recv() => self.on_incoming(incoming),
@@ -111,6 +155,7 @@ impl<E: Executor> Kernel<E> {
                     }
                 },
                 () = sleep_until(deadline), if deadline.is_some() => self.flush_streams(),
+                () = sleep_until(query_deadline), if query_deadline.is_some() => self.expire_queries(),
                 Some(incoming) = transport.shell.recv() => self.on_incoming(incoming),
                 Some(incoming) = transport.stdin.recv() => self.on_incoming(incoming),
                 Some(topic) = transport.subscriptions.recv() => self.welcome(topic),
@@ -168,29 +213,55 @@ impl<E: Executor> Kernel<E> {
                 let flight = self.in_flight.get_mut(&id).expect("begun above");
                 flight.stop_on_error = execute.stop_on_error;
                 flight.execution_count = self.execution_count;
+                let tags = cell_tags(&flight.message.metadata);
+                let parent_header = header_json(&flight.message.header);
+                let (lane, code) = match self.route(&execute.code, &tags) {
+                    Ok(routed) => routed,
+                    Err(message) => {
+                        self.refuse_cell(id, &message);
+                        return;
+                    }
+                };
                 let job = Job::Execute(ExecuteJob {
                     request: id,
-                    code: execute.code,
+                    code,
                     silent: execute.silent,
                     store_history: execute.store_history,
                     user_expressions: execute.user_expressions,
                     allow_stdin: execute.allow_stdin,
                     execution_count: self.execution_count,
-                    parent_header: header_json(&flight.message.header),
+                    parent_header,
                 });
-                self.enqueue(Lane::Main, job);
+                match lane {
+                    Some(lane) => self.enqueue(lane, job),
+                    None => self.enqueue_fresh(job),
+                }
             }
             Request::Complete(complete) => {
                 let cursor_pos = complete.cursor_pos.unwrap_or_else(|| complete.code.chars().count());
-                self.query(id, Query::Complete { code: complete.code, cursor_pos });
+                let (lane, code, cursor_pos, offset) = self.query_lane(&complete.code, cursor_pos);
+                let fallback = json!({
+                    "status": "ok", "matches": [], "cursor_start": cursor_pos + offset,
+                    "cursor_end": cursor_pos + offset, "metadata": {},
+                });
+                self.query(id, &lane, Query::Complete { code, cursor_pos }, fallback, offset);
             }
             Request::Inspect(inspect) => {
                 let cursor_pos = inspect.cursor_pos.unwrap_or_else(|| inspect.code.chars().count());
+                let (lane, code, cursor_pos, offset) = self.query_lane(&inspect.code, cursor_pos);
                 let detail_level = inspect.detail_level;
-                self.query(id, Query::Inspect { code: inspect.code, cursor_pos, detail_level });
+                let fallback = json!({"status": "ok", "found": false, "data": {}, "metadata": {}});
+                self.query(id, &lane, Query::Inspect { code, cursor_pos, detail_level }, fallback, offset);
             }
-            Request::IsComplete(is_complete) => self.query(id, Query::IsComplete { code: is_complete.code }),
-            Request::CommInfo(comm_info) => self.query(id, Query::CommInfo { target_name: comm_info.target_name }),
+            Request::IsComplete(is_complete) => {
+                let fallback = json!({"status": "unknown"});
+                self.query(id, &Lane::Main, Query::IsComplete { code: is_complete.code }, fallback, 0);
+            }
+            Request::CommInfo(comm_info) => {
+                let fallback = json!({"status": "ok", "comms": {}});
+                let query = Query::CommInfo { target_name: comm_info.target_name };
+                self.query(id, &Lane::Main, query, fallback, 0);
+            }
             Request::History(history) => {
                 let reply = self.history.reply(&history);
                 self.finish(id, Some(reply));
@@ -248,15 +319,53 @@ impl<E: Executor> Kernel<E> {
         })
     }
 
-    fn query(&mut self, id: RequestId, query: Query) {
-        self.in_flight.get_mut(&id).expect("begun").lane = Some(Lane::Main);
-        self.executor.query(&Lane::Main, id, query);
+    /// Sends a query to a lane; if the answer is not in within [`QUERY_BOUND`], `fallback`
+    /// is sent instead.
+    fn query(&mut self, id: RequestId, lane: &Lane, query: Query, fallback: Value, offset: usize) {
+        let flight = self.in_flight.get_mut(&id).expect("begun");
+        flight.fallback = Some(fallback);
+        flight.query_offset = offset;
+        self.query_deadlines.push_back((Instant::now() + QUERY_BOUND, id));
+        self.executor.query(lane, id, query);
+    }
+
+    fn on_answered(&mut self, id: RequestId, mut reply: Value) {
+        let Some(flight) = self.in_flight.get(&id) else {
+            debug!(id, "an answer came after its bound; dropped");
+            return;
+        };
+        // Positions in the reply are in the code the lane saw: shift them back over the
+        // `%%lane` line the kernel removed.
+        let offset = flight.query_offset;
+        for key in ["cursor_start", "cursor_end"] {
+            if let Some(position) = reply[key].as_u64() {
+                reply[key] = json!(position + offset as u64);
+            }
+        }
+        self.finish(id, Some(reply));
+    }
+
+    fn expire_queries(&mut self) {
+        let now = Instant::now();
+        while let Some(&(deadline, id)) = self.query_deadlines.front() {
+            if deadline > now {
+                break;
+            }
+            self.query_deadlines.pop_front();
+            if let Some(fallback) = self.in_flight.get_mut(&id).and_then(|flight| flight.fallback.take()) {
+                debug!(id, "a lane did not answer a query within {QUERY_BOUND:?}; answered empty");
+                self.finish(id, Some(fallback));
+            }
+        }
     }
 
     /// Queues `job` behind its lane's running job; the lane gets it when it is free.
     fn enqueue(&mut self, lane: Lane, job: Job) {
         self.in_flight.get_mut(&job.request()).expect("begun").lane = Some(lane.clone());
-        self.lanes.entry(lane.clone()).or_default().waiting.push_back(job);
+        let queue = self.lanes.entry(lane.clone()).or_default();
+        // A cell for a lane being stopped brings it back (the executor makes a new interpreter).
+        queue.stopping = false;
+        queue.waiting.push_back(job);
         self.start_next(&lane);
     }
 
@@ -269,6 +378,10 @@ impl<E: Executor> Kernel<E> {
             return;
         };
         queue.running = Some(job.request());
+        queue.running_label = match &job {
+            Job::Execute(execute) => Some(running_label(execute)),
+            Job::Comm { msg_type, .. } => Some(msg_type.clone()),
+        };
         if let Job::Execute(execute) = &job {
             if !execute.silent {
                 let content = json!({"code": execute.code, "execution_count": execute.execution_count});
@@ -312,10 +425,8 @@ impl<E: Executor> Kernel<E> {
                 self.send(Channel::Stdin, &message);
             }
             Event::Finished { request, reply } => self.on_finished(request, reply),
-            Event::Answered { request, reply } => self.finish(request, Some(reply)),
-            Event::Call { lane, id, .. } => {
-                self.executor.call_reply(&lane, id, Err("lane calls are not handled yet".to_owned()));
-            }
+            Event::Answered { request, reply } => self.on_answered(request, reply),
+            Event::Call { lane, id, request, call } => self.on_call(lane, id, request, call),
         }
     }
 
@@ -326,9 +437,15 @@ impl<E: Executor> Kernel<E> {
         };
         let failed = reply.as_ref().is_some_and(|reply| reply["status"] == "error");
         let abort = failed && self.in_flight[&id].stop_on_error;
+        let executed = reply.is_some();
         if let Some(queue) = self.lanes.get_mut(&lane) {
             if queue.running == Some(id) {
                 queue.running = None;
+                queue.running_label = None;
+                queue.cells_run += u64::from(executed);
+            }
+            if queue.stopping && queue.running.is_none() && queue.waiting.is_empty() {
+                self.lanes.remove(&lane);
             }
         }
         self.finish(id, reply);
@@ -336,6 +453,9 @@ impl<E: Executor> Kernel<E> {
             self.abort_queued(&lane);
         }
         self.start_next(&lane);
+        if matches!(lane, Lane::Fresh(_)) {
+            self.start_fresh();
+        }
     }
 
     /// `stop_on_error`: the cells queued behind a failed one in the same lane are answered
@@ -348,10 +468,17 @@ impl<E: Executor> Kernel<E> {
             queue.waiting.drain(..).partition(|job| matches!(job, Job::Execute(_)));
         queue.waiting.extend(kept);
         for job in aborted {
-            let count = self.in_flight.get(&job.request()).map_or(0, |flight| flight.execution_count);
-            let reply = json!({"status": "aborted", "execution_count": count, "user_expressions": {}, "payload": []});
-            self.finish(job.request(), Some(reply));
+            self.abort(&job);
         }
+    }
+
+    /// Answers a job that will not run: `aborted` for a cell, nothing owed for a comm message.
+    fn abort(&mut self, job: &Job) {
+        let count = self.in_flight.get(&job.request()).map_or(0, |flight| flight.execution_count);
+        let reply = matches!(job, Job::Execute(_)).then(|| {
+            json!({"status": "aborted", "execution_count": count, "user_expressions": {}, "payload": []})
+        });
+        self.finish(job.request(), reply);
     }
 
     fn on_stdin(&mut self, message: &Message) {
@@ -377,7 +504,16 @@ impl<E: Executor> Kernel<E> {
         self.next_request += 1;
         self.publish_status("busy", Some(&message.header));
         self.in_flight
-            .insert(id, InFlight { message, channel, lane: None, stop_on_error: false, execution_count: 0 });
+            .insert(id, InFlight {
+                message,
+                channel,
+                lane: None,
+                pooled: false,
+                stop_on_error: false,
+                execution_count: 0,
+                fallback: None,
+                query_offset: 0,
+            });
         id
     }
 
@@ -400,6 +536,9 @@ impl<E: Executor> Kernel<E> {
             self.publish_status("busy", Some(&header));
         }
         self.remember_finished(id, flight.message.header);
+        if flight.lane.is_some() || flight.pooled {
+            self.answer_waiters();
+        }
     }
 
     fn remember_finished(&mut self, id: RequestId, header: Header) {
@@ -472,8 +611,25 @@ impl<E: Executor> Kernel<E> {
 
 async fn sleep_until(deadline: Option<Instant>) {
     if let Some(deadline) = deadline {
-        tokio::time::sleep_until(deadline.into()).await;
+        tokio::time::sleep_until(deadline).await;
     }
+}
+
+/// The cell's tags, as JupyterLab sends them in the request's metadata.
+fn cell_tags(metadata: &Map<String, Value>) -> Vec<String> {
+    metadata
+        .get("tags")
+        .and_then(Value::as_array)
+        .map(|tags| tags.iter().filter_map(Value::as_str).map(str::to_owned).collect())
+        .unwrap_or_default()
+}
+
+/// `In [n]: first line` (shortened), how `%lanes` shows a running cell.
+fn running_label(execute: &ExecuteJob) -> String {
+    let first = execute.code.lines().find(|line| !line.trim().is_empty()).unwrap_or("").trim();
+    let shown: String = first.chars().take(60).collect();
+    let ellipsis = if first.chars().count() > 60 { "…" } else { "" };
+    format!("In [{}]: {shown}{ellipsis}", execute.execution_count)
 }
 
 fn header_json(header: &Header) -> Value {

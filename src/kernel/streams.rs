@@ -1,7 +1,9 @@
 //! Coalesces stream writes: consecutive writes of one request to one stream become one
 //! `stream` message, flushed on a short timer, on size, and before any other output.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use super::executor::{RequestId, StreamName};
 

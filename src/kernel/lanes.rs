@@ -1,0 +1,234 @@
+//! The kernel's side of lanes: routing a cell to its lane, the fresh pool's queue, and the calls
+//! lanes make (`%lanes`, `%wait`, `%lane interrupt|restart|stop`). Pure bookkeeping: the
+//! executor does the work.
+
+use serde_json::{json, Value};
+use tracing::debug;
+
+use super::executor::{Executor, InterruptTarget, Job, Lane, LaneCall, RequestId};
+use super::routing::{self, Route};
+use super::{Kernel, Waiter};
+
+impl<E: Executor> Kernel<E> {
+    /// The lane of a cell (`None`: any fresh lane) and its code without the magic line, or an
+    /// error message for the user.
+    pub(super) fn route(&self, code: &str, tags: &[String]) -> Result<(Option<Lane>, String), String> {
+        let routed = routing::route(code, tags).map_err(|error| error.to_string())?;
+        let lane = match routed.route {
+            Route::Main => return Ok((Some(Lane::Main), routed.code)),
+            Route::Named(name) => Some(Lane::Named(name)),
+            Route::Fresh => None,
+        };
+        if let Some(reason) = self.executor.lanes_unavailable() {
+            return Err(format!("this cell asks for a subinterpreter lane, but {reason}. Remove the %%lane/%%parallel line or the lane tag to run it in the main lane."));
+        }
+        if lane.is_none() && self.executor.fresh_lanes() == 0 {
+            return Err("no fresh lanes are configured (PARAKERNEL_FRESH_LANES=0); use %%lane NAME".to_owned());
+        }
+        Ok((lane, routed.code))
+    }
+
+    /// A cell that cannot run: an `error` output the user sees under the cell, and an error
+    /// reply. Nothing runs.
+    pub(super) fn refuse_cell(&mut self, id: RequestId, message: &str) {
+        let ename = "LaneError";
+        let error = json!({"ename": ename, "evalue": message, "traceback": [format!("{ename}: {message}")]});
+        self.publish(id, "error", error.clone());
+        let count = self.in_flight.get(&id).map_or(0, |flight| flight.execution_count);
+        let mut reply = error;
+        reply["status"] = json!("error");
+        reply["execution_count"] = json!(count);
+        reply["user_expressions"] = json!({});
+        reply["payload"] = json!([]);
+        self.finish(id, Some(reply));
+    }
+
+    /// Queues a fresh job in the pool; it starts on the first free fresh lane.
+    pub(super) fn enqueue_fresh(&mut self, job: Job) {
+        self.in_flight.get_mut(&job.request()).expect("begun").pooled = true;
+        self.pool.push_back(job);
+        self.start_fresh();
+    }
+
+    /// Moves pooled jobs onto idle fresh lanes.
+    pub(super) fn start_fresh(&mut self) {
+        while !self.pool.is_empty() {
+            let idle = self.lanes.iter().find_map(|(lane, queue)| {
+                let free = queue.running.is_none() && queue.waiting.is_empty();
+                (matches!(lane, Lane::Fresh(_)) && free).then(|| lane.clone())
+            });
+            let Some(lane) = idle else { return };
+            let job = self.pool.pop_front().expect("not empty");
+            if let Some(flight) = self.in_flight.get_mut(&job.request()) {
+                flight.pooled = false;
+            }
+            self.enqueue(lane, job);
+        }
+    }
+
+    /// Which lane answers a query on `code`: a `%%lane NAME` cell asks that lane (when it exists)
+    /// about the code below the magic line. Returns the lane, the code and cursor it sees, and
+    /// how many characters were cut off the front.
+    pub(super) fn query_lane(&self, code: &str, cursor_pos: usize) -> (Lane, String, usize, usize) {
+        let Some((first, rest)) = code.split_once('\n') else {
+            return (Lane::Main, code.to_owned(), cursor_pos, 0);
+        };
+        let offset = first.chars().count() + 1;
+        let magic = first.trim_start().starts_with("%%lane") || first.trim_start().starts_with("%%parallel");
+        if !magic || cursor_pos < offset {
+            return (Lane::Main, code.to_owned(), cursor_pos, 0);
+        }
+        let lane = match routing::route(code, &[]) {
+            Ok(routed) => match routed.route {
+                Route::Named(name) if self.lanes.contains_key(&Lane::Named(name.clone())) => Lane::Named(name),
+                // A lane not made yet, or a fresh lane: main's namespace is the best guess.
+                _ => Lane::Main,
+            },
+            Err(_) => Lane::Main,
+        };
+        (lane, rest.to_owned(), cursor_pos - offset, offset)
+    }
+
+    pub(super) fn on_call(&mut self, lane: Lane, id: u64, request: Option<RequestId>, call: LaneCall) {
+        debug!(lane = lane.name(), id, ?call, "lane call");
+        let reply = match call {
+            LaneCall::Lanes => Ok(self.lanes_table()),
+            LaneCall::Wait { lanes } => match self.wait_targets(&lanes) {
+                Ok(targets) => {
+                    let before = request.unwrap_or(self.next_request);
+                    self.waiters.push(Waiter { caller: lane, id, before, targets });
+                    self.answer_waiters();
+                    return;
+                }
+                Err(message) => Err(message),
+            },
+            LaneCall::Interrupt { lane: name } => self.lookup(&name).map(|target| {
+                self.executor.interrupt(&InterruptTarget::Lane(target));
+                json!({"lane": name, "interrupted": true})
+            }),
+            LaneCall::Restart { lane: name } => self.end_lane(&lane, &name, true),
+            LaneCall::Stop { lane: name } => self.end_lane(&lane, &name, false),
+        };
+        self.executor.call_reply(&lane, id, reply);
+    }
+
+    /// The lane a user means by `name`.
+    fn lookup(&self, name: &str) -> Result<Lane, String> {
+        let lane = match name {
+            "main" => Lane::Main,
+            _ => name
+                .strip_prefix("fresh-")
+                .and_then(|slot| slot.parse().ok())
+                .map(Lane::Fresh)
+                .filter(|lane| self.lanes.contains_key(lane))
+                .unwrap_or_else(|| Lane::Named(name.to_owned())),
+        };
+        if self.lanes.contains_key(&lane) {
+            return Ok(lane);
+        }
+        let known: Vec<String> = self.lanes.keys().map(Lane::name).collect();
+        Err(format!("there is no lane named {name:?}; lanes now: {}", known.join(", ")))
+    }
+
+    fn wait_targets(&self, names: &[String]) -> Result<Vec<Lane>, String> {
+        names.iter().map(|name| self.lookup(name)).collect()
+    }
+
+    /// Answers every `%wait` whose lanes have finished the cells requested before it.
+    pub(super) fn answer_waiters(&mut self) {
+        let mut index = 0;
+        while index < self.waiters.len() {
+            if self.waiting_for(&self.waiters[index]) {
+                index += 1;
+                continue;
+            }
+            let waiter = self.waiters.swap_remove(index);
+            self.executor.call_reply(&waiter.caller, waiter.id, Ok(json!({"waited": true})));
+        }
+    }
+
+    /// Whether an earlier job of the waiter's lanes is still queued or running.
+    fn waiting_for(&self, waiter: &Waiter) -> bool {
+        self.in_flight.range(..waiter.before).any(|(_, flight)| {
+            let in_target = |lane: &Lane| {
+                if waiter.targets.is_empty() {
+                    *lane != waiter.caller
+                } else {
+                    waiter.targets.contains(lane)
+                }
+            };
+            let pooled_target = flight.pooled
+                && (waiter.targets.is_empty() || waiter.targets.iter().any(|lane| matches!(lane, Lane::Fresh(_))));
+            flight.lane.as_ref().is_some_and(in_target) || pooled_target
+        })
+    }
+
+    /// `%lane restart` / `%lane stop`: queued cells of the lane are aborted and the executor
+    /// ends its interpreter (interrupting a running cell).
+    fn end_lane(&mut self, caller: &Lane, name: &str, restart: bool) -> Result<Value, String> {
+        let verb = if restart { "restart" } else { "stop" };
+        let lane = self.lookup(name)?;
+        match &lane {
+            Lane::Main => {
+                return Err(format!(
+                    "the main lane is the kernel's own interpreter and cannot {verb}: restart the kernel instead (Kernel → Restart Kernel)"
+                ))
+            }
+            Lane::Fresh(_) => {
+                return Err(format!("{name} is a fresh lane: it keeps nothing between cells, so there is nothing to {verb}"))
+            }
+            Lane::Named(_) if lane == *caller => {
+                return Err(format!(
+                    "a lane cannot {verb} itself: run `%lane {verb} {name}` from another lane, e.g. the main lane"
+                ))
+            }
+            Lane::Named(_) => {}
+        }
+        let queued: Vec<Job> = self.lanes.get_mut(&lane).map(|queue| queue.waiting.drain(..).collect()).unwrap_or_default();
+        for job in &queued {
+            self.abort(job);
+        }
+        self.executor.end_lane(&lane, restart);
+        if !restart {
+            let idle = self.lanes.get(&lane).is_some_and(|queue| queue.running.is_none());
+            if idle {
+                self.lanes.remove(&lane);
+            } else if let Some(queue) = self.lanes.get_mut(&lane) {
+                queue.stopping = true;
+            }
+        }
+        Ok(json!({"lane": name, "restarted": restart, "stopped": !restart, "aborted": queued.len()}))
+    }
+
+    /// One row per lane for `%lanes` (the lane adds CPU time, which only it can measure).
+    fn lanes_table(&self) -> Value {
+        let mut rows: Vec<Value> = self
+            .lanes
+            .iter()
+            .map(|(lane, queue)| {
+                let kind = match lane {
+                    Lane::Main => "main",
+                    Lane::Named(_) => "named",
+                    Lane::Fresh(_) => "fresh",
+                };
+                let state = match (&queue.running, queue.stopping) {
+                    (_, true) => "stopping",
+                    (Some(_), _) => "running",
+                    (None, _) => "idle",
+                };
+                json!({
+                    "name": lane.name(), "kind": kind, "state": state,
+                    "running": queue.running_label, "queued": queue.waiting.len(),
+                    "cells_run": queue.cells_run,
+                })
+            })
+            .collect();
+        if !self.pool.is_empty() {
+            rows.push(json!({
+                "name": "fresh pool", "kind": "pool", "state": "waiting for a free fresh lane",
+                "running": null, "queued": self.pool.len(), "cells_run": 0,
+            }));
+        }
+        Value::Array(rows)
+    }
+}
