@@ -93,9 +93,10 @@ fn run_kernel(connection_file: &std::path::Path, python: Option<PathBuf>) -> any
     let mut sigint = SigSet::empty();
     sigint.add(Signal::SIGINT);
     sigint.thread_block().context("cannot block SIGINT for the socket threads")?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("parakernel-io")
+    // One thread for every socket task and the kernel: hand-offs between them are then task
+    // switches, not thread wake-ups (measured here: a `pass` round trip went from 1.30 ms on a
+    // two-worker runtime to 0.90 ms).
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the tokio runtime")?;
