@@ -12,6 +12,7 @@ KERNELSPEC := $(VENV)/share/jupyter/kernels/parakernel/kernel.json
 
 demo: setup
 	$(PY) tests/run_notebook.py notebooks/demo.ipynb
+	$(PY) tests/run_notebook.py --run-all notebooks/parallel_experiments.ipynb
 
 test: setup browser
 	PYO3_PYTHON=$$(cat $(VENV)/.base-python) cargo test --release --locked

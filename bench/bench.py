@@ -10,8 +10,16 @@ interleaved (anchor, parakernel, anchor, parakernel, ...) so that machine noise 
 Benchmarks are not tests: a missed target is reported, not failed.
 
 A benchmark is a function from a `Bench` (the two kernels, settings, shared started clients)
-to `Row`s; add one to BENCHMARKS to add rows (for example lanes against multiprocessing, with
-their own anchor per row).
+to `Row`s; add one to BENCHMARKS to add rows. Rows may have an anchor of their own:
+
+- lanes: a capacity probe first (a CPU loop in 1 process, then in one process per core at once:
+  how many cores are really free now); two CPU-bound cells sent at once to two lanes against
+  the same two cells in the anchor kernel (which runs them in turn); N cells in N lanes against
+  one alone; RSS per extra lane against a whole anchor process, beside a bare subinterpreter,
+  one with an IPython shell (`_interpreters`) and a fork worker; fresh-lane dispatch (a
+  `%%parallel` `pass` round trip minus a main-lane one); RSS over 500 fresh-lane cells.
+  A target that needs more cores than the probe found free is shown but not judged; a row
+  whose kernel feature is missing says "n/a (why)".
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ import argparse
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -27,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 import psutil
+import zmq
 from jupyter_client.blocking.client import BlockingKernelClient
 from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
 from jupyter_client.manager import KernelManager
@@ -45,22 +55,38 @@ PRINT_LINES = f"for i in range({LINES}):\n    print(i)"
 
 @dataclass
 class Row:
-    """One line of the table: a metric measured on an anchor and on parakernel."""
+    """One line of the table: a metric measured on an anchor and on parakernel.
+
+    A row whose feature is missing has no values and says why (``unavailable``); a row whose
+    target cannot be judged on this machine (too few free cores) says so in ``note``."""
 
     metric: str
     unit: str  # "s", "bytes" or "" (a count)
     anchor: str  # what parakernel is compared with on this row
-    anchor_value: float
-    value: float
+    anchor_value: float | None
+    value: float | None
     max_ratio: float | None = None  # target for value / anchor_value
     max_value: float | None = None  # target for value itself
+    note: str = ""
+    unavailable: str | None = None  # why the row could not be measured
+    judged: bool = True  # False: the target does not apply on this machine (see note)
+    show_ratio: bool = True
+    target_text: str = ""  # the target in words, when the ratio alone reads badly
+
+    @classmethod
+    def not_available(cls, metric: str, anchor: str, reason: str) -> Row:
+        return cls(metric, "", anchor, None, None, unavailable=reason)
 
     @property
     def ratio(self) -> float:
+        if self.value is None or self.anchor_value is None:
+            return float("nan")
         return self.value / self.anchor_value if self.anchor_value else float("inf")
 
     @property
     def met(self) -> bool | None:
+        if self.unavailable or not self.judged:
+            return None
         checks = []
         if self.max_ratio is not None:
             checks.append(self.ratio <= self.max_ratio)
@@ -70,6 +96,8 @@ class Row:
 
     @property
     def target(self) -> str:
+        if self.target_text:
+            return self.target_text
         parts = []
         if self.max_ratio is not None:
             parts.append(f"≤ {self.max_ratio:.2f}×")
@@ -78,28 +106,36 @@ class Row:
         return ", ".join(parts)
 
 
-def format_value(value: float, unit: str) -> str:
+def format_value(value: float | None, unit: str) -> str:
+    if value is None:
+        return ""
     if unit == "s":
-        return f"{value * 1e3:.2f} ms" if value < 1 else f"{value:.3f} s"
+        return f"{value * 1e3:.2f} ms" if abs(value) < 1 else f"{value:.3f} s"
     if unit == "bytes":
         return f"{value / 2**20:.1f} MiB"
     return f"{value:g}"
 
 
+def row_cells(row: Row) -> list[str]:
+    if row.unavailable:
+        return [row.metric, row.anchor, "", f"n/a ({row.unavailable})", "", row.target, ""]
+    verdict = {True: "met", False: "MISSED", None: ""}[row.met]
+    if row.note:
+        verdict = f"{verdict} ({row.note})" if verdict else f"({row.note})"
+    return [
+        row.metric,
+        row.anchor,
+        format_value(row.anchor_value, row.unit),
+        format_value(row.value, row.unit),
+        f"{row.ratio:.2f}×" if row.show_ratio else "",
+        row.target,
+        verdict,
+    ]
+
+
 def print_table(rows: list[Row], candidate: str) -> None:
     headers = ["metric", "anchor", "anchor value", candidate, "ratio", "target", ""]
-    lines = [
-        [
-            row.metric,
-            row.anchor,
-            format_value(row.anchor_value, row.unit),
-            format_value(row.value, row.unit),
-            f"{row.ratio:.2f}×",
-            row.target,
-            {True: "met", False: "MISSED", None: ""}[row.met],
-        ]
-        for row in rows
-    ]
+    lines = [row_cells(row) for row in rows]
     widths = [max(len(str(x)) for x in column) for column in zip(headers, *lines)]
     right = {2, 3, 4}
     for i, line in enumerate([headers, *lines]):
@@ -181,6 +217,40 @@ class Running:
         process = psutil.Process(self.km.provisioner.process.pid)  # type: ignore[union-attr]
         return sum(p.memory_info().rss for p in [process, *process.children(recursive=True)])
 
+    def execute_all(self, codes: list[str]) -> tuple[float, list[dict]]:
+        """Sends every cell at once (as JupyterLab's Run All); returns the seconds until the
+        last reply and idle arrived, and the replies' content in the order of ``codes``."""
+        started = time.perf_counter()
+        msg_ids = [self.kc.execute(code, store_history=False, stop_on_error=False)
+                   for code in codes]
+        replies: dict[str, dict] = {}
+        idle: set[str] = set()
+        poller = zmq.Poller()
+        for channel in (self.kc.iopub_channel, self.kc.shell_channel):
+            poller.register(channel.socket, zmq.POLLIN)
+        deadline = time.monotonic() + REPLY_TIMEOUT
+        while len(replies) < len(msg_ids) or len(idle) < len(msg_ids):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.name}: no reply within {REPLY_TIMEOUT} s")
+            ready = dict(poller.poll(100))
+            for channel in (self.kc.iopub_channel, self.kc.shell_channel):
+                if channel.socket not in ready:
+                    continue
+                msg = channel.get_msg(timeout=0)
+                parent = msg["parent_header"].get("msg_id")
+                if parent not in msg_ids:
+                    continue
+                if channel is self.kc.shell_channel:
+                    replies[parent] = msg["content"]
+                elif msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
+                    idle.add(parent)
+        return time.perf_counter() - started, [replies[msg_id] for msg_id in msg_ids]
+
+    def cpu_seconds(self) -> float:
+        process = psutil.Process(self.km.provisioner.process.pid)  # type: ignore[union-attr]
+        times = process.cpu_times()
+        return times.user + times.system
+
 
 # --------------------------------------------------------------------------------------
 # Benchmarks
@@ -198,8 +268,12 @@ class Bench:
     runs: int
     warmup: int
     line_runs: int
+    cpu_runs: int = 3
     _running: dict[str, Running] = field(default_factory=dict)
     rss_after_start: dict[str, int] = field(default_factory=dict)
+    free_cores: float | None = None  # from the capacity probe, once it ran
+    probe: tuple[float, list[float]] = (0.0, [])
+    lane_reason: str | None | bool = False  # False: not asked yet
 
     def running(self, role: str) -> Running:
         """A long-lived kernel per role, shared by the benchmarks; its RSS is taken right
@@ -288,11 +362,302 @@ def memory(bench: Bench) -> list[Row]:
                       {role: float(bench.rss_after_start[role]) for role in ROLES})]
 
 
+# --------------------------------------------------------------------------------------
+# Lanes: CPU-bound cells side by side, memory per lane, the fresh-lane pool
+# --------------------------------------------------------------------------------------
+
+CPU_LOOP = 8_000_000
+CPU_CELL = f"total = 0\nfor i in range({CPU_LOOP:_}):\n    total += i"
+LANES_MEASURED = 4  # lanes (or subinterpreters) created to measure the memory of one
+FRESH_WARMUP, FRESH_CELLS = 100, 500
+FRESH_CELL = "import fractions\nvalues = [fractions.Fraction(i, 7) for i in range(200)]"
+FRESH_GROWTH_TARGET = 2 * 2**20  # "flat": well under 4 kB a cell
+
+# The same loop as CPU_CELL, in a process of its own that starts it at an agreed moment and
+# prints its own time.
+PROBE_PROCESS = f"""
+import sys, time
+time.sleep(max(0.0, float(sys.argv[1]) - time.time()))
+started = time.perf_counter()
+{CPU_CELL}
+print(time.perf_counter() - started)
+"""
+
+# RSS added by one subinterpreter (own GIL, as lanes have), bare or with an IPython shell;
+# ends with os._exit: teardown is not measured (and IPython's would hang, see DESIGN.md).
+SUBINTERPRETER_PROBE = """
+import json, os, sys
+import _datetime  # before any subinterpreter does (CPython gh-136421)
+import _interpreters
+import psutil
+with_ipython, count = sys.argv[1] == "ipython", int(sys.argv[2])
+shell = (
+    "from traitlets.config import Config\\n"
+    "from IPython.core.interactiveshell import InteractiveShell\\n"
+    "config = Config()\\n"
+    "config.HistoryManager.enabled = False\\n"
+    "InteractiveShell.instance(config=config).run_cell('x = 1', store_history=False)\\n"
+)
+process = psutil.Process()
+ids = [_interpreters.create()]  # the first one also loads what every later one shares
+if with_ipython:
+    _interpreters.run_string(ids[0], shell)
+before = process.memory_info().rss
+for _ in range(count):
+    ids.append(_interpreters.create())
+    if with_ipython:
+        _interpreters.run_string(ids[-1], shell)
+print(json.dumps((process.memory_info().rss - before) / count), flush=True)
+os._exit(0)
+"""
+
+# Memory of one fork worker (multiprocessing's default start method on Linux) of a process
+# with IPython loaded: its unique set size (the pages it does not share with its parent).
+FORK_PROBE = """
+import json, multiprocessing, os
+import psutil
+from traitlets.config import Config
+from IPython.core.interactiveshell import InteractiveShell
+config = Config()
+config.HistoryManager.enabled = False
+InteractiveShell.instance(config=config).run_cell("x = 1", store_history=False)
+
+def worker(queue):
+    total = sum(range(1_000_000))
+    queue.put(psutil.Process().memory_full_info().uss)
+
+if __name__ == "__main__":
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    child = context.Process(target=worker, args=(queue,))
+    child.start()
+    print(json.dumps(queue.get()), flush=True)
+    child.join()
+    os._exit(0)
+"""
+
+
+def run_probe(code: str, *args: str) -> float:
+    done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
+                          timeout=REPLY_TIMEOUT)
+    if done.returncode != 0:
+        raise RuntimeError(f"probe failed ({done.returncode}): {done.stderr.strip()[-300:]}")
+    return float(done.stdout.strip().splitlines()[-1])
+
+
+def cpu_loop_seconds(processes: int) -> list[float]:
+    """The CPU loop's own time in each of ``processes`` processes started together."""
+    start_at = str(time.time() + 0.5)  # every process is up before the loops start
+    children = [subprocess.Popen([sys.executable, "-c", PROBE_PROCESS, start_at],
+                                 stdout=subprocess.PIPE, text=True) for _ in range(processes)]
+    return [float(child.communicate(timeout=REPLY_TIMEOUT)[0]) for child in children]
+
+
+def free_cores(bench: Bench, again: bool = False) -> float:
+    """How many cores the machine really has free now: the CPU loop alone, then in one
+    process per core at once; a process that took k times longer than alone had 1/k core.
+    ``again`` probes anew (other work on the machine comes and goes)."""
+    if bench.free_cores is None or again:
+        cores = os.cpu_count() or 1
+        alone = min(cpu_loop_seconds(1)[0] for _ in range(2))
+        together = cpu_loop_seconds(cores)
+        bench.probe = (alone, together)
+        bench.free_cores = min(float(cores), sum(alone / seconds for seconds in together))
+    return bench.free_cores
+
+
+def capacity(bench: Bench) -> list[Row]:
+    cores = os.cpu_count() or 1
+    free = free_cores(bench)
+    alone, together = bench.probe
+    return [Row(f"capacity probe: the CPU loop in {cores} processes at once (slowest)", "s",
+                "1 process", alone, max(together), note=f"{free:.2f} of {cores} cores free")]
+
+
+def lanes_unavailable(bench: Bench) -> str | None:
+    """Why the candidate cannot run named and fresh lanes (None when it can), asked once."""
+    if bench.lane_reason is False:
+        _, replies = bench.running(CANDIDATE).execute_all(
+            ["%%lane bench-check\npass", "%%parallel\npass"])
+        failed = [reply for reply in replies if reply["status"] != "ok"]
+        bench.lane_reason = None
+        if failed:
+            reason = f"{failed[0].get('ename')}: {failed[0].get('evalue')}"
+            bench.lane_reason = reason if len(reason) <= 60 else reason[:59] + "…"
+    return bench.lane_reason  # type: ignore[return-value]
+
+
+def all_ok(name: str, replies: list[dict]) -> None:
+    for reply in replies:
+        if reply["status"] != "ok":
+            raise RuntimeError(f"{name}: a cell failed: {reply.get('ename')}: {reply.get('evalue')}")
+
+
+def cores_note(bench: Bench, needed: int) -> tuple[bool, str]:
+    """Whether a target that needs ``needed`` cores can be judged now, probed right before
+    the row is measured."""
+    free = free_cores(bench, again=True)
+    judged = free >= needed - 0.1
+    return judged, f"probe: {free:.2f} cores free" + ("" if judged else f", target needs {needed}")
+
+
+def lanes_in_parallel(bench: Bench, lanes: int) -> tuple[list[float], list[float], float]:
+    """``lanes`` CPU-bound cells sent at once: to as many lanes of the candidate, and to the
+    anchor (which runs them in turn). Returns both walls per round and the cores the
+    candidate kept busy (its CPU time over its wall; median of the rounds)."""
+    anchor, candidate = bench.running(ANCHOR), bench.running(CANDIDATE)
+    cells = [f"%%lane cpu-{i}\n{CPU_CELL}" for i in range(lanes)]
+    all_ok(candidate.name, candidate.execute_all([f"%%lane cpu-{i}\npass" for i in range(lanes)])[1])
+    busy: list[float] = []
+
+    def measure(role: str) -> float:
+        if role == ANCHOR:
+            wall, replies = anchor.execute_all([CPU_CELL] * lanes)
+            all_ok(anchor.name, replies)
+            return wall
+        cpu = candidate.cpu_seconds()
+        wall, replies = candidate.execute_all(cells)
+        all_ok(candidate.name, replies)
+        busy.append((candidate.cpu_seconds() - cpu) / wall)
+        return wall
+
+    samples = bench.interleaved(bench.cpu_runs, measure)
+    return samples[ANCHOR], samples[CANDIDATE], statistics.median(busy)
+
+
+def two_lanes(bench: Bench) -> list[Row]:
+    metric = f"2 CPU-bound cells sent at once: 2 lanes vs in turn (median of {bench.cpu_runs})"
+    anchor_label = f"{bench.names[ANCHOR]}, in turn"
+    reason = lanes_unavailable(bench)
+    if reason:
+        return [Row.not_available(metric, anchor_label, reason)]
+    judged, note = cores_note(bench, 2)
+    in_turn, side_by_side, busy = lanes_in_parallel(bench, 2)
+    return [Row(metric, "s", anchor_label, statistics.median(in_turn),
+                statistics.median(side_by_side), max_ratio=1 / 1.75, judged=judged,
+                target_text="≥ 1.75× faster",
+                note=f"{note}; lanes kept {busy:.2f} cores busy")]
+
+
+def n_lanes(bench: Bench) -> list[Row]:
+    cores = os.cpu_count() or 1
+    metric = f"{cores} CPU-bound cells in {cores} lanes vs 1 cell in 1 lane (median of {bench.cpu_runs})"
+    reason = lanes_unavailable(bench)
+    if reason:
+        return [Row.not_available(metric, "1 lane alone", reason)]
+    judged, note = cores_note(bench, cores)
+    candidate = bench.running(CANDIDATE)
+    alone = []
+    for _ in range(bench.cpu_runs):
+        wall, replies = candidate.execute_all([f"%%lane cpu-0\n{CPU_CELL}"])
+        all_ok(candidate.name, replies)
+        alone.append(wall)
+    in_turn, side_by_side, busy = lanes_in_parallel(bench, cores)
+    rows = [Row(metric, "s", "1 lane alone", statistics.median(alone),
+                statistics.median(side_by_side), max_ratio=1.15, judged=judged,
+                note=f"{note}; lanes kept {busy:.2f} cores busy")]
+    if cores != 2:  # with 2 cores this is the two-lane row again
+        rows.append(Row(f"{cores} CPU-bound cells sent at once: {cores} lanes vs in turn", "s",
+                        f"{bench.names[ANCHOR]}, in turn", statistics.median(in_turn),
+                        statistics.median(side_by_side), max_ratio=1 / (0.875 * cores),
+                        judged=judged, target_text=f"≥ {0.875 * cores:.2f}× faster", note=note))
+    return rows
+
+
+def lane_memory(bench: Bench) -> list[Row]:
+    bench.running(ANCHOR)
+    process_rss = float(bench.rss_after_start[ANCHOR])
+    anchor_label = f"a {bench.names[ANCHOR]} process (RSS)"
+    per = f"mean of {LANES_MEASURED}"
+    rows = []
+    metric = f"RSS per extra lane, IPython loaded (parakernel named lanes, {per})"
+    reason = lanes_unavailable(bench)
+    if reason:
+        rows.append(Row.not_available(metric, anchor_label, reason))
+    else:
+        # A kernel of its own: the lanes other rows made are not counted.
+        kernel, _ = Running.start(bench.names[CANDIDATE])
+        try:
+            kernel.execute("pass")
+            all_ok(kernel.name, kernel.execute_all(["%%lane mem-warm\npass"])[1])
+            before = kernel.rss()
+            for i in range(LANES_MEASURED):
+                all_ok(kernel.name, kernel.execute_all([f"%%lane mem-{i}\npass"])[1])
+            per_lane = (kernel.rss() - before) / LANES_MEASURED
+        finally:
+            kernel.stop()
+        rows.append(Row(metric, "bytes", anchor_label, process_rss, per_lane, max_ratio=0.30))
+    for flavour, label in (("bare", "bare"), ("ipython", "with an IPython shell")):
+        metric = f"RSS per extra subinterpreter, {label} (_interpreters, {per})"
+        try:
+            value = run_probe(SUBINTERPRETER_PROBE, flavour, str(LANES_MEASURED))
+            rows.append(Row(metric, "bytes", anchor_label, process_rss, value))
+        except (RuntimeError, subprocess.TimeoutExpired, ValueError) as failure:
+            rows.append(Row.not_available(metric, anchor_label, str(failure)[:80]))
+    metric = "USS of a fork worker (parent with an IPython shell)"
+    try:
+        rows.append(Row(metric, "bytes", anchor_label, process_rss, run_probe(FORK_PROBE)))
+    except (RuntimeError, subprocess.TimeoutExpired, ValueError) as failure:
+        rows.append(Row.not_available(metric, anchor_label, str(failure)[:80]))
+    return rows
+
+
+def fresh_latency(bench: Bench) -> list[Row]:
+    metric = f"fresh-lane dispatch: `%%parallel` `pass` − main `pass` (medians of {bench.runs})"
+    reason = lanes_unavailable(bench)
+    if reason:
+        return [Row.not_available(metric, "main-lane `pass`", reason)]
+    kernel = bench.running(CANDIDATE)
+    cells = {"main": "pass", "fresh": "%%parallel\npass"}
+    for _ in range(bench.warmup):
+        for code in cells.values():
+            kernel.execute(code)
+    samples: dict[str, list[float]] = {name: [] for name in cells}
+    for _ in range(bench.runs):
+        for name, code in cells.items():
+            samples[name].append(kernel.execute(code)[0])
+    main, fresh = (statistics.median(samples[name]) for name in cells)
+    return [Row(metric, "s", "main-lane `pass`", main, fresh - main, max_value=1e-3,
+                show_ratio=False, note=f"`%%parallel pass` {format_value(fresh, 's')}")]
+
+
+def fresh_growth(bench: Bench) -> list[Row]:
+    metric = f"RSS growth over {FRESH_CELLS} fresh-lane cells after {FRESH_WARMUP} (warm-up)"
+    anchor_label = f"{bench.names[ANCHOR]}, same cells"
+    reason = lanes_unavailable(bench)
+    if reason:
+        return [Row.not_available(metric, anchor_label, reason)]
+    growth, trace = {}, ""
+    for role, code in ((ANCHOR, FRESH_CELL), (CANDIDATE, "%%parallel\n" + FRESH_CELL)):
+        kernel, _ = Running.start(bench.names[role])
+        try:
+            for _ in range(FRESH_WARMUP):
+                kernel.execute(code)
+            samples = [kernel.rss()]
+            for i in range(1, FRESH_CELLS + 1):
+                kernel.execute(code)
+                if i % 100 == 0:
+                    samples.append(kernel.rss())
+        finally:
+            kernel.stop()
+        growth[role] = float(samples[-1] - samples[0])
+        if role == CANDIDATE:
+            trace = "every 100: " + " ".join(f"{(s - samples[0]) / 2**20:+.1f}" for s in samples[1:]) + " MiB"
+    return [Row(metric, "bytes", anchor_label, growth[ANCHOR], growth[CANDIDATE],
+                max_value=FRESH_GROWTH_TARGET, show_ratio=False, note=trace)]
+
+
 BENCHMARKS: dict[str, Callable[[Bench], list[Row]]] = {
     "startup": startup,
     "pass": pass_round_trip,
     "lines": print_many_lines,
     "memory": memory,
+    "capacity": capacity,
+    "two-lanes": two_lanes,
+    "n-lanes": n_lanes,
+    "lane-memory": lane_memory,
+    "fresh-latency": fresh_latency,
+    "fresh-growth": fresh_growth,
 }
 
 
@@ -317,6 +682,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=300, help="`pass` executions per kernel")
     parser.add_argument("--warmup", type=int, default=30, help="`pass` executions not counted")
     parser.add_argument("--line-runs", type=int, default=3, help="100,000-line cells per kernel")
+    parser.add_argument("--cpu-runs", type=int, default=3,
+                        help="rounds of the CPU-bound cells, per kernel")
     parser.add_argument("--only", action="append", choices=list(BENCHMARKS),
                         help="run only this benchmark (repeatable)")
     args = parser.parse_args(argv)
@@ -335,7 +702,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Python {platform.python_version()}, {os.cpu_count()} cores, {platform.platform()}\n")
 
     bench = Bench({ANCHOR: args.baseline, CANDIDATE: args.kernel},
-                  args.starts, args.runs, args.warmup, args.line_runs)
+                  args.starts, args.runs, args.warmup, args.line_runs, args.cpu_runs)
     rows: list[Row] = []
     try:
         for name, benchmark in BENCHMARKS.items():

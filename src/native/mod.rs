@@ -1,11 +1,17 @@
 //! The `_parakernel` extension module (multi-phase init, per-interpreter GIL): stream writers,
-//! display publishing and `input()` for the cells of a lane. Keeps no Python objects in
-//! process-wide state: the process-wide registry holds only Rust data ([`LaneState`]), and each
-//! module object's state points at its lane's entry.
+//! display publishing, `input()`, an interruptible `sleep`, lane calls (parakernel's magics ask
+//! the kernel through them) and per-lane CPU time, for the cells of a lane. Keeps no Python
+//! objects in process-wide state: the process-wide registries hold only Rust data
+//! ([`LaneState`], [`CpuMeter`]), and each module object's state points at its lane's entry.
 //!
 //! Ownership: the `python` module creates a lane's [`LaneState`] and [`register`]s it under the
 //! ID of the lane's interpreter before that interpreter imports `_parakernel`. The module's exec
 //! slot takes an `Arc` clone into its per-module state; the module's `m_free` drops it.
+//!
+//! Waits (`input()`, `sleep`, lane calls) release the GIL and block on the lane's condition
+//! variable; an interrupt wakes them ([`LaneState::interrupt_waits`] for the main lane, which
+//! also gets SIGINT; [`LaneState::interrupt_lane_thread`] for a subinterpreter lane, whose
+//! thread signals never reach) and they raise `KeyboardInterrupt`.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -19,31 +25,71 @@ use pyo3_ffi as ffi;
 use serde_json::{Map, Value};
 use tokio::sync::mpsc::UnboundedSender;
 
-use crate::kernel::executor::{Event, RequestId, StreamName};
+use crate::kernel::executor::{Event, Lane, LaneCall, RequestId, StreamName};
 
 /// The name every interpreter imports the module under.
 pub const MODULE_NAME: &CStr = c"_parakernel";
 
+/// Lane call ids are unique in the process, so a reply meant for an interpreter that was
+/// replaced can never be taken for one of its successor's calls.
+static NEXT_CALL_ID: AtomicU64 = AtomicU64::new(1);
+
 /// What a lane's `input()` is doing.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 enum InputSlot {
+    #[default]
     Idle,
     /// `input()` has sent its `input_request` and waits for the reply.
     Waiting,
     Replied(String),
-    Interrupted,
 }
 
-/// The Rust side of one lane, shared by the lane's thread, the executor (which delivers input
-/// replies and interrupts) and every `_parakernel` call made by the lane's Python threads.
+/// One thread blocked in a `_parakernel` wait.
+#[derive(Debug)]
+struct Waiter {
+    /// Whether it is the lane's own thread (the one that runs cells).
+    lane_thread: bool,
+    interrupted: bool,
+}
+
+/// Everything the lane's waits wait for, under one lock with one condition variable.
+#[derive(Debug, Default)]
+struct Waits {
+    input: InputSlot,
+    /// Lane calls in flight by id, with the kernel's reply once it came.
+    calls: BTreeMap<u64, Option<Result<Value, String>>>,
+    waiters: BTreeMap<u64, Waiter>,
+    next_waiter: u64,
+    /// The interpreter is ending: every wait, now or later, raises `SystemExit`.
+    closing: bool,
+}
+
+/// How a wait ended.
+enum WaitEnd<T> {
+    Ready(T),
+    TimedOut,
+    Interrupted,
+    /// The interpreter is ending.
+    Closed,
+    /// A signal handler raised before the wait began (the exception is set).
+    Raised,
+}
+
+/// The Rust side of one lane (one interpreter), shared by the lane's thread, the executor (which
+/// delivers input and call replies and interrupts) and every `_parakernel` call made by the
+/// lane's Python threads.
 #[derive(Debug)]
 pub struct LaneState {
+    lane: Lane,
     outlet: Arc<Outlet>,
     /// The request the lane runs or ran last, plus one; 0 before the first request.
     request: AtomicU64,
     allow_stdin: AtomicBool,
-    input: Mutex<InputSlot>,
-    input_changed: Condvar,
+    /// `PyThread_get_thread_ident` of the thread that runs the lane's cells; 0 until bound.
+    lane_thread: AtomicU64,
+    waits: Mutex<Waits>,
+    waits_changed: Condvar,
+    cpu: Arc<CpuMeter>,
 }
 
 impl Drop for LaneState {
@@ -53,8 +99,9 @@ impl Drop for LaneState {
 }
 
 impl LaneState {
-    /// A lane's state; starts the thread that sends buffered stream text on a short timer.
-    pub fn new(events: UnboundedSender<Event>) -> Self {
+    /// The state of one interpreter of `lane`; starts the thread that sends buffered stream
+    /// text on a short timer.
+    pub fn new(lane: Lane, events: UnboundedSender<Event>) -> Self {
         let outlet = Arc::new(Outlet {
             events,
             outbox: Mutex::new(Outbox::default()),
@@ -63,12 +110,44 @@ impl LaneState {
         let flusher = Arc::clone(&outlet);
         spawn_without_sigint("parakernel-streams", move || flusher.run_timer());
         LaneState {
+            cpu: cpu_meter(&lane.name()),
+            lane,
             outlet,
             request: AtomicU64::new(0),
             allow_stdin: AtomicBool::new(false),
-            input: Mutex::new(InputSlot::Idle),
-            input_changed: Condvar::new(),
+            lane_thread: AtomicU64::new(0),
+            waits: Mutex::new(Waits::default()),
+            waits_changed: Condvar::new(),
         }
+    }
+
+    pub fn lane(&self) -> &Lane {
+        &self.lane
+    }
+
+    /// Records the calling thread as the one that runs the lane's cells (interrupts and the
+    /// interruptible `sleep` are for that thread only, as signals are for the main thread).
+    pub fn bind_lane_thread(&self) {
+        // SAFETY: PyThread_get_thread_ident only names the calling thread; it needs no GIL.
+        #[allow(clippy::useless_conversion)] // a c_ulong, u32 on some targets
+        let ident = u64::from(unsafe { ffi::PyThread_get_thread_ident() });
+        self.lane_thread.store(ident, Ordering::Release);
+    }
+
+    /// The lane thread's `PyThread_get_thread_ident` (what `PyThreadState_SetAsyncExc` takes),
+    /// or `None` before [`Self::bind_lane_thread`].
+    pub fn lane_thread(&self) -> Option<u64> {
+        match self.lane_thread.load(Ordering::Acquire) {
+            0 => None,
+            ident => Some(ident),
+        }
+    }
+
+    fn on_lane_thread(&self) -> bool {
+        // SAFETY: as in `bind_lane_thread`.
+        #[allow(clippy::useless_conversion)] // a c_ulong, u32 on some targets
+        let ident = u64::from(unsafe { ffi::PyThread_get_thread_ident() });
+        self.lane_thread() == Some(ident)
     }
 
     /// Parents the lane's output (also that of threads a cell started) to `request` from now on.
@@ -88,6 +167,17 @@ impl LaneState {
         self.allow_stdin.store(allow, Ordering::Release);
     }
 
+    /// Starts counting the calling thread's CPU time for the lane (call on the lane thread when
+    /// a job starts).
+    pub fn begin_job(&self) {
+        self.cpu.begin();
+    }
+
+    /// Stops counting, on the lane thread, when the job is done.
+    pub fn end_job(&self) {
+        self.cpu.end();
+    }
+
     /// Sends an event to the kernel, after the stream text written before it.
     pub fn send(&self, event: Event) {
         self.outlet.send(event);
@@ -103,56 +193,246 @@ impl LaneState {
         self.outlet.write(self.request(), name, text);
     }
 
+    fn lock_waits(&self) -> MutexGuard<'_, Waits> {
+        self.waits.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// Hands the client's `input_reply` to a waiting `input()`. Returns false (and drops the
     /// value) when no `input()` is waiting.
     pub fn reply_input(&self, value: String) -> bool {
-        let mut slot = self.input.lock().unwrap_or_else(PoisonError::into_inner);
-        if !matches!(*slot, InputSlot::Waiting) {
+        let mut waits = self.lock_waits();
+        if !matches!(waits.input, InputSlot::Waiting) {
             return false;
         }
-        *slot = InputSlot::Replied(value);
-        self.input_changed.notify_all();
+        waits.input = InputSlot::Replied(value);
+        self.waits_changed.notify_all();
         true
     }
 
-    /// Wakes a waiting `input()`, which then raises `KeyboardInterrupt`. Returns whether one was
-    /// waiting.
-    pub fn interrupt_input(&self) -> bool {
-        let mut slot = self.input.lock().unwrap_or_else(PoisonError::into_inner);
-        if !matches!(*slot, InputSlot::Waiting) {
-            return false;
-        }
-        *slot = InputSlot::Interrupted;
-        self.input_changed.notify_all();
-        true
-    }
-
-    /// Blocks the calling thread until the reply or an interrupt arrives. `None` means
-    /// interrupted. The caller has sent the `input_request` after [`Self::begin_input`].
-    fn wait_input(&self) -> Option<String> {
-        let mut slot = self.input.lock().unwrap_or_else(PoisonError::into_inner);
-        while matches!(*slot, InputSlot::Waiting) {
-            slot = self
-                .input_changed
-                .wait(slot)
-                .unwrap_or_else(PoisonError::into_inner);
-        }
-        match std::mem::replace(&mut *slot, InputSlot::Idle) {
-            InputSlot::Replied(value) => Some(value),
-            _ => None,
+    /// Hands the kernel's answer to the lane call `id`. Returns false (and drops it) when no
+    /// thread of this interpreter waits for that call (it was interrupted, or it is another
+    /// interpreter's).
+    pub fn reply_call(&self, id: u64, reply: Result<Value, String>) -> bool {
+        let mut waits = self.lock_waits();
+        match waits.calls.get_mut(&id) {
+            Some(slot @ None) => {
+                *slot = Some(reply);
+                self.waits_changed.notify_all();
+                true
+            }
+            _ => false,
         }
     }
 
-    /// Marks `input()` as waiting before its request goes out, so a fast reply is not dropped.
-    /// Returns false when another thread of the lane is already waiting for input.
-    fn begin_input(&self) -> bool {
-        let mut slot = self.input.lock().unwrap_or_else(PoisonError::into_inner);
-        if matches!(*slot, InputSlot::Waiting) {
-            return false;
-        }
-        *slot = InputSlot::Waiting;
-        true
+    /// Whether a thread of this interpreter waits for the answer to lane call `id`.
+    pub fn awaits_call(&self, id: u64) -> bool {
+        self.lock_waits().calls.contains_key(&id)
     }
+
+    /// Wakes every waiting `input()`, `sleep` and lane call of the lane; each raises
+    /// `KeyboardInterrupt`. Returns whether one was waiting. For the main lane, together with
+    /// SIGINT.
+    pub fn interrupt_waits(&self) -> bool {
+        let mut waits = self.lock_waits();
+        let mut woken = false;
+        for waiter in waits.waiters.values_mut() {
+            waiter.interrupted = true;
+            woken = true;
+        }
+        self.waits_changed.notify_all();
+        woken
+    }
+
+    /// Interrupts a wait of the lane thread, if it is in one. Returns false when it is not: the
+    /// caller then raises `KeyboardInterrupt` in it asynchronously. Call with the lane
+    /// interpreter's GIL held: the lane thread enters and leaves waits only while holding it, so
+    /// the answer stays true until the GIL is released.
+    pub fn interrupt_lane_thread(&self) -> bool {
+        let mut waits = self.lock_waits();
+        let mut woken = false;
+        for waiter in waits.waiters.values_mut().filter(|waiter| waiter.lane_thread) {
+            waiter.interrupted = true;
+            woken = true;
+        }
+        if woken {
+            self.waits_changed.notify_all();
+        }
+        woken
+    }
+
+    /// Makes every wait of the interpreter's threads, now and later, raise `SystemExit`, so
+    /// that they end before the interpreter does.
+    pub fn close_waits(&self) {
+        self.lock_waits().closing = true;
+        self.waits_changed.notify_all();
+    }
+
+    /// Blocks the calling thread, with the GIL released, until `ready` gives a value, the
+    /// deadline passes, or an interrupt wakes it. An interrupt that arrives while the GIL is
+    /// being taken back still counts (the interrupter saw this wait and raised nothing else).
+    ///
+    /// # Safety
+    /// The calling thread holds the GIL of this lane's interpreter (it is released and taken
+    /// back here); `ready` touches no Python object.
+    unsafe fn wait<T: Send>(
+        &self,
+        deadline: Option<Instant>,
+        mut ready: impl FnMut(&mut Waits) -> Option<T> + Send,
+    ) -> WaitEnd<T> {
+        let lane_thread = self.on_lane_thread();
+        let id = {
+            let mut waits = self.lock_waits();
+            let id = waits.next_waiter;
+            waits.next_waiter += 1;
+            waits.waiters.insert(id, Waiter { lane_thread, interrupted: false });
+            id
+        };
+        // The main lane is interrupted by SIGINT first, then by waking waits: a SIGINT that came
+        // before this wait was registered raises now. (A system call returns with the thread's
+        // pending signals handled, so one sent before now has tripped Python's flag.)
+        // SAFETY: GIL held (caller); `set` is a valid sigset_t. PyErr_CheckSignals runs the
+        // handlers on the main interpreter's main thread and does nothing elsewhere.
+        let raised = unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigpending(&raw mut set);
+            ffi::PyErr_CheckSignals() != 0
+        };
+        if raised {
+            self.lock_waits().waiters.remove(&id);
+            return WaitEnd::Raised;
+        }
+        // SAFETY: the GIL is held (caller); it is released until RestoreThread, and nothing below
+        // touches a Python object.
+        let thread_state = unsafe { ffi::PyEval_SaveThread() };
+        let end = {
+            let mut waits = self.lock_waits();
+            loop {
+                if waits.closing {
+                    break WaitEnd::Closed;
+                }
+                if waits.waiters.get(&id).is_some_and(|waiter| waiter.interrupted) {
+                    break WaitEnd::Interrupted;
+                }
+                if let Some(value) = ready(&mut waits) {
+                    break WaitEnd::Ready(value);
+                }
+                match deadline {
+                    None => {
+                        waits = self
+                            .waits_changed
+                            .wait(waits)
+                            .unwrap_or_else(PoisonError::into_inner);
+                    }
+                    Some(deadline) => {
+                        let now = Instant::now();
+                        if now >= deadline {
+                            break WaitEnd::TimedOut;
+                        }
+                        waits = self
+                            .waits_changed
+                            .wait_timeout(waits, deadline - now)
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .0;
+                    }
+                }
+            }
+        };
+        // SAFETY: `thread_state` is this thread's, detached above.
+        unsafe { ffi::PyEval_RestoreThread(thread_state) };
+        let interrupted = self
+            .lock_waits()
+            .waiters
+            .remove(&id)
+            .is_some_and(|waiter| waiter.interrupted);
+        match end {
+            WaitEnd::Closed | WaitEnd::Raised => end,
+            _ if interrupted => WaitEnd::Interrupted,
+            end => end,
+        }
+    }
+}
+
+// --- CPU time per lane ---------------------------------------------------------------------------
+
+/// CPU time the lane threads of one lane (by name, across restarts) spent running jobs.
+#[derive(Debug, Default)]
+pub struct CpuMeter {
+    inner: Mutex<CpuSpent>,
+}
+
+#[derive(Debug, Default)]
+struct CpuSpent {
+    done: Duration,
+    /// While a job runs: the lane thread's CPU clock and its reading when the job started.
+    running: Option<(libc::clockid_t, Duration)>,
+}
+
+fn read_clock(clock: libc::clockid_t) -> Option<Duration> {
+    let mut time = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `time` is a valid timespec to write to; an invalid clock is reported, not UB.
+    if unsafe { libc::clock_gettime(clock, &raw mut time) } != 0 {
+        return None;
+    }
+    Some(Duration::new(
+        u64::try_from(time.tv_sec).unwrap_or(0),
+        u32::try_from(time.tv_nsec).unwrap_or(0),
+    ))
+}
+
+impl CpuMeter {
+    fn lock(&self) -> MutexGuard<'_, CpuSpent> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn begin(&self) {
+        let mut clock: libc::clockid_t = 0;
+        // SAFETY: pthread_self names the calling thread, alive for the call; `clock` is writable.
+        if unsafe { libc::pthread_getcpuclockid(libc::pthread_self(), &raw mut clock) } != 0 {
+            return;
+        }
+        if let Some(now) = read_clock(clock) {
+            self.lock().running = Some((clock, now));
+        }
+    }
+
+    fn end(&self) {
+        let mut spent = self.lock();
+        if let Some((clock, started)) = spent.running.take() {
+            if let Some(now) = read_clock(clock) {
+                spent.done += now.saturating_sub(started);
+            }
+        }
+    }
+
+    /// The CPU time so far, including the running job's. The lane thread cannot exit while a
+    /// job runs (it calls `end` first, under the same lock), so its clock is valid here.
+    pub fn total(&self) -> Duration {
+        let spent = self.lock();
+        let running = spent
+            .running
+            .and_then(|(clock, started)| Some(read_clock(clock)?.saturating_sub(started)))
+            .unwrap_or_default();
+        spent.done + running
+    }
+}
+
+/// CPU meters by lane name. Rust data only.
+static METERS: Mutex<BTreeMap<String, Arc<CpuMeter>>> = Mutex::new(BTreeMap::new());
+
+/// The meter of the lane called `name` (created on first use, kept across restarts).
+pub fn cpu_meter(name: &str) -> Arc<CpuMeter> {
+    let mut meters = METERS.lock().unwrap_or_else(PoisonError::into_inner);
+    Arc::clone(meters.entry(name.to_owned()).or_default())
+}
+
+/// CPU seconds per lane name.
+pub fn cpu_times() -> BTreeMap<String, f64> {
+    METERS
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .iter()
+        .map(|(name, meter)| (name.clone(), meter.total().as_secs_f64()))
+        .collect()
 }
 
 /// Stream text waits here at most this long for more text.
@@ -289,6 +569,19 @@ pub fn spawn_without_sigint(
     name: &str,
     body: impl FnOnce() + Send + 'static,
 ) -> std::thread::JoinHandle<()> {
+    spawn_python_thread(name, None, body)
+}
+
+/// Stack for threads that run Python code: `CPython`'s C recursion limit (e.g. `repr` of a deeply
+/// nested list, Jedi) assumes the usual 8 MiB of a main thread; Rust's default is 2 MiB.
+pub const PYTHON_STACK: usize = 16 * 1024 * 1024;
+
+/// As [`spawn_without_sigint`], with a stack of `stack_size` bytes when given.
+pub fn spawn_python_thread(
+    name: &str,
+    stack_size: Option<usize>,
+    body: impl FnOnce() + Send + 'static,
+) -> std::thread::JoinHandle<()> {
     // SAFETY: sigset operations on local sets; pthread_sigmask changes only the calling thread's
     // mask, which the new thread inherits, and is restored right after the spawn.
     let previous = unsafe {
@@ -299,10 +592,11 @@ pub fn spawn_without_sigint(
         libc::pthread_sigmask(libc::SIG_BLOCK, &raw const block, &raw mut previous);
         previous
     };
-    let thread = std::thread::Builder::new()
-        .name(name.into())
-        .spawn(body)
-        .expect("spawning a thread");
+    let mut builder = std::thread::Builder::new().name(name.into());
+    if let Some(size) = stack_size {
+        builder = builder.stack_size(size);
+    }
+    let thread = builder.spawn(body).expect("spawning a thread");
     // SAFETY: restores the mask saved above.
     unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &raw const previous, std::ptr::null_mut()) };
     thread
@@ -358,7 +652,7 @@ impl<T> FfiTable<T> {
     }
 }
 
-static METHODS: FfiTable<[ffi::PyMethodDef; 7]> = FfiTable(std::cell::UnsafeCell::new([
+static METHODS: FfiTable<[ffi::PyMethodDef; 10]> = FfiTable(std::cell::UnsafeCell::new([
     ffi::PyMethodDef {
         ml_name: c"write_stdout".as_ptr(),
         ml_meth: ffi::PyMethodDefPointer { PyCFunction: write_stdout },
@@ -382,6 +676,24 @@ static METHODS: FfiTable<[ffi::PyMethodDef; 7]> = FfiTable(std::cell::UnsafeCell
         ml_meth: ffi::PyMethodDefPointer { PyCFunctionFast: input },
         ml_flags: ffi::METH_FASTCALL,
         ml_doc: c"input(prompt, password, /)\n--\n\nAsk the client for a line of input; raises KeyboardInterrupt when interrupted.".as_ptr(),
+    },
+    ffi::PyMethodDef {
+        ml_name: c"sleep".as_ptr(),
+        ml_meth: ffi::PyMethodDefPointer { PyCFunction: sleep },
+        ml_flags: ffi::METH_O,
+        ml_doc: c"sleep(seconds, /)\n--\n\nSleep; an interrupt of the lane wakes the lane thread with KeyboardInterrupt.".as_ptr(),
+    },
+    ffi::PyMethodDef {
+        ml_name: c"call".as_ptr(),
+        ml_meth: ffi::PyMethodDefPointer { PyCFunctionFast: call },
+        ml_flags: ffi::METH_FASTCALL,
+        ml_doc: c"call(op, args_json, /)\n--\n\nAsk the kernel (lanes, wait, interrupt, restart, stop); returns (ok, reply_json_or_message). Interruptible.".as_ptr(),
+    },
+    ffi::PyMethodDef {
+        ml_name: c"cpu_times".as_ptr(),
+        ml_meth: ffi::PyMethodDefPointer { PyCFunction: cpu_times_json },
+        ml_flags: ffi::METH_NOARGS,
+        ml_doc: c"cpu_times()\n--\n\nJSON object: CPU seconds each lane's thread spent running cells.".as_ptr(),
     },
     ffi::PyMethodDef {
         ml_name: c"allow_stdin".as_ptr(),
@@ -417,7 +729,7 @@ static MODULE: FfiTable<ffi::PyModuleDef> =
     FfiTable(std::cell::UnsafeCell::new(ffi::PyModuleDef {
     m_base: ffi::PyModuleDef_HEAD_INIT,
     m_name: MODULE_NAME.as_ptr(),
-    m_doc: c"parakernel's per-lane bridge to the kernel: output, display and input.".as_ptr(),
+    m_doc: c"parakernel's per-lane bridge to the kernel: output, display, input, sleep and lane calls.".as_ptr(),
     #[allow(clippy::cast_possible_wrap)] // a pointer-sized struct
     m_size: std::mem::size_of::<ModuleState>() as ffi::Py_ssize_t,
     m_methods: ptr::null_mut(),
@@ -736,8 +1048,8 @@ unsafe extern "C" fn input(
     nargs: ffi::Py_ssize_t,
 ) -> *mut ffi::PyObject {
     // SAFETY: called by CPython with the lane interpreter's GIL held, `module` is `self`, the
-    // arguments are alive for the call. The GIL is released around the wait only, and no Python
-    // object is touched while it is released.
+    // arguments are alive for the call. The GIL is released inside `wait` only, where no Python
+    // object is touched.
     unsafe {
         let Some(lane) = lane_of(module) else {
             return ptr::null_mut();
@@ -756,33 +1068,209 @@ unsafe extern "C" fn input(
             raise(ffi::PyExc_RuntimeError, "input() needs a running request");
             return ptr::null_mut();
         };
-        if !lane.begin_input() {
-            raise(
-                ffi::PyExc_RuntimeError,
-                "another thread of this lane is already waiting for input",
-            );
-            return ptr::null_mut();
+        {
+            // Marked as waiting before the request goes out, so a fast reply is not dropped.
+            let mut waits = lane.lock_waits();
+            if matches!(waits.input, InputSlot::Waiting) {
+                drop(waits);
+                raise(
+                    ffi::PyExc_RuntimeError,
+                    "another thread of this lane is already waiting for input",
+                );
+                return ptr::null_mut();
+            }
+            waits.input = InputSlot::Waiting;
         }
         lane.send(Event::InputRequest {
             request,
             prompt,
             password,
         });
-        let thread_state = ffi::PyEval_SaveThread();
-        let reply = lane.wait_input();
-        ffi::PyEval_RestoreThread(thread_state);
-        if let Some(value) = reply {
-            #[allow(clippy::cast_possible_wrap)] // a String's length fits isize
-            let size = value.len() as ffi::Py_ssize_t;
-            return ffi::PyUnicode_FromStringAndSize(value.as_ptr().cast(), size);
+        let end = lane.wait(None, |waits| match std::mem::take(&mut waits.input) {
+            InputSlot::Replied(value) => Some(value),
+            other => {
+                waits.input = other;
+                None
+            }
+        });
+        match end {
+            WaitEnd::Ready(value) => {
+                #[allow(clippy::cast_possible_wrap)] // a String's length fits isize
+                let size = value.len() as ffi::Py_ssize_t;
+                ffi::PyUnicode_FromStringAndSize(value.as_ptr().cast(), size)
+            }
+            end => {
+                // A reply that comes later is dropped, not kept for the next input().
+                lane.lock_waits().input = InputSlot::Idle;
+                raise_for(&end);
+                ptr::null_mut()
+            }
         }
-        // On the main interpreter's main thread the interrupt also tripped SIGINT: let its
-        // handler raise, so the signal is not left pending for later.
-        if ffi::PyErr_CheckSignals() == 0 {
+    }
+}
+
+/// Raises what ends a wait that gave no value: `SystemExit` when the interpreter is ending,
+/// else `KeyboardInterrupt`. On the main interpreter's main thread an interrupt also tripped
+/// SIGINT: its handler raises then, so the signal is not left pending.
+///
+/// # Safety
+/// The calling thread holds the current interpreter's GIL.
+unsafe fn raise_for<T>(end: &WaitEnd<T>) {
+    // SAFETY: GIL held (caller). PyErr_CheckSignals does nothing off the main thread.
+    unsafe {
+        if matches!(end, WaitEnd::Raised) {
+            // Already set.
+        } else if matches!(end, WaitEnd::Closed) {
+            ffi::PyErr_SetNone(ffi::PyExc_SystemExit);
+        } else if ffi::PyErr_CheckSignals() == 0 {
             ffi::PyErr_SetNone(ffi::PyExc_KeyboardInterrupt);
         }
-        ptr::null_mut()
     }
+}
+
+unsafe extern "C" fn sleep(
+    module: *mut ffi::PyObject,
+    seconds: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    // SAFETY: called by CPython with the lane interpreter's GIL held; `module` is `self` and
+    // `seconds` the argument, both alive for the call. The GIL is released inside `wait` only.
+    unsafe {
+        let Some(lane) = lane_of(module) else {
+            return ptr::null_mut();
+        };
+        let seconds = ffi::PyFloat_AsDouble(seconds);
+        // -1.0 is PyFloat_AsDouble's error value (exactly).
+        #[allow(clippy::float_cmp)]
+        if seconds == -1.0 && !ffi::PyErr_Occurred().is_null() {
+            return ptr::null_mut();
+        }
+        if seconds.is_nan() {
+            raise(ffi::PyExc_ValueError, "Invalid value NaN (not a number)");
+            return ptr::null_mut();
+        }
+        if seconds < 0.0 {
+            raise(ffi::PyExc_ValueError, "sleep length must be non-negative");
+            return ptr::null_mut();
+        }
+        // Far enough to mean "forever" without overflowing an Instant.
+        let duration = Duration::try_from_secs_f64(seconds.min(1e9)).unwrap_or(Duration::MAX);
+        let deadline = Instant::now().checked_add(duration);
+        match lane.wait(deadline, |_| None::<()>) {
+            WaitEnd::Ready(()) | WaitEnd::TimedOut => ffi::Py_NewRef(ffi::Py_None()),
+            end => {
+                raise_for(&end);
+                ptr::null_mut()
+            }
+        }
+    }
+}
+
+/// The kernel-side request named by `op` with JSON arguments `args`.
+fn parse_call(op: &str, args: &Value) -> Result<LaneCall, String> {
+    let lane = || {
+        args.get("lane")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .ok_or_else(|| format!("{op} needs a lane name"))
+    };
+    match op {
+        "lanes" => Ok(LaneCall::Lanes),
+        "wait" => {
+            let lanes = match args.get("lanes") {
+                None | Some(Value::Null) => Vec::new(),
+                Some(Value::Array(names)) => names
+                    .iter()
+                    .map(|name| name.as_str().map(str::to_owned))
+                    .collect::<Option<Vec<_>>>()
+                    .ok_or("wait takes a list of lane names")?,
+                Some(_) => return Err("wait takes a list of lane names".into()),
+            };
+            Ok(LaneCall::Wait { lanes })
+        }
+        "interrupt" => Ok(LaneCall::Interrupt { lane: lane()? }),
+        "restart" => Ok(LaneCall::Restart { lane: lane()? }),
+        "stop" => Ok(LaneCall::Stop { lane: lane()? }),
+        _ => Err(format!(
+            "unknown lane call {op:?}; known: lanes, wait, interrupt, restart, stop"
+        )),
+    }
+}
+
+unsafe extern "C" fn call(
+    module: *mut ffi::PyObject,
+    args: *mut *mut ffi::PyObject,
+    nargs: ffi::Py_ssize_t,
+) -> *mut ffi::PyObject {
+    // SAFETY: called by CPython with the lane interpreter's GIL held, `module` is `self`, the
+    // arguments are alive for the call. The GIL is released inside `wait` only.
+    unsafe {
+        let Some(lane) = lane_of(module) else {
+            return ptr::null_mut();
+        };
+        let Some(args) = fastcall_args(args, nargs, 2, "call") else {
+            return ptr::null_mut();
+        };
+        let Some(op) = text_of(args[0], "op").map(Cow::into_owned) else {
+            return ptr::null_mut();
+        };
+        let Some(arguments) = text_of(args[1], "args") else {
+            return ptr::null_mut();
+        };
+        let Some(arguments) = parse_json(&arguments, "args") else {
+            return ptr::null_mut();
+        };
+        let request = match parse_call(&op, &arguments) {
+            Ok(request) => request,
+            Err(message) => {
+                raise(ffi::PyExc_ValueError, &message);
+                return ptr::null_mut();
+            }
+        };
+        let id = NEXT_CALL_ID.fetch_add(1, Ordering::Relaxed);
+        lane.lock_waits().calls.insert(id, None);
+        lane.send(Event::Call {
+            lane: lane.lane.clone(),
+            id,
+            request: lane.request(),
+            call: request,
+        });
+        let end = lane.wait(None, |waits| match waits.calls.get(&id) {
+            Some(Some(_)) => waits.calls.remove(&id).flatten(),
+            _ => None,
+        });
+        // An answer that comes after an interrupt is dropped (`reply_call` finds no slot).
+        lane.lock_waits().calls.remove(&id);
+        let (ok, text) = match end {
+            WaitEnd::Ready(Ok(value)) => (true, value.to_string()),
+            WaitEnd::Ready(Err(message)) => (false, message),
+            end => {
+                raise_for(&end);
+                return ptr::null_mut();
+            }
+        };
+        #[allow(clippy::cast_possible_wrap)] // a String's length fits isize
+        let text = ffi::PyUnicode_FromStringAndSize(text.as_ptr().cast(), text.len() as ffi::Py_ssize_t);
+        if text.is_null() {
+            return ptr::null_mut();
+        }
+        // "N" steals both new references.
+        ffi::Py_BuildValue(
+            c"(NN)".as_ptr(),
+            ffi::PyBool_FromLong(std::ffi::c_long::from(ok)),
+            text,
+        )
+    }
+}
+
+unsafe extern "C" fn cpu_times_json(
+    _module: *mut ffi::PyObject,
+    _unused: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    let text = serde_json::to_string(&cpu_times()).unwrap_or_else(|_| "{}".into());
+    #[allow(clippy::cast_possible_wrap)] // a String's length fits isize
+    let size = text.len() as ffi::Py_ssize_t;
+    // SAFETY: called by CPython with the current interpreter's GIL held; the text is UTF-8.
+    unsafe { ffi::PyUnicode_FromStringAndSize(text.as_ptr().cast(), size) }
 }
 
 unsafe extern "C" fn allow_stdin(

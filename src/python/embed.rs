@@ -176,24 +176,25 @@ pub(crate) fn initialize(python: Option<&Path>) -> Result<(), PythonError> {
 }
 
 fn status(status: ffi::PyStatus) -> Result<(), PythonError> {
-    // SAFETY: PyStatus_Exception only reads the status value.
-    if unsafe { ffi::PyStatus_Exception(status) } == 0 {
-        return Ok(());
-    }
-    let text = |pointer: *const std::ffi::c_char| {
-        // SAFETY: CPython's status strings are static NUL-terminated strings (or null).
-        (!pointer.is_null()).then(|| {
-            unsafe { CStr::from_ptr(pointer) }
-                .to_string_lossy()
-                .into_owned()
-        })
-    };
-    let message = match (text(status.func), text(status.err_msg)) {
-        (Some(func), Some(message)) => format!("{func}: {message}"),
-        (None, Some(message)) => message,
-        _ => format!("exit code {}", status.exitcode),
-    };
-    Err(PythonError::Initialize(message))
+    super::ffi::status_error(&status).map_or(Ok(()), |message| Err(PythonError::Initialize(message)))
+}
+
+/// Why own-GIL subinterpreter lanes cannot run on the embedded Python, or `None` when they can.
+/// Needs no running Python.
+pub(crate) fn lanes_unavailable() -> Option<String> {
+    // SAFETY: `Py_Version` is a constant of libpython, readable without initialization.
+    let hex = unsafe { ffi::Py_Version };
+    // 3.12.4 final: the first release with the fix for CPython gh-119213.
+    (hex < 0x030C_04F0).then(|| {
+        format!(
+            "subinterpreter lanes need Python 3.13 (or 3.12.4 and newer); this kernel embeds Python \
+             {}, where importing common modules (ssl, hashlib, asyncio, IPython) in an own-GIL \
+             subinterpreter crashes the process (CPython gh-119213, fixed in 3.12.4). Cells run in \
+             the main lane only: remove the `%%lane`/`%%parallel` line or the cell's lane tag, or \
+             install Python 3.13 and rebuild parakernel against it (PYO3_PYTHON)",
+            version()
+        )
+    })
 }
 
 /// What must happen in the main interpreter right after initialization, and the check that it

@@ -327,3 +327,146 @@ impl ThreadState {
         }
     }
 }
+
+/// The message of a failed `PyStatus`, or `None` when it is not an error.
+pub(crate) fn status_error(status: &ffi::PyStatus) -> Option<String> {
+    // SAFETY: PyStatus_Exception only reads the status value.
+    if unsafe { ffi::PyStatus_Exception(*status) } == 0 {
+        return None;
+    }
+    let text = |pointer: *const c_char| {
+        // SAFETY: CPython's status strings are static NUL-terminated strings (or null).
+        (!pointer.is_null())
+            .then(|| unsafe { CStr::from_ptr(pointer) }.to_string_lossy().into_owned())
+    };
+    Some(match (text(status.func), text(status.err_msg)) {
+        (Some(func), Some(message)) => format!("{func}: {message}"),
+        (None, Some(message)) => message,
+        _ => format!("exit code {}", status.exitcode),
+    })
+}
+
+/// What [`Gil::set_async_exc`] raises in another thread.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum AsyncException {
+    KeyboardInterrupt,
+    SystemExit,
+    /// Takes back an exception set earlier and not raised yet.
+    Clear,
+}
+
+impl Gil<'_> {
+    /// Raises `exception` in the thread of the current interpreter whose
+    /// `PyThread_get_thread_ident` is `thread` at its next bytecode. Returns whether such a
+    /// thread exists.
+    #[allow(clippy::unused_self)] // the token is the proof that the GIL is held
+    pub(crate) fn set_async_exc(self, thread: u64, exception: AsyncException) -> bool {
+        // SAFETY: GIL held (token): SetAsyncExc looks the thread up among the current
+        // interpreter's; the exception types are static objects shared by every interpreter.
+        unsafe {
+            let exception = match exception {
+                AsyncException::KeyboardInterrupt => ffi::PyExc_KeyboardInterrupt,
+                AsyncException::SystemExit => ffi::PyExc_SystemExit,
+                AsyncException::Clear => std::ptr::null_mut(),
+            };
+            // CPython declares the id `unsigned long` and compares it with the thread state's.
+            #[allow(clippy::cast_possible_wrap, clippy::cast_possible_truncation)]
+            let thread = thread as std::ffi::c_long;
+            ffi::PyThreadState_SetAsyncExc(thread, exception) > 0
+        }
+    }
+}
+
+/// An own-GIL subinterpreter created by, and belonging to, the calling thread, plus the thread
+/// state of the main interpreter that the thread attached to create it (`CPython` wants a thread
+/// state attached when `Py_NewInterpreterFromConfig` is called; it is deleted again at the end).
+/// Neither `Send` nor `Sync`.
+pub(crate) struct OwnInterpreter {
+    main_thread_state: NonNull<ffi::PyThreadState>,
+    thread_state: NonNull<ffi::PyThreadState>,
+}
+
+impl OwnInterpreter {
+    /// Creates an isolated subinterpreter with its own GIL and its own obmalloc, where fork,
+    /// exec and daemon threads are refused and single-phase extension modules cannot load.
+    /// Returns with its thread state attached to the calling thread.
+    ///
+    /// # Safety
+    /// `main` is the main interpreter and stays alive until [`OwnInterpreter::end`] or
+    /// [`OwnInterpreter::abandon`]; the calling thread has no thread state attached.
+    pub(crate) unsafe fn create(main: InterpreterHandle) -> Result<Self, String> {
+        // SAFETY: as the caller promises; PyThreadState_New needs no GIL.
+        let main_thread_state = NonNull::new(unsafe { ffi::PyThreadState_New(main.0) })
+            .ok_or("cannot create a thread state of the main interpreter")?;
+        // SAFETY: our new thread state, attached (taking the main GIL) for the creation.
+        unsafe { ffi::PyEval_RestoreThread(main_thread_state.as_ptr()) };
+        let config = ffi::PyInterpreterConfig {
+            use_main_obmalloc: 0,
+            allow_fork: 0,
+            allow_exec: 0,
+            allow_threads: 1,
+            allow_daemon_threads: 0,
+            check_multi_interp_extensions: 1,
+            gil: ffi::PyInterpreterConfig_OWN_GIL,
+        };
+        let mut thread_state: *mut ffi::PyThreadState = std::ptr::null_mut();
+        // SAFETY: a thread state of the main interpreter is attached; `config` and the out
+        // pointer are valid for the call. On success the new interpreter's thread state is
+        // attached (and ours of main detached); on failure ours is attached again.
+        let status = unsafe { ffi::Py_NewInterpreterFromConfig(&raw mut thread_state, &raw const config) };
+        let failure = status_error(&status);
+        match (failure, NonNull::new(thread_state)) {
+            (None, Some(thread_state)) => Ok(OwnInterpreter {
+                main_thread_state,
+                thread_state,
+            }),
+            (failure, _) => {
+                // SAFETY: our main thread state is attached again after a failed creation.
+                unsafe {
+                    ffi::PyThreadState_Clear(main_thread_state.as_ptr());
+                    ffi::PyThreadState_DeleteCurrent();
+                }
+                Err(failure.unwrap_or_else(|| "Py_NewInterpreterFromConfig failed".into()))
+            }
+        }
+    }
+
+    pub(crate) fn handle(&self) -> InterpreterHandle {
+        // SAFETY: the thread state is alive while `self` is.
+        InterpreterHandle(unsafe { ffi::PyThreadState_GetInterpreter(self.thread_state.as_ptr()) })
+    }
+
+    /// Ends the interpreter and deletes the main thread state.
+    ///
+    /// # Safety
+    /// The interpreter's thread state is attached to this thread; every other thread state of
+    /// the interpreter is gone (no thread of it runs, no other thread keeps one) and no
+    /// [`Owned`] of it is alive.
+    pub(crate) unsafe fn end(self) {
+        // SAFETY: as the caller promises. Py_EndInterpreter leaves no thread state attached.
+        unsafe { ffi::Py_EndInterpreter(self.thread_state.as_ptr()) };
+        self.delete_main_thread_state();
+    }
+
+    /// Leaves the interpreter alive (some thread of it would not stop) but detached, and
+    /// deletes the main thread state. The process must then not finalize Python.
+    ///
+    /// # Safety
+    /// The interpreter's thread state is attached to this thread and no [`Owned`] of it is
+    /// alive.
+    pub(crate) unsafe fn abandon(self) {
+        // SAFETY: detaches the attached thread state (caller), releasing the lane's GIL.
+        unsafe { ffi::PyEval_SaveThread() };
+        self.delete_main_thread_state();
+    }
+
+    fn delete_main_thread_state(self) {
+        // SAFETY: no thread state is attached to this thread now; ours of the main interpreter
+        // is attached (waiting for the main GIL), cleared and deleted, which releases the GIL.
+        unsafe {
+            ffi::PyEval_RestoreThread(self.main_thread_state.as_ptr());
+            ffi::PyThreadState_Clear(self.main_thread_state.as_ptr());
+            ffi::PyThreadState_DeleteCurrent();
+        }
+    }
+}

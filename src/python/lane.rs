@@ -1,13 +1,13 @@
 //! One lane's interpreter and shell: loads the embedded shell helper into the interpreter whose
 //! thread state is attached, and runs jobs and queries through it. The main lane uses it on the
-//! process's main thread; subinterpreter lanes will use it on their own threads.
+//! process's main thread; subinterpreter lanes on their own threads (see `lanes`).
 
 use std::ffi::CStr;
 use std::sync::Arc;
 
 use serde_json::{json, Value};
 
-use super::ffi::{Gil, InterpreterHandle, Owned, PythonException};
+use super::ffi::{AsyncException, Gil, InterpreterHandle, Owned, PythonException};
 use super::PythonError;
 use crate::kernel::executor::{Event, ExecuteJob, Query};
 use crate::native::{self, LaneState};
@@ -15,6 +15,17 @@ use crate::native::{self, LaneState};
 /// The shell helper's source, executed in every lane as `_parakernel_shell`.
 const SHELL_SOURCE: &str = include_str!("shell.py");
 const SHELL_MODULE: &CStr = c"_parakernel_shell";
+
+/// What a lane is, as its shell needs to know.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LaneKind {
+    /// The main interpreter: signals, matplotlib's inline backend, startup files.
+    Main,
+    /// A named subinterpreter lane: keeps its namespace.
+    Named,
+    /// A fresh lane: each cell in a new `contextvars.Context`, restored after each job.
+    Fresh,
+}
 
 /// A lane's loaded shell, bound to the interpreter whose GIL `'py` stands for.
 pub(crate) struct LaneRuntime<'py> {
@@ -24,6 +35,8 @@ pub(crate) struct LaneRuntime<'py> {
     execute: Owned<'py>,
     comm: Owned<'py>,
     stop: Owned<'py>,
+    other_threads: Owned<'py>,
+    restore: Owned<'py>,
 }
 
 impl<'py> LaneRuntime<'py> {
@@ -32,10 +45,23 @@ impl<'py> LaneRuntime<'py> {
     pub(crate) fn start(
         gil: Gil<'py>,
         state: Arc<LaneState>,
-        main: bool,
+        kind: LaneKind,
     ) -> Result<Self, PythonError> {
         let interpreter = InterpreterHandle::current(gil);
         native::register(interpreter.id(), Arc::clone(&state));
+        let runtime = Self::load(gil, state, kind, interpreter);
+        if runtime.is_err() {
+            native::unregister(interpreter.id());
+        }
+        runtime
+    }
+
+    fn load(
+        gil: Gil<'py>,
+        state: Arc<LaneState>,
+        kind: LaneKind,
+        interpreter: InterpreterHandle,
+    ) -> Result<Self, PythonError> {
         let setup =
             |context: &'static str| move |exception| PythonError::Setup { context, exception };
         gil.import(native::MODULE_NAME)
@@ -43,8 +69,13 @@ impl<'py> LaneRuntime<'py> {
         let module = gil
             .exec_module(SHELL_MODULE, c"<parakernel shell>", SHELL_SOURCE)
             .map_err(setup("load the shell helper"))?;
+        let options = json!({
+            "main": kind == LaneKind::Main,
+            "fresh": kind == LaneKind::Fresh,
+            "lane": state.lane().name(),
+        });
         let options = gil
-            .str(&json!({ "main": main }).to_string())
+            .str(&options.to_string())
             .map_err(setup("start the shell"))?;
         module
             .getattr(c"start")
@@ -60,6 +91,8 @@ impl<'py> LaneRuntime<'py> {
             execute: function(c"execute")?,
             comm: function(c"comm")?,
             stop: function(c"stop")?,
+            other_threads: function(c"other_threads")?,
+            restore: function(c"restore")?,
             state,
             interpreter,
         })
@@ -147,6 +180,43 @@ impl<'py> LaneRuntime<'py> {
             Ok(done) => done,
             Err(exception) => {
                 tracing::warn!("stopping the lane's threads failed: {exception}");
+                false
+            }
+        }
+    }
+
+    /// Before a subinterpreter ends: raises `SystemExit` in the threads its cells started (and
+    /// wakes those in `time.sleep`, `input()` or a lane call), then waits for them as
+    /// [`Self::stop`] does. `Py_EndInterpreter` would otherwise wait for them forever.
+    pub(crate) fn end_threads(&self, timeout_seconds: f64) -> bool {
+        self.state.close_waits();
+        let threads = self
+            .other_threads
+            .call(&[])
+            .and_then(|threads| threads.text())
+            .map(|text| serde_json::from_str::<Vec<u64>>(&text).unwrap_or_default());
+        match threads {
+            Ok(threads) => {
+                for thread in threads {
+                    self.gil.set_async_exc(thread, AsyncException::SystemExit);
+                }
+            }
+            Err(exception) => tracing::warn!("listing the lane's threads failed: {exception}"),
+        }
+        self.stop(timeout_seconds)
+    }
+
+    /// Puts a fresh lane back in its warm state (user globals, modules imported since, ...).
+    /// False when that cannot be trusted (a thread the cell started still runs, or the restore
+    /// failed): the interpreter must then be replaced.
+    pub(crate) fn restore(&self) -> bool {
+        match self.restore.call(&[]).and_then(|trusted| trusted.is_true()) {
+            Ok(trusted) => trusted,
+            Err(exception) => {
+                tracing::warn!(
+                    "restoring a fresh lane failed: {exception}\n{}",
+                    exception.traceback.concat()
+                );
                 false
             }
         }

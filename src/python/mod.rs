@@ -5,12 +5,19 @@
 //! Threads: the main lane runs on the process's main thread ([`MainLane::run`]), so that SIGINT
 //! and `signal` work in cells as under ipykernel. Queries (completion, inspection, ...) are
 //! answered by a second thread with its own thread state of the main interpreter, which gets the
-//! GIL between the bytecodes of a busy cell.
+//! GIL between the bytecodes of a busy cell. Subinterpreter lanes (named and fresh) each have a
+//! thread of their own and a control thread (see `lanes`).
+//!
+//! Output written to file descriptors 1 and 2 (subprocesses, C `printf`) is process-wide: it is
+//! captured for the main lane and shown with the main lane's current (or last) cell, also when a
+//! subinterpreter lane wrote it.
 
+mod answers;
 mod capture;
 mod embed;
 mod ffi;
 mod lane;
+mod lanes;
 
 use std::path::PathBuf;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
@@ -25,13 +32,36 @@ pub use ffi::PythonException;
 
 use crate::kernel::executor::{Event, Executor, InterruptTarget, Job, Lane, Query, RequestId};
 use crate::native::{self, LaneState};
+use answers::Answers;
 use capture::FdCapture;
 use ffi::{Gil, InterpreterHandle, ThreadState};
-use lane::LaneRuntime;
+use lane::{LaneKind, LaneRuntime};
+use lanes::Lanes;
 
 /// How long shutdown waits for the threads cells started, and for the query thread, before it
 /// gives up on finalizing Python (the process then exits without `Py_FinalizeEx`).
 const STOP_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long shutdown waits for subinterpreter lanes to end (they were interrupted and told to
+/// end when shutdown began); a lane stuck in C code is left behind, and Python not finalized.
+const LANES_END_TIMEOUT: Duration = Duration::from_millis(1500);
+
+/// The size of the fresh-lane pool: `PARAKERNEL_FRESH_LANES`, else the number of cores (at
+/// least 2); 0 when subinterpreter lanes are unavailable.
+fn fresh_lane_count() -> usize {
+    if embed::lanes_unavailable().is_some() {
+        return 0;
+    }
+    if let Ok(text) = std::env::var("PARAKERNEL_FRESH_LANES") {
+        match text.trim().parse::<usize>() {
+            Ok(count) if count >= 1 => return count,
+            _ => tracing::warn!(
+                "PARAKERNEL_FRESH_LANES={text:?} is not a number of lanes (1 or more): ignored"
+            ),
+        }
+    }
+    std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get).max(2)
+}
 
 /// How to start Python.
 #[derive(Debug, Clone, Default)]
@@ -121,14 +151,20 @@ pub fn start(
     }
     let (commands, command_inbox) = mpsc::channel();
     let (queries, query_inbox) = mpsc::channel();
-    let state = Arc::new(LaneState::new(events.clone()));
+    let state = Arc::new(LaneState::new(Lane::Main, events.clone()));
     let control = Arc::new(MainControl::default());
+    let answers = Answers::start(events.clone());
+    let fresh_lanes = fresh_lane_count();
+    let lanes = Arc::new(Lanes::new(events.clone(), Arc::clone(&answers), fresh_lanes));
     let executor = PythonExecutor {
         commands,
         queries: queries.clone(),
         state: Arc::clone(&state),
         control: Arc::clone(&control),
         events,
+        answers: Arc::clone(&answers),
+        lanes: Arc::clone(&lanes),
+        fresh_lanes,
     };
     let main_lane = MainLane {
         options,
@@ -137,6 +173,8 @@ pub fn start(
         queries,
         state,
         control,
+        answers,
+        lanes,
     };
     Ok((executor, main_lane))
 }
@@ -210,14 +248,40 @@ impl MainControl {
 pub struct PythonExecutor {
     commands: Sender<Command>,
     queries: Sender<QueryCommand>,
+    /// The main lane's.
     state: Arc<LaneState>,
     control: Arc<MainControl>,
     events: UnboundedSender<Event>,
+    answers: Arc<Answers>,
+    lanes: Arc<Lanes>,
+    fresh_lanes: usize,
 }
 
 impl std::fmt::Debug for PythonExecutor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PythonExecutor").finish_non_exhaustive()
+    }
+}
+
+impl PythonExecutor {
+    fn query_main(&self, request: RequestId, query: Query) {
+        self.answers.expect(request, &query);
+        if let Err(mpsc::SendError(QueryCommand::Answer(request, _))) =
+            self.queries.send(QueryCommand::Answer(request, query))
+        {
+            let reply = json!({
+                "status": "error", "ename": "RuntimeError",
+                "evalue": "the main lane has stopped", "traceback": [],
+            });
+            self.answers.answer(request, reply);
+        }
+    }
+
+    fn interrupt_main(&self) {
+        // Signal first: a woken input() then finds SIGINT tripped and raises once.
+        let signalled = self.control.interrupt();
+        let woken = self.state.interrupt_waits();
+        tracing::debug!(signalled, woken, "interrupt of the main lane");
     }
 }
 
@@ -236,75 +300,78 @@ impl Executor for PythonExecutor {
                 }
             }
             Lane::Named(_) | Lane::Fresh(_) => {
-                let reply = matches!(job, Job::Execute(_)).then(|| lane_gone_reply(&job));
-                let _ = self.events.send(Event::Finished { request: job.request(), reply });
+                if let Some(why) = self.lanes_unavailable() {
+                    lanes::refuse(&self.events, &job, "RuntimeError", &why);
+                } else {
+                    self.lanes.run(lane, job);
+                }
             }
         }
     }
 
     fn query(&mut self, lane: &Lane, request: RequestId, query: Query) {
         match lane {
-            Lane::Main => {
-                if self
-                    .queries
-                    .send(QueryCommand::Answer(request, query))
-                    .is_err()
-                {
-                    let reply = json!({
-                        "status": "error", "ename": "RuntimeError",
-                        "evalue": "the main lane has stopped", "traceback": [],
-                    });
-                    let _ = self.events.send(Event::Answered { request, reply });
+            // A fresh lane's namespace is empty by design; the main lane's is what the cell's
+            // author sees.
+            Lane::Main | Lane::Fresh(_) => self.query_main(request, query),
+            Lane::Named(_) => {
+                // A lane that does not run (yet): answer from the main lane.
+                if let Err(query) = self.lanes.query(lane, request, query) {
+                    self.query_main(request, query);
                 }
-            }
-            Lane::Named(_) | Lane::Fresh(_) => {
-                let reply = json!({"status": "error", "ename": "RuntimeError", "evalue": "no such lane", "traceback": []});
-                let _ = self.events.send(Event::Answered { request, reply });
             }
         }
     }
 
     fn input_reply(&mut self, lane: &Lane, value: String) {
-        match lane {
-            Lane::Main => {
-                if !self.state.reply_input(value) {
-                    tracing::warn!(
-                        "input_reply for the main lane, which is not waiting for input: dropped"
-                    );
-                }
-            }
-            Lane::Named(_) | Lane::Fresh(_) => tracing::warn!("input_reply for a lane that does not exist"),
+        let delivered = match lane {
+            Lane::Main => self.state.reply_input(value),
+            Lane::Named(_) | Lane::Fresh(_) => self.lanes.input_reply(lane, value),
+        };
+        if !delivered {
+            tracing::warn!(
+                lane = lane.name(),
+                "input_reply for a lane that is not waiting for input: dropped"
+            );
         }
     }
 
     fn interrupt(&mut self, target: &InterruptTarget) {
         match target {
             InterruptTarget::All => {
-                // Signal first: a woken input() then finds SIGINT tripped and raises once.
-                let signalled = self.control.interrupt();
-                let woken = self.state.interrupt_input();
-                tracing::debug!(signalled, woken, "interrupt of the main lane");
+                self.interrupt_main();
+                self.lanes.interrupt(None);
             }
-            InterruptTarget::Lane(_) => {}
+            InterruptTarget::Lane(Lane::Main) => self.interrupt_main(),
+            InterruptTarget::Lane(lane) => self.lanes.interrupt(Some(lane)),
         }
     }
 
-    fn call_reply(&mut self, lane: &Lane, id: u64, _reply: Result<Value, String>) {
-        tracing::warn!(lane = lane.name(), id, "no lane waits for this call");
+    fn call_reply(&mut self, lane: &Lane, id: u64, reply: Result<Value, String>) {
+        let delivered = match lane {
+            Lane::Main => self.state.reply_call(id, reply),
+            Lane::Named(_) | Lane::Fresh(_) => self.lanes.call_reply(lane, id, reply),
+        };
+        if !delivered {
+            tracing::debug!(lane = lane.name(), id, "no lane waits for this call (interrupted?): dropped");
+        }
     }
 
-    fn end_lane(&mut self, _lane: &Lane, _restart: bool) {}
+    fn end_lane(&mut self, lane: &Lane, restart: bool) {
+        self.lanes.end_lane(lane, restart);
+    }
 
     fn fresh_lanes(&self) -> usize {
-        0
+        self.fresh_lanes
     }
 
     fn lanes_unavailable(&self) -> Option<String> {
-        Some("subinterpreter lanes are not built yet".to_owned())
+        embed::lanes_unavailable()
     }
 
     fn shutdown(&mut self) {
-        self.interrupt(&InterruptTarget::All);
+        self.interrupt_main();
+        self.lanes.shut_down();
         let _ = self.commands.send(Command::Shutdown);
     }
 }
@@ -331,6 +398,8 @@ pub struct MainLane {
     queries: Sender<QueryCommand>,
     state: Arc<LaneState>,
     control: Arc<MainControl>,
+    answers: Arc<Answers>,
+    lanes: Arc<Lanes>,
 }
 
 impl std::fmt::Debug for MainLane {
@@ -405,7 +474,10 @@ impl MainLane {
         capture: Option<&FdCapture>,
     ) -> Result<bool, PythonError> {
         embed::after_initialize(gil, self.options.python.as_deref())?;
-        let runtime = LaneRuntime::start(gil, Arc::clone(&self.state), true)?;
+        // Lanes may create their interpreters from now on (`_datetime` is imported in main).
+        self.lanes.open(InterpreterHandle::main(gil));
+        self.state.bind_lane_thread();
+        let runtime = LaneRuntime::start(gil, Arc::clone(&self.state), LaneKind::Main)?;
         tracing::info!(elapsed = ?started.elapsed(), "main lane ready");
         let query_inbox = self
             .query_inbox
@@ -414,7 +486,7 @@ impl MainLane {
         let (query_thread, query_done) = spawn_query_thread(
             InterpreterHandle::main(gil),
             query_inbox,
-            Arc::clone(&self.state),
+            Arc::clone(&self.answers),
         );
 
         let mut commands = self
@@ -434,6 +506,10 @@ impl MainLane {
         }
 
         self.control.ignore_interrupts(gil);
+        // Lanes end on their own threads while the main lane stops its own threads.
+        let lanes_deadline = std::time::Instant::now() + LANES_END_TIMEOUT;
+        self.lanes.shut_down();
+        self.lanes.close("Python is shutting down".into());
         let _ = self.queries.send(QueryCommand::Stop);
         let query_stopped = gil.detach(move || match query_done.recv_timeout(STOP_TIMEOUT) {
             Ok(()) | Err(RecvTimeoutError::Disconnected) => true,
@@ -446,8 +522,11 @@ impl MainLane {
         }
         let threads_done = runtime.stop(STOP_TIMEOUT.as_secs_f64());
         drop(runtime);
-        tracing::debug!(query_stopped, threads_done, "main lane stopped");
-        Ok(query_stopped && threads_done)
+        // Ending a lane takes the main GIL for a moment (its thread state of main is deleted).
+        let lanes = &self.lanes;
+        let lanes_ended = gil.detach(|| lanes.wait_ended(lanes_deadline));
+        tracing::debug!(query_stopped, threads_done, lanes_ended, "main lane stopped");
+        Ok(query_stopped && threads_done && lanes_ended)
     }
 
     /// The main lane could not start: answer everything with `error` until shutdown.
@@ -459,6 +538,8 @@ impl MainLane {
             cause = inner.source();
         }
         tracing::error!("the main lane cannot run cells: {message}");
+        self.lanes
+            .close(format!("Python could not start, so no lane can run: {message}"));
         let mut traceback = vec![message.clone()];
         if let PythonError::Setup { exception, .. } = &error {
             traceback.extend(exception.traceback.iter().cloned());
@@ -467,13 +548,10 @@ impl MainLane {
             "status": "error", "ename": "ParakernelError", "evalue": message, "traceback": traceback,
         });
         if let Some(inbox) = self.query_inbox.take() {
-            let (state, reply) = (Arc::clone(&self.state), reply.clone());
+            let (answers, reply) = (Arc::clone(&self.answers), reply.clone());
             native::spawn_without_sigint("parakernel-query", move || {
                 while let Ok(QueryCommand::Answer(request, _)) = inbox.recv() {
-                    state.send(Event::Answered {
-                        request,
-                        reply: reply.clone(),
-                    });
+                    answers.answer(request, reply.clone());
                 }
             });
         }
@@ -525,6 +603,7 @@ fn run_job(
     };
     sync();
     state.set_request(request);
+    state.begin_job();
     let reply = match job {
         Job::Execute(execute) => {
             state.set_allow_stdin(execute.allow_stdin);
@@ -544,6 +623,7 @@ fn run_job(
             None
         }
     };
+    state.end_job();
     sync();
     state.send(Event::Finished { request, reply });
 }
@@ -553,10 +633,11 @@ fn run_job(
 fn spawn_query_thread(
     interpreter: InterpreterHandle,
     inbox: Receiver<QueryCommand>,
-    state: Arc<LaneState>,
+    answers: Arc<Answers>,
 ) -> (JoinHandle<()>, Receiver<()>) {
     let (done, done_inbox) = mpsc::channel();
-    let thread = native::spawn_without_sigint("parakernel-query", move || {
+    let stack = Some(native::PYTHON_STACK);
+    let thread = native::spawn_python_thread("parakernel-query", stack, move || {
         // SAFETY: the main interpreter lives until `run` finalizes it, which happens only after
         // this thread reported (through `done`) that its thread state is deleted.
         let Some(thread_state) = (unsafe { ThreadState::new(interpreter) }) else {
@@ -565,7 +646,7 @@ fn spawn_query_thread(
         };
         while let Ok(QueryCommand::Answer(request, query)) = inbox.recv() {
             let reply = thread_state.with(|gil| lane::answer(gil, &query));
-            state.send(Event::Answered { request, reply });
+            answers.answer(request, reply);
         }
         thread_state.delete();
         let _ = done.send(());

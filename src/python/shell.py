@@ -1,9 +1,10 @@
 """The IPython shell of one parakernel lane.
 
 Shipped inside the parakernel binary and executed as the module `_parakernel_shell` in every
-interpreter that runs cells. Rust calls the functions at the bottom (`start`, `execute`, `comm`,
-`query`, `stop`) with JSON strings and gets JSON strings back; everything a cell publishes goes
-out through the native module `_parakernel`, which knows the request the lane is running.
+interpreter that runs cells (the main interpreter and each subinterpreter lane). Rust calls the
+functions at the bottom (`start`, `execute`, `comm`, `query`, `stop`, `other_threads`,
+`restore`) with JSON strings and gets JSON strings back; everything a cell publishes goes out
+through the native module `_parakernel`, which knows the request the lane is running.
 
 Behaviour follows ipykernel (ipkernel.py, zmqshell.py, displayhook.py, iostream.py) so that
 notebooks and libraries see what they see under ipykernel.
@@ -12,7 +13,9 @@ notebooks and libraries see what they see under ipykernel.
 import base64
 import builtins
 import contextlib
+import contextvars
 import datetime
+import functools
 import getpass
 import glob
 import io
@@ -28,6 +31,21 @@ import _parakernel
 
 _shell = None
 _comm_manager = None
+# Set by start(): the lane's name ("main", a lane name, or "fresh-N") and whether it is a fresh
+# lane (each cell in a new contextvars.Context, warm state restored after each job).
+_lane = "main"
+_fresh = False
+# A fresh lane's warm state, taken at the end of start() (see _snapshot / restore).
+_warm = None
+
+# How to move a cell to the main lane, for every error that says "this works only there".
+_TO_MAIN = (
+    "make `%%lane main` the cell's first line (or remove the cell's `lane:`/`parallel` tag)"
+)
+
+
+class LaneError(RuntimeError):
+    """The kernel refused a lane request (%lanes, %wait, %lane ...), e.g. an unknown lane."""
 
 
 # --- JSON, as jupyter_client packs messages ------------------------------------------------------
@@ -142,6 +160,47 @@ class OutStream(io.TextIOBase):
         return f"<parakernel.OutStream name={self._name!r}>"
 
 
+class InStream(io.TextIOBase):
+    """`sys.stdin` of a subinterpreter lane: a line read from it is asked of the cell's client,
+    as `input()` does (a subinterpreter would otherwise read the kernel process's fd 0)."""
+
+    encoding = "utf-8"
+    errors = "strict"
+
+    @property
+    def name(self):
+        return "<stdin>"
+
+    def readable(self):
+        return True
+
+    def writable(self):
+        return False
+
+    def seekable(self):
+        return False
+
+    def isatty(self):
+        return False
+
+    def fileno(self):
+        raise io.UnsupportedOperation("stdin is a kernel stream and has no file descriptor")
+
+    def readline(self, size=-1):
+        try:
+            line = _raw_input("")
+        except EOFError:
+            return ""
+        return line + "\n"
+
+    def read(self, size=-1):
+        # One line per read: the client sends input a line at a time.
+        return self.readline(size)
+
+    def __repr__(self):
+        return "<parakernel.InStream name='<stdin>'>"
+
+
 # --- input() and getpass -------------------------------------------------------------------------
 
 
@@ -183,6 +242,341 @@ def _getpass(prompt="Password: ", stream=None, *, echo_char=None):
             stacklevel=2,
         )
     return _input_request(prompt, True)
+
+
+# --- what a subinterpreter lane refuses, with errors that say what to do ------------------------
+
+# Packages whose extension modules refuse own-GIL subinterpreters (measured, DESIGN.md): refused
+# at once, before numpy & co. print their own long explanation of a failed import.
+_REFUSED_PACKAGES = frozenset({
+    "numpy", "pandas", "matplotlib", "scipy", "sklearn", "orjson", "pydantic_core", "pyarrow",
+    "readline", "curses", "_curses", "tkinter", "_tkinter",
+})
+
+
+def _refusal(module, detail):
+    top = module.partition(".")[0]
+    error = ImportError(
+        f"{top} cannot be imported in lane {_lane!r}: {detail}. {top} works in the main lane: "
+        f"{_TO_MAIN}.",
+        name=top,
+    )
+    return error
+
+
+class _RefusedLoader:
+    """Loader of a package known to refuse subinterpreters: fails at once, with the fix."""
+
+    def __init__(self, name):
+        self.name = name
+
+    def create_module(self, spec):
+        raise _refusal(
+            spec.name, "its extension modules do not support subinterpreters (own GIL)"
+        )
+
+    def exec_module(self, module):  # pragma: no cover - create_module always raises
+        raise _refusal(module.__name__, "it does not support subinterpreters")
+
+
+class _RefusedFinder:
+    """First on sys.meta_path in a lane: finds the known refusing packages (a spec is returned,
+    so `importlib.util.find_spec` still answers; importing fails)."""
+
+    @classmethod
+    def find_spec(cls, fullname, path=None, target=None):
+        if fullname.partition(".")[0] in _REFUSED_PACKAGES:
+            import importlib.machinery
+
+            return importlib.machinery.ModuleSpec(fullname, _RefusedLoader(fullname))
+        return None
+
+    @classmethod
+    def invalidate_caches(cls):
+        pass
+
+
+def _guard_extension_loader():
+    """Any other extension module that CPython refuses in a subinterpreter (single-phase init,
+    no per-interpreter GIL support: PyO3 modules, most Cython and pybind11 ones) fails with an
+    error naming its package and the fix, instead of CPython's bare message."""
+    from importlib.machinery import ExtensionFileLoader
+
+    original = ExtensionFileLoader.create_module
+
+    def create_module(self, spec):
+        try:
+            return original(self, spec)
+        except ImportError as error:
+            if "subinterpreter" not in str(error):
+                raise
+            raise _refusal(
+                spec.name,
+                f"its extension module {spec.name} does not support subinterpreters ({error})",
+            ) from None
+
+    # Per interpreter: importlib's classes belong to this interpreter only.
+    ExtensionFileLoader.create_module = create_module
+
+
+def _guard_process_features():
+    """signal.signal, os.fork (so multiprocessing's default start method) and daemon threads
+    are refused in isolated subinterpreters: say what to do instead."""
+    import signal
+
+    original_signal = signal.signal
+
+    def signal_(signalnum, handler):
+        try:
+            return original_signal(signalnum, handler)
+        except ValueError as error:
+            # A ValueError still, as libraries catch that one.
+            raise ValueError(
+                f"signal.signal() works only in the main lane ({error}): signals reach only the "
+                f"main thread of the main interpreter. To handle signals, {_TO_MAIN}."
+            ) from None
+
+    signal_.__doc__ = original_signal.__doc__
+    signal.signal = signal_
+
+    if hasattr(os, "fork"):
+        original_fork = os.fork
+
+        def fork():
+            try:
+                return original_fork()
+            except RuntimeError as error:
+                raise RuntimeError(
+                    f"os.fork() is not allowed in lane {_lane!r} ({error}): CPython does not fork "
+                    "subinterpreters. For multiprocessing use the spawn start method "
+                    "(multiprocessing.get_context('spawn'), or "
+                    "concurrent.futures.ProcessPoolExecutor(mp_context=...)), or run the cell in "
+                    f"the main lane: {_TO_MAIN}."
+                ) from None
+
+        fork.__doc__ = original_fork.__doc__
+        os.fork = fork
+
+    def explain(error):
+        return RuntimeError(
+            f"daemon threads are not allowed in lane {_lane!r} ({error}): start the thread "
+            "with daemon=False and let it end before the lane does, or run the cell in the "
+            f"main lane: {_TO_MAIN}."
+        )
+
+    # CPython checks in Thread.__init__, in the `daemon` setter and when the thread starts.
+    thread = threading.Thread
+    original_init, original_start, daemon = thread.__init__, thread.start, thread.daemon
+
+    @functools.wraps(original_init)
+    def init(self, *args, **kwargs):
+        try:
+            original_init(self, *args, **kwargs)
+        except RuntimeError as error:
+            if "daemon" not in str(error):
+                raise
+            raise explain(error) from None
+
+    @functools.wraps(original_start)
+    def start(self):
+        try:
+            return original_start(self)
+        except RuntimeError as error:
+            if "daemon" not in str(error):
+                raise
+            raise explain(error) from None
+
+    def set_daemon(self, daemonic):
+        try:
+            daemon.fset(self, daemonic)
+        except RuntimeError as error:
+            if "daemon threads" not in str(error):
+                raise
+            raise explain(error) from None
+
+    thread.__init__, thread.start = init, start
+    thread.daemon = property(daemon.fget, set_daemon, doc=daemon.__doc__)
+
+
+def _system_with_pipes(command):
+    """`!command` in a subinterpreter lane. IPython runs it on a pseudo-terminal (pexpect),
+    which needs fork: refused in subinterpreters. Here it runs with its output on a pipe,
+    printed as it comes; an interrupt sends SIGINT to the command (as IPython sends ^C) and the
+    cell goes on. Returns the exit status as IPython does (negative: the ending signal)."""
+    import codecs
+    import select
+    import signal
+    import subprocess
+    import time
+
+    process = subprocess.Popen(
+        ["/bin/sh", "-c", command],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    decoder = codecs.getincrementaldecoder(sys.getfilesystemencoding())("replace")
+    fd = process.stdout.fileno()
+
+    def pump(timeout):
+        # select with a timeout: the lane thread comes back to Python often enough for an
+        # interrupt (raised asynchronously) to land.
+        ready, _, _ = select.select([fd], [], [], timeout)
+        if not ready:
+            return True
+        data = os.read(fd, 65536)
+        text = decoder.decode(data, final=not data)
+        if text:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+        return bool(data)
+
+    try:
+        while pump(0.05):
+            pass
+    except KeyboardInterrupt:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGINT)
+        try:
+            deadline = time.monotonic() + 1.0
+            while time.monotonic() < deadline and pump(0.05):
+                pass
+        except KeyboardInterrupt:
+            pass
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+    finally:
+        process.stdout.close()
+    status = process.wait()
+    # sh exits with 128 + n when its command died of signal n.
+    return -(status - 128) if status > 128 else status
+
+
+def _setup_subinterpreter():
+    """What every subinterpreter lane needs before IPython is imported."""
+    import time
+
+    # Signals never reach a subinterpreter's thread: an interrupt of the lane wakes this sleep.
+    time.sleep = _parakernel.sleep
+    sys.stdin = InStream()
+    sys.meta_path.insert(0, _RefusedFinder)
+    _guard_extension_loader()
+    _guard_process_features()
+
+
+# --- parakernel's magics (every lane) ------------------------------------------------------------
+
+_FIRST_LINE_ONLY = (
+    "%%lane and %%parallel choose a cell's lane, and only as the first line of a cell that the "
+    "kernel runs (it removes that line before the cell runs); this code already runs in lane "
+    "{lane!r}. Put `%%lane NAME`, `%%lane main` or `%%parallel` on the cell's first line, or "
+    "tag the cell `lane:NAME` or `parallel`."
+)
+
+_LANE_USAGE = (
+    "usage: %lane interrupt NAME | %lane restart NAME | %lane stop NAME "
+    "(to run a cell in a lane, make `%%lane NAME` its first line)"
+)
+
+
+def _call(op, **args):
+    """Ask the kernel; blocks (interruptibly) until it answers. Raises LaneError if it refuses."""
+    ok, text = _parakernel.call(op, json.dumps(args))
+    if not ok:
+        raise LaneError(text)
+    return json.loads(text)
+
+
+def _format_seconds(seconds):
+    if seconds is None:
+        return ""
+    if seconds < 60:
+        return f"{seconds:.2f} s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{int(minutes)} min {seconds:02.0f} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{int(hours)} h {int(minutes):02d} min"
+
+
+_LANES_COLUMNS = (
+    ("name", "lane"),
+    ("kind", "kind"),
+    ("state", "state"),
+    ("running", "running"),
+    ("queued", "queued"),
+    ("cells_run", "cells run"),
+    ("cpu", "CPU time"),
+)
+
+
+def _lanes_table(rows):
+    """The %lanes table as text/plain and text/html."""
+    import html
+
+    cpu = json.loads(_parakernel.cpu_times())
+    cells = []
+    for row in rows:
+        row = dict(row)
+        row["cpu"] = _format_seconds(cpu.get(str(row.get("name"))))
+        cells.append(["" if row.get(key) is None else str(row.get(key)) for key, _ in _LANES_COLUMNS])
+    titles = [title for _, title in _LANES_COLUMNS]
+    widths = [max([len(title)] + [len(line[i]) for line in cells]) for i, title in enumerate(titles)]
+    lines = ["  ".join(title.ljust(width) for title, width in zip(titles, widths)).rstrip()]
+    lines.append("  ".join("-" * width for width in widths))
+    for line in cells:
+        lines.append("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip())
+    if not cells:
+        lines.append("(no lanes)")
+    head = "".join(f"<th>{html.escape(title)}</th>" for title in titles)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in line) + "</tr>" for line in cells
+    )
+    table = f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    return "\n".join(lines), table
+
+
+def _register_magics(shell):
+    from IPython.core.error import UsageError
+    from IPython.core.magic import Magics, cell_magic, line_cell_magic, line_magic, magics_class
+
+    @magics_class
+    class LaneMagics(Magics):
+        @line_magic
+        def lanes(self, line):
+            """Show the kernel's lanes: state, running cell, cells run, CPU time."""
+            if line.strip():
+                raise UsageError("%lanes takes no arguments")
+            from IPython.display import display
+
+            text, table = _lanes_table(_call("lanes"))
+            display({"text/plain": text, "text/html": table}, raw=True)
+
+        @line_magic
+        def wait(self, line):
+            """%wait [NAME ...]: block until the lanes (default: all others) have run every cell
+            requested before this one."""
+            _call("wait", lanes=line.split())
+
+        @line_cell_magic
+        def lane(self, line, cell=None):
+            """%lane interrupt|restart|stop NAME. (`%%lane NAME` as a cell's first line runs
+            the cell in lane NAME.)"""
+            if cell is not None:
+                raise UsageError(_FIRST_LINE_ONLY.format(lane=_lane))
+            words = line.split()
+            if len(words) != 2 or words[0] not in ("interrupt", "restart", "stop"):
+                raise UsageError(_LANE_USAGE)
+            _call(words[0], lane=words[1])
+
+        @cell_magic
+        def parallel(self, line, cell):
+            """`%%parallel` as a cell's first line runs the cell in a fresh lane."""
+            raise UsageError(_FIRST_LINE_ONLY.format(lane=_lane))
+
+    shell.register_magics(LaneMagics)
 
 
 # --- the shell -----------------------------------------------------------------------------------
@@ -294,6 +688,21 @@ def _define_shell_classes():
         def init_data_pub(self):
             pass
 
+        def system_piped(self, cmd):
+            if _lane == "main":
+                return super().system_piped(cmd)
+            # As InteractiveShell.system_piped, with pipes instead of a pseudo-terminal.
+            if cmd.rstrip().endswith("&"):
+                raise OSError("Background processes not supported.")
+            exit_code = _system_with_pipes(self.var_expand(cmd, depth=1))
+            self.user_ns["_exit_code"] = exit_code
+            if self.system_raise_on_error and exit_code != 0:
+                from subprocess import CalledProcessError
+
+                raise CalledProcessError(exit_code, cmd)
+
+        system = system_piped
+
         def enable_gui(self, gui=None):
             if gui not in (None, "inline"):
                 raise UsageError(
@@ -377,11 +786,15 @@ def _run_startup_files(shell):
 
 def start(options_json):
     """Set up this interpreter's streams, environment and shell. Called once per lane."""
-    global _shell
+    global _shell, _lane, _fresh
     options = json.loads(options_json)
+    _lane = options.get("lane", "main")
+    _fresh = bool(options.get("fresh"))
 
     sys.stdout = OutStream("stdout", _parakernel.write_stdout)
     sys.stderr = OutStream("stderr", _parakernel.write_stderr)
+    if not options.get("main"):
+        _setup_subinterpreter()
 
     if options.get("main"):
         import signal
@@ -422,11 +835,27 @@ def start(options_json):
     shell_class = _define_shell_classes()
     _shell = shell_class.instance(config=config)
     _shell.kernel = _kernel
+    _register_magics(_shell)
 
     session_name = os.environ.get("JPY_SESSION_NAME")
     if session_name:
         _shell.user_ns["__session__"] = session_name
-    _run_startup_files(_shell)
+    if options.get("main"):
+        # Startup files often import numpy & co., which subinterpreter lanes refuse: they run in
+        # the main lane only.
+        _run_startup_files(_shell)
+    if _fresh:
+        # Measured (DESIGN.md): without `random` imported here, each cell that imports it (as
+        # tempfile, uuid and others do) grew the lane after its restore.
+        import gc
+        import random  # noqa: F401
+
+        _warm_up(_shell)
+        _snapshot()
+        # The warm state is permanent: frozen, the collection after each job (restore) looks
+        # only at what the job left (measured: 4 ms -> well under 1 ms).
+        gc.collect()
+        gc.freeze()
 
 
 def _error_content(exc):
@@ -460,12 +889,20 @@ def execute(job_json):
 
     saved_input, saved_getpass = builtins.input, getpass.getpass
     builtins.input, getpass.getpass = _raw_input, _getpass
+    run = shell.run_cell
+    if _fresh:
+        # A fresh lane keeps nothing of a cell, context variables included (and a fresh context
+        # per cell kept the lane's memory flat: DESIGN.md).
+        run = functools.partial(contextvars.Context().run, shell.run_cell)
     try:
-        result = shell.run_cell(
-            job["code"], store_history=job["store_history"], silent=job["silent"]
-        )
+        result = run(job["code"], store_history=job["store_history"], silent=job["silent"])
     finally:
         builtins.input, getpass.getpass = saved_input, saved_getpass
+    # With the history database off, IPython still queues every cell's source for it, forever.
+    history = shell.history_manager
+    if history is not None and not history.enabled:
+        history.db_input_cache.clear()
+        history.db_output_cache.clear()
 
     error = result.error_before_exec if result.error_before_exec is not None else result.error_in_exec
     if result.success and not getattr(shell, "_last_traceback_during_displayhook", False):
@@ -613,11 +1050,252 @@ def stop(timeout):
     import time
 
     deadline = time.monotonic() + timeout
+    for thread in _started_threads():
+        if not thread.daemon:
+            thread.join(max(0.0, deadline - time.monotonic()))
+    done = not any(not t.daemon for t in _started_threads())
+    if _lane != "main":
+        # To `threading` the lane's own thread is a dummy thread, forgotten when its thread
+        # state is cleared: that is after the module is torn down when the interpreter ends,
+        # and it then fails ("Exception ignored in _DeleteDummyThreadOnDel.__del__"). Now, as
+        # the last thing this thread does with `threading`.
+        with contextlib.suppress(AttributeError):
+            del threading._thread_local_info._track_dummy_thread_ref
+    return done
+
+
+def _started_threads():
+    """Threads of this interpreter that cells started and that still run. Not the lane's own
+    thread, nor the kernel's threads that visit it (queries, interrupts): Python knows those
+    as dummy threads. In a subinterpreter `threading.main_thread()` stands for the process's
+    main thread (it runs the main lane, not this interpreter)."""
     current = threading.current_thread()
-    for thread in threading.enumerate():
-        if thread is current or thread.daemon or not thread.is_alive():
-            continue
-        thread.join(max(0.0, deadline - time.monotonic()))
-    return not any(
-        t.is_alive() and not t.daemon and t is not current for t in threading.enumerate()
-    )
+    main = threading.main_thread()
+    return [
+        thread
+        for thread in threading.enumerate()
+        if thread is not current
+        and (thread is not main or _lane == "main")
+        and not isinstance(thread, threading._DummyThread)
+        and thread.ident is not None
+        and thread.is_alive()
+    ]
+
+
+def other_threads():
+    """The idents of the threads cells started, as JSON (the lane raises SystemExit in them
+    before it ends)."""
+    return json.dumps([thread.ident for thread in _started_threads()])
+
+
+# --- fresh lanes: back to the warm state after each job ------------------------------------------
+
+
+def _warm_up(shell):
+    """Run what every cell runs once (IPython imports hashlib, bdb, ... at the first cell, and
+    the traceback formatting at the first error), so that restore() does not drop those
+    modules and the next cell does not import them again."""
+    global _publish
+    publish = _publish
+    _publish = lambda *args, **kwargs: None  # noqa: E731 - nothing of this goes out
+    try:
+        shell.run_cell("pass", store_history=False, silent=True)
+        shell.run_cell("1 / 0", store_history=False, silent=True)
+    finally:
+        _publish = publish
+        shell._last_traceback = None
+        shell._last_error = None
+        for name in ("last_exc", "last_type", "last_value", "last_traceback"):
+            if hasattr(sys, name):
+                delattr(sys, name)
+
+
+def _snapshot():
+    """Record a fresh lane's warm state; restore() returns to it after every job."""
+    import linecache
+    import warnings
+
+    global _warm
+    shell = _shell
+    history = shell.history_manager
+    manager = shell.magics_manager
+    transformers = shell.input_transformer_manager
+    warm = {
+        "user_ns": dict(shell.user_ns),
+        "user_ns_hidden": dict(shell.user_ns_hidden),
+        "modules": dict(sys.modules),
+        "path": list(sys.path),
+        "meta_path": list(sys.meta_path),
+        "path_hooks": list(sys.path_hooks),
+        "path_importer_cache": dict(sys.path_importer_cache),
+        "builtins": dict(builtins.__dict__),
+        "environ": dict(os.environ),
+        "linecache": set(linecache.cache),
+        "filename_map": dict(shell.compile._filename_map),
+        "compile_flags": shell.compile.flags,
+        "warnings": (list(warnings.filters), warnings.showwarning, warnings.formatwarning),
+        "sys_hooks": (sys.stdout, sys.stderr, sys.stdin, sys.displayhook, sys.excepthook),
+        "limits": (sys.getrecursionlimit(), sys.getswitchinterval()),
+        "magics": {kind: dict(table) for kind, table in manager.magics.items()},
+        "registry": dict(manager.registry),
+        "events": {name: list(callbacks) for name, callbacks in shell.events.callbacks.items()},
+        "ast_transformers": list(shell.ast_transformers),
+        "input_transformers_post": list(shell.input_transformers_post),
+        "cleanup_transforms": list(transformers.cleanup_transforms),
+        "line_transforms": list(transformers.line_transforms),
+        "formatters": {
+            mime: (dict(f.type_printers), dict(f.deferred_printers), dict(f.singleton_printers))
+            for mime, f in shell.display_formatter.formatters.items()
+        },
+        "extensions": set(shell.extension_manager.loaded),
+        "custom": (shell.custom_exceptions, shell.CustomTB),
+        "history": (list(history.input_hist_parsed), list(history.input_hist_raw), list(history.dir_hist)),
+    }
+    if "logging" in sys.modules:
+        import logging
+
+        warm["logging"] = (
+            list(logging.root.handlers),
+            logging.root.level,
+            set(logging.Logger.manager.loggerDict),
+        )
+    _warm = warm
+
+
+def _restore_dict(target, warm):
+    for key in [key for key in target if key not in warm]:
+        del target[key]
+    for key, value in warm.items():
+        if target.get(key, _MISSING) is not value:
+            target[key] = value
+
+
+_MISSING = object()
+
+
+def restore():
+    """After a fresh lane's job: return to the warm state. False when that cannot be trusted
+    (a thread the cell started still runs, an asyncio task is pending, a step failed): the
+    kernel then replaces the interpreter."""
+    if _warm is None or _started_threads():
+        return False
+    try:
+        _restore()
+    except Exception:
+        import traceback
+
+        traceback.print_exc(file=sys.__stderr__)
+        return False
+    return True
+
+
+def _restore():
+    import atexit
+    import gc
+    import linecache
+    import random
+    import warnings
+
+    shell = _shell
+    warm = _warm
+    from IPython.core import async_helpers
+
+    loop = async_helpers._asyncio_event_loop
+    if loop is not None and not loop.is_closed():
+        import asyncio
+
+        if asyncio.all_tasks(loop):
+            raise RuntimeError("asyncio tasks of the cell are still pending")
+
+    sys.settrace(None)
+    sys.setprofile(None)
+    threading.settrace(None)
+    threading.setprofile(None)
+    sys.stdout, sys.stderr, sys.stdin, sys.displayhook, sys.excepthook = warm["sys_hooks"]
+    sys.setrecursionlimit(warm["limits"][0])
+    sys.setswitchinterval(warm["limits"][1])
+    for name in ("last_exc", "last_type", "last_value", "last_traceback"):
+        if hasattr(sys, name):
+            delattr(sys, name)
+
+    # The user's namespace and IPython's caches of the cell (In, Out, _N, _iN, tracebacks).
+    _restore_dict(shell.user_ns, warm["user_ns"])
+    _restore_dict(shell.user_ns_hidden, warm["user_ns_hidden"])
+    history = shell.history_manager
+    parsed, raw, dirs = warm["history"]
+    history.input_hist_parsed[:] = parsed
+    history.input_hist_raw[:] = raw
+    history.dir_hist[:] = dirs
+    history.output_hist.clear()
+    history.output_hist_reprs.clear()
+    history.db_input_cache.clear()
+    history.db_output_cache.clear()
+    history._i00 = history._i = history._ii = history._iii = ""
+    displayhook = shell.displayhook
+    displayhook._ = displayhook.___ = ""
+    setattr(displayhook, "_DisplayHook__", "")
+    shell.last_execution_result = None
+    shell._last_traceback = None
+    shell._last_error = None
+    shell.payload_manager.clear_payload()
+    shell.clear_main_mod_cache()
+    _kernel.parent = {}
+    shell.custom_exceptions, shell.CustomTB = warm["custom"]
+    shell.compile.flags = warm["compile_flags"]
+    shell.compile._filename_map.clear()
+    shell.compile._filename_map.update(warm["filename_map"])
+    for name in [name for name in linecache.cache if name not in warm["linecache"]]:
+        del linecache.cache[name]
+
+    # What a cell may have registered with IPython.
+    manager = shell.magics_manager
+    for kind, table in warm["magics"].items():
+        manager.magics[kind].clear()
+        manager.magics[kind].update(table)
+    manager.registry.clear()
+    manager.registry.update(warm["registry"])
+    for name, callbacks in warm["events"].items():
+        shell.events.callbacks[name][:] = callbacks
+    shell.ast_transformers[:] = warm["ast_transformers"]
+    shell.input_transformers_post[:] = warm["input_transformers_post"]
+    shell.input_transformer_manager.cleanup_transforms[:] = warm["cleanup_transforms"]
+    shell.input_transformer_manager.line_transforms[:] = warm["line_transforms"]
+    for mime, (types, deferred, singletons) in warm["formatters"].items():
+        formatter = shell.display_formatter.formatters.get(mime)
+        if formatter is not None:
+            _restore_dict(formatter.type_printers, types)
+            _restore_dict(formatter.deferred_printers, deferred)
+            _restore_dict(formatter.singleton_printers, singletons)
+    shell.extension_manager.loaded.intersection_update(warm["extensions"])
+
+    # The interpreter: modules, import system, builtins, environment, warnings, logging.
+    _restore_dict(sys.modules, warm["modules"])
+    sys.path[:] = warm["path"]
+    sys.meta_path[:] = warm["meta_path"]
+    sys.path_hooks[:] = warm["path_hooks"]
+    _restore_dict(sys.path_importer_cache, warm["path_importer_cache"])
+    _restore_dict(builtins.__dict__, warm["builtins"])
+    # os.environ writes through to the process's environment: only this lane's changes are undone.
+    environ = dict(os.environ)
+    for key in [key for key in environ if key not in warm["environ"]]:
+        del os.environ[key]
+    for key, value in warm["environ"].items():
+        if environ.get(key) != value:
+            os.environ[key] = value
+    filters, showwarning, formatwarning = warm["warnings"]
+    warnings.filters[:] = filters
+    warnings.showwarning, warnings.formatwarning = showwarning, formatwarning
+    mutated = getattr(warnings, "_filters_mutated", None)
+    if mutated is not None:
+        mutated()
+    if "logging" in warm:
+        import logging
+
+        handlers, level, loggers = warm["logging"]
+        logging.root.handlers[:] = handlers
+        logging.root.setLevel(level)
+        for name in [name for name in logging.Logger.manager.loggerDict if name not in loggers]:
+            del logging.Logger.manager.loggerDict[name]
+    atexit._clear()
+    random.seed()
+    gc.collect()

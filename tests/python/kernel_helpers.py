@@ -237,6 +237,38 @@ class Kernel:
         options.setdefault("allow_stdin", False)
         return self.kc.execute(code, **options)
 
+    def submit(
+        self,
+        code: str,
+        tags: list[str] | None = None,
+        metadata: dict[str, Any] | None = None,
+        **options: Any,
+    ) -> str:
+        """Sends an execute_request as JupyterLab does and returns its msg_id without waiting:
+        every content field set (``options`` override them; ``stop_on_error`` is true, as
+        Lab sends it for a cell without the ``raises-exception`` tag) and the cell's metadata,
+        ``tags`` included, in the message's metadata (``kc.execute`` sends no metadata)."""
+        content: dict[str, Any] = dict(
+            code=code,
+            silent=False,
+            store_history=True,
+            user_expressions={},
+            allow_stdin=False,
+            stop_on_error=True,
+        )
+        content.update(options)
+        message_metadata = dict(metadata or {})
+        if tags is not None:
+            message_metadata["tags"] = list(tags)
+        msg = self.session.msg("execute_request", content, metadata=message_metadata)
+        self.kc.shell_channel.send(msg)
+        return msg["header"]["msg_id"]
+
+    def finish_all(self, msg_ids: list[str], timeout: float = TIMEOUT) -> list[Execution]:
+        """The executions of requests in flight together, in the order of ``msg_ids``; each
+        wait is bounded by ``timeout``, and messages of the others are filed meanwhile."""
+        return [self.finish(msg_id, timeout) for msg_id in msg_ids]
+
     def finish(self, msg_id: str, timeout: float = TIMEOUT) -> Execution:
         reply = self.reply(msg_id, "shell", timeout)
         return Execution(msg_id, reply, self.iopub_until_idle(msg_id, timeout))
@@ -253,6 +285,12 @@ class Kernel:
 
     def input_request(self, msg_id: str, timeout: float = TIMEOUT) -> Message:
         return self.wait_for("stdin", msg_id, lambda m: m["msg_type"] == "input_request", timeout)
+
+    def answer_input(self, input_request: Message, value: str) -> None:
+        """Replies to one ``input_request`` (parented to it, as JupyterLab replies), so that a
+        kernel with several lanes waiting for input can tell whose answer it is."""
+        msg = self.session.msg("input_reply", {"value": value}, parent=input_request)
+        self.kc.stdin_channel.send(msg)
 
     def interrupt_by_message(self) -> Message:
         """interrupt_request on control, whatever the kernelspec's interrupt_mode says."""

@@ -1,0 +1,690 @@
+//! Subinterpreter lanes: named lanes and the warm pool of fresh lanes. Each interpreter is an
+//! own-GIL subinterpreter that lives on its own thread from creation to end (a restart makes a
+//! new interpreter on a new thread while the old one ends on its own), plus a control thread
+//! with its own thread state of that interpreter, which raises interrupts in it and answers
+//! queries with its namespace.
+//!
+//! Who owns what: [`Lanes`] (shared by the executor and the main lane) holds the current
+//! interpreter of every lane and those being ended; a lane thread owns its interpreter
+//! ([`OwnInterpreter`]) and its shell, and is the only one that creates or ends them; the control
+//! thread owns one thread state of the interpreter and deletes it before the lane thread ends
+//! the interpreter (`CPython` aborts otherwise: "not the last thread").
+
+use std::collections::BTreeMap;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use tokio::sync::mpsc::UnboundedSender;
+
+use super::answers::Answers;
+use super::ffi::{AsyncException, Gil, InterpreterHandle, OwnInterpreter, ThreadState};
+use super::lane::{self, LaneKind, LaneRuntime};
+use crate::kernel::executor::{Event, Job, Lane, Query, RequestId};
+use crate::native::{self, LaneState};
+
+/// How long an ending interpreter's threads (those its cells started) get to stop after
+/// `SystemExit` was raised in them, and how long its control thread gets to let go of its
+/// thread state. Past that the interpreter is left alive (and Python is not finalized).
+const END_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Whether Python is ready for lanes to create interpreters.
+enum Gate {
+    /// The main lane is starting.
+    Starting,
+    Open(InterpreterHandle),
+    /// The main lane could not start, or Python is being finalized.
+    Closed(String),
+}
+
+/// The lanes of the process, shared by the executor (which starts jobs, interrupts, ends lanes)
+/// and the main lane (which opens the gate once Python runs and waits for lanes at shutdown).
+pub(crate) struct Lanes {
+    events: UnboundedSender<Event>,
+    answers: Arc<Answers>,
+    fresh_count: usize,
+    gate: Mutex<Gate>,
+    gate_changed: Condvar,
+    registry: Mutex<Registry>,
+    /// Notified when a lane thread is done with Python.
+    thread_done: Condvar,
+}
+
+#[derive(Default)]
+struct Registry {
+    named: BTreeMap<String, Arc<SubLane>>,
+    fresh: Vec<Option<Arc<SubLane>>>,
+    /// Interpreters that were replaced (restart, stop, a fresh lane that could not be restored)
+    /// and are ending on their threads.
+    ending: Vec<Arc<SubLane>>,
+    /// Lane threads that may still use Python.
+    threads: usize,
+    /// Interpreters that could not be ended (a thread of theirs would not stop).
+    abandoned: usize,
+    shutting_down: bool,
+}
+
+/// One subinterpreter of a lane, and the handles to its threads.
+struct SubLane {
+    lane: Lane,
+    kind: LaneKind,
+    inbox: Sender<LaneCommand>,
+    state: Arc<LaneState>,
+    link: Mutex<Link>,
+}
+
+/// What the executor needs to reach a running interpreter; changed by the lane thread with the
+/// interpreter's GIL held, so the control thread (holding that GIL) sees a stable value.
+#[derive(Default)]
+struct Link {
+    phase: Phase,
+    control: Option<Sender<ControlCommand>>,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    #[default]
+    Starting,
+    Idle,
+    Running(RequestId),
+    Ending,
+}
+
+enum LaneCommand {
+    Run(Job),
+    End,
+}
+
+enum ControlCommand {
+    /// Interrupt the job for `RequestId` if it still runs.
+    Interrupt(RequestId),
+    Query(RequestId, Query),
+    /// Delete the thread state, report, exit.
+    Stop(Sender<()>),
+}
+
+/// The reply and `error` output of a job that no lane can run.
+fn refusal(job: &Job, ename: &str, evalue: &str) -> (Option<Value>, Value) {
+    let traceback = vec![format!("{ename}: {evalue}")];
+    let error = json!({ "ename": ename, "evalue": evalue, "traceback": traceback });
+    let reply = match job {
+        Job::Execute(execute) => Some(json!({
+            "status": "error", "execution_count": execute.execution_count, "ename": ename,
+            "evalue": evalue, "traceback": traceback, "user_expressions": {}, "payload": [],
+        })),
+        Job::Comm { .. } => None,
+    };
+    (reply, error)
+}
+
+/// Answers `job` with an error (an `error` output for execute jobs, then `Finished`).
+pub(crate) fn refuse(events: &UnboundedSender<Event>, job: &Job, ename: &str, evalue: &str) {
+    let (reply, error) = refusal(job, ename, evalue);
+    if reply.is_some() {
+        let _ = events.send(Event::Publish {
+            request: Some(job.request()),
+            msg_type: "error".into(),
+            content: error,
+            metadata: serde_json::Map::new(),
+            buffers: Vec::new(),
+        });
+    }
+    let _ = events.send(Event::Finished { request: job.request(), reply });
+}
+
+impl Registry {
+    /// Takes `sub` out of wherever it is listed.
+    fn remove(&mut self, sub: &Arc<SubLane>) {
+        self.ending.retain(|other| !Arc::ptr_eq(other, sub));
+        match &sub.lane {
+            Lane::Named(name) => {
+                if self.named.get(name).is_some_and(|current| Arc::ptr_eq(current, sub)) {
+                    self.named.remove(name);
+                }
+            }
+            Lane::Fresh(slot) => {
+                if let Some(entry) = self.fresh.get_mut(*slot) {
+                    if entry.as_ref().is_some_and(|current| Arc::ptr_eq(current, sub)) {
+                        *entry = None;
+                    }
+                }
+            }
+            Lane::Main => {}
+        }
+    }
+}
+
+impl Lanes {
+    pub(crate) fn new(
+        events: UnboundedSender<Event>,
+        answers: Arc<Answers>,
+        fresh_count: usize,
+    ) -> Lanes {
+        Lanes {
+            events,
+            answers,
+            fresh_count,
+            gate: Mutex::new(Gate::Starting),
+            gate_changed: Condvar::new(),
+            registry: Mutex::new(Registry {
+                fresh: vec![None; fresh_count],
+                ..Registry::default()
+            }),
+            thread_done: Condvar::new(),
+        }
+    }
+
+    fn registry(&self) -> MutexGuard<'_, Registry> {
+        self.registry.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn lock_gate(&self) -> MutexGuard<'_, Gate> {
+        self.gate.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Python runs and the main interpreter imported what must come first: lanes may start.
+    pub(crate) fn open(&self, main: InterpreterHandle) {
+        *self.lock_gate() = Gate::Open(main);
+        self.gate_changed.notify_all();
+    }
+
+    /// No lane may start from now on (the main lane failed, or Python is being finalized).
+    pub(crate) fn close(&self, why: String) {
+        *self.lock_gate() = Gate::Closed(why);
+        self.gate_changed.notify_all();
+    }
+
+    fn wait_gate(&self) -> Result<InterpreterHandle, String> {
+        let mut gate = self.lock_gate();
+        loop {
+            match &*gate {
+                Gate::Starting => {
+                    gate = self
+                        .gate_changed
+                        .wait(gate)
+                        .unwrap_or_else(PoisonError::into_inner);
+                }
+                Gate::Open(main) => return Ok(*main),
+                Gate::Closed(why) => return Err(why.clone()),
+            }
+        }
+    }
+
+    /// Starts `job` on a named or fresh lane, creating its interpreter if needed.
+    pub(crate) fn run(self: &Arc<Self>, lane: &Lane, job: Job) {
+        let mut registry = self.registry();
+        if registry.shutting_down {
+            drop(registry);
+            refuse(&self.events, &job, "RuntimeError", "the kernel is shutting down");
+            return;
+        }
+        let sub = match lane {
+            Lane::Main => unreachable!("the main lane runs on the main thread"),
+            Lane::Named(name) => {
+                if let Some(sub) = registry.named.get(name) {
+                    Arc::clone(sub)
+                } else {
+                    let sub = self.spawn(&mut registry, lane.clone(), LaneKind::Named);
+                    registry.named.insert(name.clone(), Arc::clone(&sub));
+                    sub
+                }
+            }
+            Lane::Fresh(slot) => match registry.fresh.get(*slot) {
+                Some(Some(sub)) => Arc::clone(sub),
+                Some(None) => {
+                    let sub = self.spawn(&mut registry, lane.clone(), LaneKind::Fresh);
+                    registry.fresh[*slot] = Some(Arc::clone(&sub));
+                    sub
+                }
+                None => {
+                    drop(registry);
+                    let evalue = format!(
+                        "there is no fresh lane {slot}: the pool has {} (PARAKERNEL_FRESH_LANES)",
+                        self.fresh_count
+                    );
+                    refuse(&self.events, &job, "RuntimeError", &evalue);
+                    return;
+                }
+            },
+        };
+        if let Err(mpsc::SendError(LaneCommand::Run(job))) = sub.inbox.send(LaneCommand::Run(job))
+        {
+            drop(registry);
+            refuse(&self.events, &job, "RuntimeError", "the lane has stopped");
+        }
+    }
+
+    /// Fills every empty slot of the fresh-lane pool; called when a lane is ready.
+    ///
+    /// Warming starts once the first subinterpreter lane of the session is ready, not with the
+    /// kernel: a warm fresh lane costs about 18 MB of RSS and 100-150 ms of a core (measured on
+    /// 3.13.0), which a notebook that never leaves the main lane should not pay. And not
+    /// together with that first lane: on 2 cores, creating the pool at the same time made the
+    /// first lane's first cell wait 230-650 ms instead of 110-170 ms.
+    fn warm_pool(self: &Arc<Self>) {
+        let mut registry = self.registry();
+        if registry.shutting_down {
+            return;
+        }
+        for slot in 0..self.fresh_count {
+            if registry.fresh[slot].is_none() {
+                let sub = self.spawn(&mut registry, Lane::Fresh(slot), LaneKind::Fresh);
+                registry.fresh[slot] = Some(sub);
+            }
+        }
+    }
+
+    /// Starts the thread of a new interpreter for `lane`.
+    fn spawn(self: &Arc<Self>, registry: &mut Registry, lane: Lane, kind: LaneKind) -> Arc<SubLane> {
+        let (inbox, commands) = mpsc::channel();
+        let sub = Arc::new(SubLane {
+            state: Arc::new(LaneState::new(lane.clone(), self.events.clone())),
+            lane,
+            kind,
+            inbox,
+            link: Mutex::new(Link::default()),
+        });
+        registry.threads += 1;
+        let (lanes, thread_sub) = (Arc::clone(self), Arc::clone(&sub));
+        let name = format!("pk-lane-{}", sub.lane.name());
+        native::spawn_python_thread(&name, Some(native::PYTHON_STACK), move || {
+            lane_thread(&lanes, &thread_sub, commands);
+            lanes.forget(&thread_sub);
+        });
+        sub
+    }
+
+    /// The lane thread is done with Python: drop the lane from the registry if it is still
+    /// there (it ended at shutdown) and count the thread out.
+    fn forget(&self, sub: &Arc<SubLane>) {
+        let mut registry = self.registry();
+        registry.remove(sub);
+        registry.threads -= 1;
+        self.thread_done.notify_all();
+    }
+
+    fn record_abandoned(&self) {
+        self.registry().abandoned += 1;
+    }
+
+    /// Every interpreter of `lane`: the current one first, then those being ended.
+    fn interpreters_of(&self, lane: &Lane) -> Vec<Arc<SubLane>> {
+        let registry = self.registry();
+        let current = match lane {
+            Lane::Main => None,
+            Lane::Named(name) => registry.named.get(name).cloned(),
+            Lane::Fresh(slot) => registry.fresh.get(*slot).cloned().flatten(),
+        };
+        current
+            .into_iter()
+            .chain(registry.ending.iter().filter(|sub| &sub.lane == lane).cloned())
+            .collect()
+    }
+
+    fn all(&self) -> Vec<Arc<SubLane>> {
+        let registry = self.registry();
+        registry
+            .named
+            .values()
+            .cloned()
+            .chain(registry.fresh.iter().flatten().cloned())
+            .chain(registry.ending.iter().cloned())
+            .collect()
+    }
+
+    /// Hands the client's `input_reply` to the lane's waiting `input()`.
+    pub(crate) fn input_reply(&self, lane: &Lane, value: String) -> bool {
+        self.interpreters_of(lane)
+            .first()
+            .is_some_and(|sub| sub.state.reply_input(value))
+    }
+
+    /// Hands the kernel's answer to lane call `id`, to whichever interpreter of the lane made it.
+    pub(crate) fn call_reply(&self, lane: &Lane, id: u64, reply: Result<Value, String>) -> bool {
+        self.interpreters_of(lane)
+            .into_iter()
+            .find(|sub| sub.state.awaits_call(id))
+            .is_some_and(|sub| sub.state.reply_call(id, reply))
+    }
+
+    /// Interrupts the running jobs of `lane` (every lane when `None`).
+    pub(crate) fn interrupt(&self, lane: Option<&Lane>) {
+        let subs = match lane {
+            Some(lane) => self.interpreters_of(lane),
+            None => self.all(),
+        };
+        for sub in subs {
+            sub.interrupt();
+        }
+    }
+
+    /// Answers `query` with the namespace of `lane`'s interpreter. Gives the query back when the
+    /// lane has no running interpreter (the caller answers from the main lane).
+    pub(crate) fn query(&self, lane: &Lane, request: RequestId, query: Query) -> Result<(), Query> {
+        let Some(sub) = self.interpreters_of(lane).into_iter().next() else {
+            return Err(query);
+        };
+        let link = sub.link();
+        match (&link.control, link.phase) {
+            (Some(control), Phase::Idle | Phase::Running(_)) => {
+                self.answers.expect(request, &query);
+                if let Err(mpsc::SendError(ControlCommand::Query(_, query))) =
+                    control.send(ControlCommand::Query(request, query))
+                {
+                    self.answers.answer(request, super::answers::fallback(&query));
+                }
+                Ok(())
+            }
+            _ => Err(query),
+        }
+    }
+
+    /// Ends the interpreter of a named lane (its running job is interrupted and still finishes);
+    /// with `restart` a new interpreter starts at once.
+    pub(crate) fn end_lane(self: &Arc<Self>, lane: &Lane, restart: bool) {
+        let Lane::Named(name) = lane else {
+            tracing::warn!(lane = lane.name(), "only named lanes can be ended or restarted");
+            return;
+        };
+        let mut registry = self.registry();
+        if registry.shutting_down {
+            return;
+        }
+        if let Some(old) = registry.named.remove(name) {
+            old.interrupt();
+            let _ = old.inbox.send(LaneCommand::End);
+            registry.ending.push(old);
+        }
+        if restart {
+            let sub = self.spawn(&mut registry, lane.clone(), LaneKind::Named);
+            registry.named.insert(name.clone(), sub);
+        }
+    }
+
+    /// Interrupts every lane and asks each interpreter to end; no lane starts after this.
+    pub(crate) fn shut_down(&self) {
+        let subs = {
+            let mut registry = self.registry();
+            registry.shutting_down = true;
+            drop(registry);
+            self.all()
+        };
+        for sub in subs {
+            sub.interrupt();
+            let _ = sub.inbox.send(LaneCommand::End);
+        }
+    }
+
+    /// Waits until every lane thread is done with Python, at most until `deadline`. True when
+    /// every interpreter was ended (Python may then be finalized).
+    pub(crate) fn wait_ended(&self, deadline: Instant) -> bool {
+        let mut registry = self.registry();
+        while registry.threads > 0 {
+            let now = Instant::now();
+            if now >= deadline {
+                tracing::warn!(
+                    lanes = registry.threads,
+                    "lanes did not end in time (a cell stuck in C code?)"
+                );
+                return false;
+            }
+            registry = self
+                .thread_done
+                .wait_timeout(registry, deadline - now)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+        registry.abandoned == 0
+    }
+
+    /// A fresh lane whose restore cannot be trusted: a new interpreter takes its slot, and jobs
+    /// already sent to the old one move to it. The old one then ends.
+    fn replace_fresh(self: &Arc<Self>, old: &Arc<SubLane>, slot: usize, commands: &Receiver<LaneCommand>) {
+        let mut registry = self.registry();
+        let current = registry.fresh[slot].as_ref().is_some_and(|sub| Arc::ptr_eq(sub, old));
+        let new = (current && !registry.shutting_down).then(|| {
+            let new = self.spawn(&mut registry, Lane::Fresh(slot), LaneKind::Fresh);
+            registry.fresh[slot] = Some(Arc::clone(&new));
+            registry.ending.push(Arc::clone(old));
+            new
+        });
+        // Under the registry lock no more jobs reach the old inbox.
+        while let Ok(command) = commands.try_recv() {
+            if let LaneCommand::Run(job) = command {
+                match &new {
+                    Some(new) => {
+                        let _ = new.inbox.send(LaneCommand::Run(job));
+                    }
+                    None => refuse(&self.events, &job, "RuntimeError", "the kernel is shutting down"),
+                }
+            }
+        }
+    }
+}
+
+impl SubLane {
+    fn link(&self) -> MutexGuard<'_, Link> {
+        self.link.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Asks the control thread to interrupt the running job, if there is one.
+    fn interrupt(&self) {
+        let link = self.link();
+        if let (Phase::Running(request), Some(control)) = (link.phase, &link.control) {
+            let _ = control.send(ControlCommand::Interrupt(request));
+        }
+    }
+
+    fn set_phase(&self, _gil: Gil<'_>, phase: Phase) {
+        self.link().phase = phase;
+    }
+}
+
+/// The body of a lane thread: creates the interpreter, serves jobs until told to end, ends it.
+fn lane_thread(lanes: &Arc<Lanes>, sub: &Arc<SubLane>, commands: Receiver<LaneCommand>) {
+    let main = match lanes.wait_gate() {
+        Ok(main) => main,
+        Err(why) => return refuse_all(lanes, sub, &commands, &why),
+    };
+    sub.state.bind_lane_thread();
+    let started = Instant::now();
+    // SAFETY: the gate is open, so Python runs and `main` is the main interpreter, which is not
+    // finalized while this thread is counted in `Registry::threads`; no thread state is attached
+    // to this new thread.
+    let interpreter = match unsafe { OwnInterpreter::create(main) } {
+        Ok(interpreter) => interpreter,
+        Err(why) => {
+            let why = format!("could not create the lane's interpreter: {why}");
+            tracing::error!(lane = sub.lane.name(), "{why}");
+            return refuse_all(lanes, sub, &commands, &why);
+        }
+    };
+    tracing::debug!(lane = sub.lane.name(), elapsed = ?started.elapsed(), "interpreter created");
+    // SAFETY: `create` returned with the new interpreter's thread state attached to this thread;
+    // it stays attached (except inside `Gil::detach`) until `end` or `abandon` below, after
+    // `serve` returned and dropped every object of the interpreter.
+    let gil = unsafe { Gil::assume() };
+    let ended = serve(lanes, sub, gil, interpreter.handle(), commands, started);
+    if ended {
+        // SAFETY: attached (above); `serve` stopped the control thread (its thread state is
+        // deleted) and every thread the cells started, and dropped the shell's objects.
+        unsafe { interpreter.end() };
+    } else {
+        tracing::warn!(
+            lane = sub.lane.name(),
+            "a thread of the lane would not stop: its interpreter is left running"
+        );
+        lanes.record_abandoned();
+        // SAFETY: attached (above); `serve` dropped the shell's objects.
+        unsafe { interpreter.abandon() };
+    }
+    tracing::debug!(lane = sub.lane.name(), ended, "lane ended");
+}
+
+/// Answers every job sent to this lane with `why` (the lane cannot run). The lane leaves the
+/// registry first, so the next job for it tries again with a new interpreter, and no job is
+/// sent to this one after the inbox is drained.
+fn refuse_all(lanes: &Lanes, sub: &Arc<SubLane>, commands: &Receiver<LaneCommand>, why: &str) {
+    let mut registry = lanes.registry();
+    registry.remove(sub);
+    while let Ok(command) = commands.try_recv() {
+        if let LaneCommand::Run(job) = command {
+            refuse(&lanes.events, &job, "RuntimeError", why);
+        }
+    }
+}
+
+/// Starts the shell and the control thread, serves jobs, then stops both. Returns whether the
+/// interpreter may be ended (nothing of it runs any more).
+fn serve(
+    lanes: &Arc<Lanes>,
+    sub: &Arc<SubLane>,
+    gil: Gil<'_>,
+    interpreter: InterpreterHandle,
+    mut commands: Receiver<LaneCommand>,
+    started: Instant,
+) -> bool {
+    let runtime = match LaneRuntime::start(gil, Arc::clone(&sub.state), sub.kind) {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            let mut why = format!("the lane could not start: {error}");
+            if let super::PythonError::Setup { exception, .. } = &error {
+                why = format!("{why}: {exception}\n{}", exception.traceback.concat());
+            }
+            tracing::error!(lane = sub.lane.name(), "{why}");
+            gil.detach(move || refuse_all(lanes, sub, &commands, &why));
+            return true;
+        }
+    };
+    tracing::debug!(lane = sub.lane.name(), elapsed = ?started.elapsed(), "lane ready");
+    let (control, control_inbox) = mpsc::channel();
+    let control_thread = {
+        let (sub, answers) = (Arc::clone(sub), Arc::clone(&lanes.answers));
+        native::spawn_python_thread(
+            &format!("pk-ctl-{}", sub.lane.name()),
+            Some(native::PYTHON_STACK),
+            move || control_thread(interpreter, &sub, &answers, &control_inbox),
+        )
+    };
+    {
+        let mut link = sub.link();
+        link.control = Some(control.clone());
+        link.phase = Phase::Idle;
+    }
+    gil.detach(|| lanes.warm_pool());
+
+    loop {
+        // The inbox moves into the detached closure and back: a `&Receiver` is not `Send`.
+        let (command, inbox) = gil.detach(move || (commands.recv(), commands));
+        commands = inbox;
+        match command {
+            Ok(LaneCommand::Run(job)) => {
+                run_job(gil, &runtime, sub, &job);
+                if let Lane::Fresh(slot) = sub.lane {
+                    let restored = Instant::now();
+                    let trusted = runtime.restore();
+                    tracing::trace!(slot, elapsed = ?restored.elapsed(), trusted, "fresh lane restored");
+                    if !trusted {
+                        let inbox = commands;
+                        gil.detach(move || lanes.replace_fresh(sub, slot, &inbox));
+                        break;
+                    }
+                }
+            }
+            Ok(LaneCommand::End) | Err(_) => break,
+        }
+    }
+
+    sub.set_phase(gil, Phase::Ending);
+    sub.link().control = None;
+    let (stopped, stopped_inbox) = mpsc::channel();
+    let _ = control.send(ControlCommand::Stop(stopped));
+    drop(control);
+    let control_stopped = gil.detach(move || match stopped_inbox.recv_timeout(END_TIMEOUT) {
+        Ok(()) | Err(RecvTimeoutError::Disconnected) => true,
+        Err(RecvTimeoutError::Timeout) => false,
+    });
+    if control_stopped {
+        let _ = gil.detach(|| control_thread.join());
+    }
+    let threads_stopped = runtime.end_threads(END_TIMEOUT.as_secs_f64());
+    drop(runtime);
+    control_stopped && threads_stopped
+}
+
+/// Runs one job on the lane thread and sends its `Finished`.
+fn run_job(gil: Gil<'_>, runtime: &LaneRuntime<'_>, sub: &SubLane, job: &Job) {
+    let request = job.request();
+    let state = &sub.state;
+    state.set_request(request);
+    sub.set_phase(gil, Phase::Running(request));
+    state.begin_job();
+    let reply = match job {
+        Job::Execute(execute) => {
+            state.set_allow_stdin(execute.allow_stdin);
+            let reply = runtime.execute(execute);
+            state.set_allow_stdin(false);
+            Some(reply)
+        }
+        Job::Comm { msg_type, content, metadata, buffers, parent_header, .. } => {
+            let message = json!({ "content": content, "metadata": metadata, "header": parent_header });
+            runtime.comm(msg_type, &message, buffers);
+            None
+        }
+    };
+    state.end_job();
+    sub.set_phase(gil, Phase::Idle);
+    // An interrupt that reached the lane as the job ended must not hit what runs next. The
+    // control thread raises only while holding this GIL and seeing `Running(request)`.
+    if let Some(thread) = state.lane_thread() {
+        gil.set_async_exc(thread, AsyncException::Clear);
+    }
+    state.send(Event::Finished { request, reply });
+}
+
+/// The control thread of one interpreter: interrupts and queries, with its own thread state.
+fn control_thread(
+    interpreter: InterpreterHandle,
+    sub: &SubLane,
+    answers: &Answers,
+    inbox: &Receiver<ControlCommand>,
+) {
+    // SAFETY: the lane thread ends the interpreter only after this thread reported (through
+    // `Stop`) that its thread state is deleted, or never.
+    let Some(thread_state) = (unsafe { ThreadState::new(interpreter) }) else {
+        tracing::error!(lane = sub.lane.name(), "could not create the lane's control thread state");
+        return;
+    };
+    while let Ok(command) = inbox.recv() {
+        match command {
+            ControlCommand::Interrupt(request) => {
+                let asked = Instant::now();
+                let raised = thread_state.with(|gil| {
+                    // With this GIL held the lane thread runs no Python: its phase and its waits
+                    // cannot change under us.
+                    if sub.link().phase != Phase::Running(request) {
+                        return false;
+                    }
+                    if sub.state.interrupt_lane_thread() {
+                        return true;
+                    }
+                    sub.state
+                        .lane_thread()
+                        .is_some_and(|thread| gil.set_async_exc(thread, AsyncException::KeyboardInterrupt))
+                });
+                tracing::debug!(lane = sub.lane.name(), request, raised, elapsed = ?asked.elapsed(), "lane interrupted");
+            }
+            ControlCommand::Query(request, query) => {
+                let reply = thread_state.with(|gil| lane::answer(gil, &query));
+                answers.answer(request, reply);
+            }
+            ControlCommand::Stop(done) => {
+                thread_state.delete();
+                let _ = done.send(());
+                return;
+            }
+        }
+    }
+    thread_state.delete();
+}
