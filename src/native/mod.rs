@@ -791,6 +791,17 @@ unsafe extern "C" fn module_free(module: *mut c_void) {
 
 // --- the functions -------------------------------------------------------------------------------
 
+/// The value of `$option`, or a NULL return from the calling C function. Every helper that
+/// returns `None` here has already set the Python exception, as CPython's convention asks.
+macro_rules! or_null {
+    ($option:expr) => {
+        match $option {
+            Some(value) => value,
+            None => return ptr::null_mut(),
+        }
+    };
+}
+
 /// The lane state behind `module`.
 ///
 /// # Safety
@@ -877,12 +888,8 @@ unsafe fn write_stream(
     // SAFETY: called by CPython with the lane interpreter's GIL held; `module` is `self` and
     // `text` the argument, both alive for the call.
     unsafe {
-        let Some(lane) = lane_of(module) else {
-            return ptr::null_mut();
-        };
-        let Some(string) = text_of(text, "write() argument") else {
-            return ptr::null_mut();
-        };
+        let lane = or_null!(lane_of(module));
+        let string = or_null!(text_of(text, "write() argument"));
         if !string.is_empty() {
             lane.write_stream(name, &string);
         }
@@ -1001,24 +1008,12 @@ unsafe extern "C" fn publish(
     // SAFETY: called by CPython with the lane interpreter's GIL held, `module` is `self`, the
     // arguments are alive for the call.
     unsafe {
-        let Some(lane) = lane_of(module) else {
-            return ptr::null_mut();
-        };
-        let Some(args) = fastcall_args(args, nargs, 4, "publish") else {
-            return ptr::null_mut();
-        };
-        let Some(msg_type) = text_of(args[0], "msg_type").map(Cow::into_owned) else {
-            return ptr::null_mut();
-        };
-        let Some(content) = text_of(args[1], "content") else {
-            return ptr::null_mut();
-        };
-        let Some(metadata) = text_of(args[2], "metadata") else {
-            return ptr::null_mut();
-        };
-        let Some(content) = parse_json(&content, "content") else {
-            return ptr::null_mut();
-        };
+        let lane = or_null!(lane_of(module));
+        let args = or_null!(fastcall_args(args, nargs, 4, "publish"));
+        let msg_type = or_null!(text_of(args[0], "msg_type").map(Cow::into_owned));
+        let content = or_null!(text_of(args[1], "content"));
+        let metadata = or_null!(text_of(args[2], "metadata"));
+        let content = or_null!(parse_json(&content, "content"));
         let metadata = match parse_json(&metadata, "metadata") {
             Some(Value::Object(map)) => map,
             Some(Value::Null) => Map::new(),
@@ -1028,9 +1023,7 @@ unsafe extern "C" fn publish(
             }
             None => return ptr::null_mut(),
         };
-        let Some(buffers) = buffers_of(args[3]) else {
-            return ptr::null_mut();
-        };
+        let buffers = or_null!(buffers_of(args[3]));
         lane.send(Event::Publish {
             request: lane.request(),
             msg_type,
@@ -1051,15 +1044,9 @@ unsafe extern "C" fn input(
     // arguments are alive for the call. The GIL is released inside `wait` only, where no Python
     // object is touched.
     unsafe {
-        let Some(lane) = lane_of(module) else {
-            return ptr::null_mut();
-        };
-        let Some(args) = fastcall_args(args, nargs, 2, "input") else {
-            return ptr::null_mut();
-        };
-        let Some(prompt) = text_of(args[0], "prompt").map(Cow::into_owned) else {
-            return ptr::null_mut();
-        };
+        let lane = or_null!(lane_of(module));
+        let args = or_null!(fastcall_args(args, nargs, 2, "input"));
+        let prompt = or_null!(text_of(args[0], "prompt").map(Cow::into_owned));
         let password = match ffi::PyObject_IsTrue(args[1]) {
             -1 => return ptr::null_mut(),
             truth => truth == 1,
@@ -1135,9 +1122,7 @@ unsafe extern "C" fn sleep(
     // SAFETY: called by CPython with the lane interpreter's GIL held; `module` is `self` and
     // `seconds` the argument, both alive for the call. The GIL is released inside `wait` only.
     unsafe {
-        let Some(lane) = lane_of(module) else {
-            return ptr::null_mut();
-        };
+        let lane = or_null!(lane_of(module));
         let seconds = ffi::PyFloat_AsDouble(seconds);
         // -1.0 is PyFloat_AsDouble's error value (exactly).
         #[allow(clippy::float_cmp)]
@@ -1204,21 +1189,11 @@ unsafe extern "C" fn call(
     // SAFETY: called by CPython with the lane interpreter's GIL held, `module` is `self`, the
     // arguments are alive for the call. The GIL is released inside `wait` only.
     unsafe {
-        let Some(lane) = lane_of(module) else {
-            return ptr::null_mut();
-        };
-        let Some(args) = fastcall_args(args, nargs, 2, "call") else {
-            return ptr::null_mut();
-        };
-        let Some(op) = text_of(args[0], "op").map(Cow::into_owned) else {
-            return ptr::null_mut();
-        };
-        let Some(arguments) = text_of(args[1], "args") else {
-            return ptr::null_mut();
-        };
-        let Some(arguments) = parse_json(&arguments, "args") else {
-            return ptr::null_mut();
-        };
+        let lane = or_null!(lane_of(module));
+        let args = or_null!(fastcall_args(args, nargs, 2, "call"));
+        let op = or_null!(text_of(args[0], "op").map(Cow::into_owned));
+        let arguments = or_null!(text_of(args[1], "args"));
+        let arguments = or_null!(parse_json(&arguments, "args"));
         let request = match parse_call(&op, &arguments) {
             Ok(request) => request,
             Err(message) => {
@@ -1279,9 +1254,7 @@ unsafe extern "C" fn allow_stdin(
 ) -> *mut ffi::PyObject {
     // SAFETY: called by CPython with the lane interpreter's GIL held; `module` is `self`.
     unsafe {
-        let Some(lane) = lane_of(module) else {
-            return ptr::null_mut();
-        };
+        let lane = or_null!(lane_of(module));
         ffi::PyBool_FromLong(std::ffi::c_long::from(
             lane.allow_stdin.load(Ordering::Acquire),
         ))
@@ -1294,9 +1267,7 @@ unsafe extern "C" fn flush(
 ) -> *mut ffi::PyObject {
     // SAFETY: called by CPython with the lane interpreter's GIL held; `module` is `self`.
     unsafe {
-        let Some(lane) = lane_of(module) else {
-            return ptr::null_mut();
-        };
+        let lane = or_null!(lane_of(module));
         lane.flush();
         ffi::Py_NewRef(ffi::Py_None())
     }
