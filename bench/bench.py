@@ -12,12 +12,14 @@ Benchmarks are not tests: a missed target is reported, not failed.
 A benchmark is a function from a `Bench` (the two kernels, settings, shared started clients)
 to `Row`s; add one to BENCHMARKS to add rows. Rows may have an anchor of their own:
 
-- lanes: a capacity probe first (a CPU loop in 1 process, then in one process per core at once:
+- lanes: a capacity probe (a CPU loop in 1 process, then in one process per core at once:
   how many cores are really free now); two CPU-bound cells sent at once to two lanes against
-  the same two cells in the anchor kernel (which runs them in turn); N cells in N lanes against
-  one alone; RSS per extra lane against a whole anchor process, beside a bare subinterpreter,
-  one with an IPython shell (`_interpreters`) and a fork worker; fresh-lane dispatch (a
-  `%%parallel` `pass` round trip minus a main-lane one); RSS over 500 fresh-lane cells.
+  the same two cells in the anchor kernel (which runs them in turn), with the probe run again
+  in every round so the target is judged against the cores of that moment; N cells in N lanes
+  against one alone; RSS per extra lane (the fresh-lane pool warmed first, so it is not
+  counted) against a whole anchor process, beside a bare subinterpreter, one with an IPython
+  shell (`_interpreters`) and a fork worker; fresh-lane dispatch (a `%%parallel` `pass` round
+  trip minus a main-lane one); RSS over 500 fresh-lane cells.
   A target that needs more cores than the probe found free is shown but not judged; a row
   whose kernel feature is missing says "n/a (why)".
 """
@@ -271,8 +273,6 @@ class Bench:
     cpu_runs: int = 3
     _running: dict[str, Running] = field(default_factory=dict)
     rss_after_start: dict[str, int] = field(default_factory=dict)
-    free_cores: float | None = None  # from the capacity probe, once it ran
-    probe: tuple[float, list[float]] = (0.0, [])
     lane_reason: str | None | bool = False  # False: not asked yet
 
     def running(self, role: str) -> Running:
@@ -453,25 +453,20 @@ def cpu_loop_seconds(processes: int) -> list[float]:
     return [float(child.communicate(timeout=REPLY_TIMEOUT)[0]) for child in children]
 
 
-def free_cores(bench: Bench, again: bool = False) -> float:
-    """How many cores the machine really has free now: the CPU loop alone, then in one
-    process per core at once; a process that took k times longer than alone had 1/k core.
-    ``again`` probes anew (other work on the machine comes and goes)."""
-    if bench.free_cores is None or again:
-        cores = os.cpu_count() or 1
-        alone = min(cpu_loop_seconds(1)[0] for _ in range(2))
-        together = cpu_loop_seconds(cores)
-        bench.probe = (alone, together)
-        bench.free_cores = min(float(cores), sum(alone / seconds for seconds in together))
-    return bench.free_cores
+def free_cores(alone: float, together: list[float]) -> float:
+    """Cores the machine really gave: a process that took k times longer than the loop
+    alone had 1/k of a core."""
+    return min(float(len(together)), sum(alone / seconds for seconds in together))
 
 
 def capacity(bench: Bench) -> list[Row]:
+    """The probe on its own, before the lane rows (which probe again in their own rounds)."""
     cores = os.cpu_count() or 1
-    free = free_cores(bench)
-    alone, together = bench.probe
+    alone = min(cpu_loop_seconds(1)[0] for _ in range(2))
+    together = cpu_loop_seconds(cores)
     return [Row(f"capacity probe: the CPU loop in {cores} processes at once (slowest)", "s",
-                "1 process", alone, max(together), note=f"{free:.2f} of {cores} cores free")]
+                "1 process", alone, max(together),
+                note=f"{free_cores(alone, together):.2f} of {cores} cores free")]
 
 
 def lanes_unavailable(bench: Bench) -> str | None:
@@ -493,36 +488,50 @@ def all_ok(name: str, replies: list[dict]) -> None:
             raise RuntimeError(f"{name}: a cell failed: {reply.get('ename')}: {reply.get('evalue')}")
 
 
-def cores_note(bench: Bench, needed: int) -> tuple[bool, str]:
-    """Whether a target that needs ``needed`` cores can be judged now, probed right before
-    the row is measured."""
-    free = free_cores(bench, again=True)
-    judged = free >= needed - 0.1
-    return judged, f"probe: {free:.2f} cores free" + ("" if judged else f", target needs {needed}")
+@dataclass
+class Parallel:
+    """Rounds of ``lanes`` CPU-bound cells sent at once, each round measuring, back to back:
+    the anchor running them in turn, the candidate's lanes side by side, and the capacity probe
+    (the same loop in one process, then in ``lanes`` processes at once). The probe runs inside
+    the same rounds because the cores this machine really gives come and go: a probe taken
+    before the measurement judged it against another moment."""
+
+    in_turn: list[float] = field(default_factory=list)
+    side_by_side: list[float] = field(default_factory=list)
+    busy: list[float] = field(default_factory=list)  # candidate CPU time / wall, per round
+    free: list[float] = field(default_factory=list)  # cores the probe found free, per round
+    ceiling: list[float] = field(default_factory=list)  # processes at once vs in turn
+
+    def note(self, needed: int) -> tuple[bool, str]:
+        """Whether a target that needs ``needed`` cores can be judged, and what the probe saw."""
+        free, ceiling = statistics.median(self.free), statistics.median(self.ceiling)
+        # The probe is as noisy as what it measures: "shows N cores" is within 10% of N.
+        judged = free >= 0.9 * needed
+        return judged, (f"probe in the same rounds: {free:.2f} cores free, {needed} processes "
+                        f"at once {ceiling:.2f}× faster than in turn; lanes kept "
+                        f"{statistics.median(self.busy):.2f} cores busy"
+                        + ("" if judged else f"; target needs {needed} free cores"))
 
 
-def lanes_in_parallel(bench: Bench, lanes: int) -> tuple[list[float], list[float], float]:
-    """``lanes`` CPU-bound cells sent at once: to as many lanes of the candidate, and to the
-    anchor (which runs them in turn). Returns both walls per round and the cores the
-    candidate kept busy (its CPU time over its wall; median of the rounds)."""
+def lanes_in_parallel(bench: Bench, lanes: int) -> Parallel:
     anchor, candidate = bench.running(ANCHOR), bench.running(CANDIDATE)
     cells = [f"%%lane cpu-{i}\n{CPU_CELL}" for i in range(lanes)]
     all_ok(candidate.name, candidate.execute_all([f"%%lane cpu-{i}\npass" for i in range(lanes)])[1])
-    busy: list[float] = []
-
-    def measure(role: str) -> float:
-        if role == ANCHOR:
-            wall, replies = anchor.execute_all([CPU_CELL] * lanes)
-            all_ok(anchor.name, replies)
-            return wall
+    result = Parallel()
+    for _ in range(bench.cpu_runs):
+        wall, replies = anchor.execute_all([CPU_CELL] * lanes)
+        all_ok(anchor.name, replies)
+        result.in_turn.append(wall)
         cpu = candidate.cpu_seconds()
         wall, replies = candidate.execute_all(cells)
         all_ok(candidate.name, replies)
-        busy.append((candidate.cpu_seconds() - cpu) / wall)
-        return wall
-
-    samples = bench.interleaved(bench.cpu_runs, measure)
-    return samples[ANCHOR], samples[CANDIDATE], statistics.median(busy)
+        result.side_by_side.append(wall)
+        result.busy.append((candidate.cpu_seconds() - cpu) / wall)
+        alone = cpu_loop_seconds(1)[0]
+        together = cpu_loop_seconds(lanes)
+        result.free.append(free_cores(alone, together))
+        result.ceiling.append(lanes * alone / max(together))
+    return result
 
 
 def two_lanes(bench: Bench) -> list[Row]:
@@ -531,12 +540,11 @@ def two_lanes(bench: Bench) -> list[Row]:
     reason = lanes_unavailable(bench)
     if reason:
         return [Row.not_available(metric, anchor_label, reason)]
-    judged, note = cores_note(bench, 2)
-    in_turn, side_by_side, busy = lanes_in_parallel(bench, 2)
-    return [Row(metric, "s", anchor_label, statistics.median(in_turn),
-                statistics.median(side_by_side), max_ratio=1 / 1.75, judged=judged,
-                target_text="≥ 1.75× faster",
-                note=f"{note}; lanes kept {busy:.2f} cores busy")]
+    measured = lanes_in_parallel(bench, 2)
+    judged, note = measured.note(2)
+    return [Row(metric, "s", anchor_label, statistics.median(measured.in_turn),
+                statistics.median(measured.side_by_side), max_ratio=1 / 1.75, judged=judged,
+                target_text="≥ 1.75× faster", note=note)]
 
 
 def n_lanes(bench: Bench) -> list[Row]:
@@ -545,21 +553,21 @@ def n_lanes(bench: Bench) -> list[Row]:
     reason = lanes_unavailable(bench)
     if reason:
         return [Row.not_available(metric, "1 lane alone", reason)]
-    judged, note = cores_note(bench, cores)
     candidate = bench.running(CANDIDATE)
     alone = []
     for _ in range(bench.cpu_runs):
         wall, replies = candidate.execute_all([f"%%lane cpu-0\n{CPU_CELL}"])
         all_ok(candidate.name, replies)
         alone.append(wall)
-    in_turn, side_by_side, busy = lanes_in_parallel(bench, cores)
+    measured = lanes_in_parallel(bench, cores)
+    judged, note = measured.note(cores)
     rows = [Row(metric, "s", "1 lane alone", statistics.median(alone),
-                statistics.median(side_by_side), max_ratio=1.15, judged=judged,
-                note=f"{note}; lanes kept {busy:.2f} cores busy")]
+                statistics.median(measured.side_by_side), max_ratio=1.15, judged=judged,
+                note=note)]
     if cores != 2:  # with 2 cores this is the two-lane row again
         rows.append(Row(f"{cores} CPU-bound cells sent at once: {cores} lanes vs in turn", "s",
-                        f"{bench.names[ANCHOR]}, in turn", statistics.median(in_turn),
-                        statistics.median(side_by_side), max_ratio=1 / (0.875 * cores),
+                        f"{bench.names[ANCHOR]}, in turn", statistics.median(measured.in_turn),
+                        statistics.median(measured.side_by_side), max_ratio=1 / (0.875 * cores),
                         judged=judged, target_text=f"≥ {0.875 * cores:.2f}× faster", note=note))
     return rows
 
@@ -580,6 +588,11 @@ def lane_memory(bench: Bench) -> list[Row]:
         try:
             kernel.execute("pass")
             all_ok(kernel.name, kernel.execute_all(["%%lane mem-warm\npass"])[1])
+            # The first lane makes the kernel warm its fresh-lane pool in the background (one
+            # interpreter per core); a `%%parallel` cell per slot, sent at once, returns when
+            # every slot is warm, so the pool is not counted as the lanes measured next.
+            pool = max(2, os.cpu_count() or 1)
+            all_ok(kernel.name, kernel.execute_all(["%%parallel\npass"] * pool)[1])
             before = kernel.rss()
             for i in range(LANES_MEASURED):
                 all_ok(kernel.name, kernel.execute_all([f"%%lane mem-{i}\npass"])[1])
