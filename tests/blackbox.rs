@@ -29,8 +29,13 @@ struct Kernel {
 }
 
 impl Kernel {
-    /// Starts the binary; a port taken between probing and binding means: probe again.
     fn start() -> Self {
+        Self::start_logging(None)
+    }
+
+    /// Starts the binary; a port taken between probing and binding means: probe again. With
+    /// `log`, the kernel logs everything (`PARAKERNEL_LOG=trace`) to that file.
+    fn start_logging(log: Option<&std::path::Path>) -> Self {
         for _ in 0..10 {
             let listeners: Vec<_> = (0..5).map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap()).collect();
             let ports: [u16; 5] = std::array::from_fn(|i| listeners[i].local_addr().unwrap().port());
@@ -43,16 +48,13 @@ impl Kernel {
                 "transport": "tcp", "signature_scheme": "hmac-sha256", "kernel_name": "parakernel",
             });
             std::fs::write(&file, connection.to_string()).unwrap();
-            let mut child = Command::new(env!("CARGO_BIN_EXE_parakernel"))
-                .arg("kernel")
-                .arg("--python")
-                .arg(venv_python())
-                .arg("-f")
-                .arg(&file)
-                .stdout(Stdio::null())
-                .stderr(Stdio::inherit())
-                .spawn()
-                .expect("start the kernel binary");
+            let mut command = Command::new(env!("CARGO_BIN_EXE_parakernel"));
+            command.arg("kernel").arg("--python").arg(venv_python()).arg("-f").arg(&file);
+            command.stdout(Stdio::null()).stderr(Stdio::inherit());
+            if let Some(log) = log {
+                command.env("PARAKERNEL_LOG", "trace").stderr(std::fs::File::create(log).unwrap());
+            }
+            let mut child = command.spawn().expect("start the kernel binary");
             // Bound ports are in use by the kernel once a connect succeeds; a kernel that
             // could not bind exits at once.
             let deadline = Instant::now() + FAILURE_GUARD;
@@ -182,7 +184,9 @@ impl Client {
 
 #[tokio::test]
 async fn bad_messages_are_dropped_and_the_kernel_goes_on() {
-    let kernel = Kernel::start();
+    let log_dir = tempfile::tempdir().unwrap();
+    let log = log_dir.path().join("kernel.log");
+    let kernel = Kernel::start_logging(Some(&log));
     let mut client = Client::connect(&kernel).await;
 
     let info = client.request("kernel_info_request", json!({}));
@@ -223,6 +227,14 @@ async fn bad_messages_are_dropped_and_the_kernel_goes_on() {
     let reply = client.reply(true).await;
     assert_eq!(reply.parent_header.unwrap().msg_id, again.header.msg_id);
     assert_eq!(reply.content["implementation"], "parakernel");
+
+    // One log line per dropped message and one for the refused request; the key appears
+    // nowhere, even at the most verbose level.
+    drop(kernel);
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(log.matches("dropped a message").count(), 6, "{log}");
+    assert_eq!(log.matches("refused a request").count(), 1, "{log}");
+    assert!(!log.contains(KEY), "the HMAC key was logged:\n{log}");
 }
 
 #[tokio::test]
