@@ -20,7 +20,8 @@ impl<E: Executor> Kernel<E> {
             Route::Fresh => None,
         };
         if let Some(reason) = self.executor.lanes_unavailable() {
-            return Err(format!("this cell asks for a subinterpreter lane, but {reason}. Remove the %%lane/%%parallel line or the lane tag to run it in the main lane."));
+            // The reason already says how to run the cell in the main lane.
+            return Err(format!("this cell asks for a subinterpreter lane, but {reason}."));
         }
         if lane.is_none() && self.executor.fresh_lanes() == 0 {
             return Err("no fresh lanes are configured (PARAKERNEL_FRESH_LANES=0); use %%lane NAME".to_owned());

@@ -22,7 +22,8 @@ enum Call {
 
 const FRESH_LANES: usize = 2;
 
-struct MockExecutor(UnboundedSender<Call>);
+/// Records every call; `unavailable` is what it says of lanes (`None`: they can run).
+struct MockExecutor(UnboundedSender<Call>, Option<String>);
 
 impl Executor for MockExecutor {
     fn run(&mut self, lane: &Lane, job: Job) {
@@ -47,7 +48,7 @@ impl Executor for MockExecutor {
         FRESH_LANES
     }
     fn lanes_unavailable(&self) -> Option<String> {
-        None
+        self.1.clone()
     }
     fn shutdown(&mut self) {
         self.0.send(Call::Shutdown).unwrap();
@@ -68,11 +69,16 @@ struct Harness {
 
 impl Harness {
     async fn start() -> Self {
+        Self::start_with(None).await
+    }
+
+    /// A kernel whose executor says lanes cannot run, and why (`None`: they can).
+    async fn start_with(lanes_unavailable: Option<String>) -> Self {
         let (transport, peer) = Transport::unbound();
         let (calls_tx, calls) = mpsc::unbounded_channel();
         let (events, events_rx) = mpsc::unbounded_channel();
         let info = KernelInfo { language_info: json!({"name": "python"}), banner: "test".into() };
-        let kernel = Kernel::new(Session::new(Signer::new(KEY)), MockExecutor(calls_tx), transport.outgoing.clone(), info);
+        let kernel = Kernel::new(Session::new(Signer::new(KEY)), MockExecutor(calls_tx, lanes_unavailable), transport.outgoing.clone(), info);
         let kernel = tokio::spawn(kernel.serve(transport, events_rx));
         let mut harness = Self {
             peer,
@@ -324,6 +330,38 @@ async fn output_after_the_cell_finished_keeps_its_parent() {
     let display = h.next(Channel::Iopub).await;
     assert_eq!(display.msg_type(), "display_data");
     assert_eq!(display.parent_header.unwrap().msg_id, cell.header.msg_id);
+}
+
+#[tokio::test]
+async fn a_lane_cell_is_refused_with_the_reason_when_lanes_cannot_run() {
+    let reason = "subinterpreter lanes need Python 3.13 (or 3.12.4 and newer)";
+    let mut h = Harness::start_with(Some(reason.to_owned())).await;
+    for code in ["%%lane a\nprint(1)", "%%parallel\nprint(1)"] {
+        let cell = h.execute(code).await;
+        let mut error = None;
+        let reply = loop {
+            let outgoing = h.peer.outgoing.recv().await.expect("the kernel stopped sending");
+            let message = Message::decode(outgoing.frames, &mut h.verifier).unwrap();
+            match (outgoing.channel, message.msg_type()) {
+                (Channel::Shell, _) => break message,
+                (Channel::Iopub, "error") => error = Some(message),
+                _ => {}
+            }
+        };
+        assert_eq!(reply.content["status"], "error");
+        assert_eq!(reply.content["ename"], "LaneError");
+        let evalue = reply.content["evalue"].as_str().unwrap();
+        assert!(evalue.contains(reason), "{evalue}");
+        let error = error.expect("the refusal is shown under the cell");
+        assert_eq!(error.content["evalue"], reply.content["evalue"]);
+        assert_eq!(error.parent_header.unwrap().msg_id, cell.header.msg_id);
+        h.expect_status("idle", &cell).await;
+    }
+    // Nothing ran; the main lane still does.
+    assert!(h.calls.try_recv().is_err(), "a refused cell ran");
+    let cell = h.execute("print(1)").await;
+    let job = h.started(&cell).await;
+    assert_eq!(job.code, "print(1)");
 }
 
 #[tokio::test]

@@ -5,6 +5,9 @@
 - ``@pytest.mark.parakernel_only("why")`` marks a test of behaviour that parakernel promises
   and ipykernel does not have: it is skipped when the kernel under test is ipykernel, unless
   ``PARAKERNEL_TEST_ALL=1`` (to see such a test fail there, proof that it can fail).
+- ``@pytest.mark.needs_lanes`` marks a test of subinterpreter lanes: it is skipped when the
+  kernel under test embeds a Python that lanes refuse (older than 3.12.4; DESIGN.md), where
+  ``test_python_versions.py`` checks the refusal instead.
 - Every test has a timeout (120 s unless marked otherwise): a hung kernel fails the test
   instead of hanging the run.
 """
@@ -27,6 +30,7 @@ from kernel_helpers import (  # noqa: E402
     find_kernel_spec,
     is_ipykernel,
     kernel_name_under_test,
+    lanes_refused,
 )
 
 DEFAULT_TIMEOUT = 120
@@ -39,6 +43,10 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers",
         "parakernel_only(reason): behaviour parakernel promises and ipykernel lacks; "
         "skipped when the kernel under test is ipykernel",
+    )
+    config.addinivalue_line(
+        "markers",
+        "needs_lanes: skipped when the kernel under test's Python refuses subinterpreter lanes",
     )
     name = kernel_name_under_test()
     if find_kernel_spec(name) is None:
@@ -69,7 +77,10 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     name = kernel_name_under_test()
     skip_parakernel_only = is_ipykernel(name) and os.environ.get("PARAKERNEL_TEST_ALL") != "1"
+    no_lanes = lanes_refused(name)
     for item in items:
+        if no_lanes and item.get_closest_marker("needs_lanes") is not None:
+            item.add_marker(pytest.mark.skip(reason=no_lanes))
         if item.get_closest_marker("timeout") is None:
             item.add_marker(pytest.mark.timeout(DEFAULT_TIMEOUT))
         marker = item.get_closest_marker("parakernel_only")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -48,6 +49,33 @@ def is_ipykernel(name: str) -> bool:
     """True when the kernelspec launches ipykernel (the reference the suites are checked on)."""
     spec = find_kernel_spec(name)
     return spec is not None and any("ipykernel" in arg for arg in spec.argv)
+
+
+# DESIGN.md: subinterpreter lanes need 3.13, or 3.12.4 and newer (CPython gh-119213 crashes
+# imports in own-GIL subinterpreters before 3.12.4); below that the kernel refuses them.
+LANES_SINCE = (3, 12, 4)
+
+
+def python_version_of(name: str) -> tuple[int, int, int] | None:
+    """The Python version the kernelspec ``name`` runs (its ``--python``), or None when the
+    kernelspec names no such environment."""
+    spec = find_kernel_spec(name)
+    if spec is None or "--python" not in spec.argv:
+        return None
+    python = spec.argv[spec.argv.index("--python") + 1]
+    done = subprocess.run([python, "-c", "import sys; print(*sys.version_info[:3])"],
+                          capture_output=True, text=True, check=True)
+    major, minor, micro = (int(part) for part in done.stdout.split())
+    return major, minor, micro
+
+
+def lanes_refused(name: str) -> str | None:
+    """Why the kernel under test is expected to refuse subinterpreter lanes, or None."""
+    version = python_version_of(name)
+    if version is not None and version < LANES_SINCE:
+        return (f"{name} embeds Python {'.'.join(map(str, version))}: lanes need 3.13 or "
+                f"{'.'.join(map(str, LANES_SINCE))}+")
+    return None
 
 
 def strip_ansi(text: str) -> str:

@@ -36,6 +36,7 @@ pytestmark = [
     pytest.mark.timeout(420),
     pytest.mark.skipif(chromium_missing(), reason="Debian's chromium is not installed"),
     pytest.mark.parakernel_only("lanes are parakernel's own"),
+    pytest.mark.needs_lanes,
 ]
 
 

@@ -38,7 +38,7 @@ from kernel_helpers import (
     strip_ansi,
 )
 
-pytestmark = pytest.mark.parakernel_only("lanes are parakernel's own")
+pytestmark = [pytest.mark.parakernel_only("lanes are parakernel's own"), pytest.mark.needs_lanes]
 
 REPO = Path(__file__).resolve().parents[2]
 RUNNER = REPO / "tests" / "run_notebook.py"
