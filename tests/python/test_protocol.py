@@ -392,6 +392,28 @@ def test_shutdown_ends_the_process(fresh_kernel: Kernel):
     process.wait(timeout=max(0.1, 5 - (time.monotonic() - started)))
 
 
+def test_restart_answers_restart_and_the_manager_starts_a_clean_kernel(fresh_kernel: Kernel):
+    assert fresh_kernel.execute("before_restart = 1").status == "ok"
+    old_process = fresh_kernel.km.provisioner.process
+    msg_id = fresh_kernel.send("control", "shutdown_request", {"restart": True})
+    reply = fresh_kernel.reply(msg_id, "control", timeout=5)
+    assert reply["content"] == {"status": "ok", "restart": True}
+    old_process.wait(timeout=5)
+    # What JupyterLab's "Restart Kernel" does next: jupyter_client starts the kernel again.
+    # `now=True`: the kernel has ended already; with now=False jupyter_client would send a
+    # shutdown_request of its own, which would wait in its socket for the new kernel.
+    fresh_kernel.kc.stop_channels()
+    fresh_kernel.km.restart_kernel(now=True)
+    fresh_kernel.kc = fresh_kernel.km.client()  # the fixture shuts this one down
+    fresh_kernel.kc.start_channels()
+    fresh_kernel.kc.wait_for_ready(timeout=60)
+    assert fresh_kernel.km.provisioner.process.pid != old_process.pid
+    # A helper of its own: the restarted session numbers its msg_ids from 1 again.
+    restarted = Kernel(fresh_kernel.km, fresh_kernel.kc)
+    execution = restarted.execute("print('before_restart' in globals())")
+    assert execution.stdout == "False\n", execution.content
+
+
 @pytest.mark.parakernel_only(
     "ipykernel's shutdown_request stops its event loops but leaves a cell in time.sleep "
     "running, so the process outlives the request; parakernel interrupts running cells and "
