@@ -78,6 +78,21 @@ def lanes_refused(name: str) -> str | None:
     return None
 
 
+def execute_content(code: str, **overrides: Any) -> dict[str, Any]:
+    """An execute_request's content with every field set, as JupyterLab sends it
+    (``stop_on_error`` true: a cell without the ``raises-exception`` tag)."""
+    content: dict[str, Any] = dict(
+        code=code,
+        silent=False,
+        store_history=True,
+        user_expressions={},
+        allow_stdin=False,
+        stop_on_error=True,
+    )
+    content.update(overrides)
+    return content
+
+
 def strip_ansi(text: str) -> str:
     return _ANSI.sub("", text)
 
@@ -276,15 +291,7 @@ class Kernel:
         every content field set (``options`` override them; ``stop_on_error`` is true, as
         Lab sends it for a cell without the ``raises-exception`` tag) and the cell's metadata,
         ``tags`` included, in the message's metadata (``kc.execute`` sends no metadata)."""
-        content: dict[str, Any] = dict(
-            code=code,
-            silent=False,
-            store_history=True,
-            user_expressions={},
-            allow_stdin=False,
-            stop_on_error=True,
-        )
-        content.update(options)
+        content = execute_content(code, **options)
         message_metadata = dict(metadata or {})
         if tags is not None:
             message_metadata["tags"] = list(tags)

@@ -19,6 +19,7 @@ import time
 import pytest
 import zmq
 
+import kernel_helpers
 from kernel_helpers import (
     TIMEOUT,
     Kernel,
@@ -33,17 +34,9 @@ SLEEPING_CELL = "import time\nprint('started', flush=True)\ntime.sleep(600)"
 
 
 def execute_content(code: str, **overrides) -> dict:
-    content = dict(
-        code=code,
-        silent=False,
-        store_history=True,
-        user_expressions={},
-        allow_stdin=False,
-        # So that a cell answered with an error does not abort the barrier cell behind it.
-        stop_on_error=False,
-    )
-    content.update(overrides)
-    return content
+    # stop_on_error false, so that a cell answered with an error does not abort the barrier
+    # cell behind it.
+    return kernel_helpers.execute_content(code, **{"stop_on_error": False, **overrides})
 
 
 def assert_keyboard_interrupt(execution) -> None:
