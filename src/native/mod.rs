@@ -9,9 +9,9 @@
 //! slot takes an `Arc` clone into its per-module state; the module's `m_free` drops it.
 //!
 //! Waits (`input()`, `sleep`, lane calls) release the GIL and block on the lane's condition
-//! variable; an interrupt wakes them ([`LaneState::interrupt_waits`] for the main lane, which
-//! also gets SIGINT; [`LaneState::interrupt_lane_thread`] for a subinterpreter lane, whose
-//! thread signals never reach) and they raise `KeyboardInterrupt`.
+//! variable; an interrupt wakes the lane thread's wait ([`LaneState::interrupt_lane_thread`]:
+//! after SIGINT for the main lane; for a subinterpreter lane, whose thread signals never reach,
+//! instead of an asynchronous exception) and it raises `KeyboardInterrupt`.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -92,6 +92,13 @@ pub struct LaneState {
     cpu: Arc<CpuMeter>,
 }
 
+/// The calling thread's `PyThread_get_thread_ident`, the id `PyThreadState_SetAsyncExc` takes.
+fn current_thread_ident() -> u64 {
+    // SAFETY: PyThread_get_thread_ident only names the calling thread; it needs no GIL.
+    #[allow(clippy::useless_conversion)] // a c_ulong, u32 on some targets
+    u64::from(unsafe { ffi::PyThread_get_thread_ident() })
+}
+
 impl Drop for LaneState {
     fn drop(&mut self) {
         self.outlet.close();
@@ -128,10 +135,7 @@ impl LaneState {
     /// Records the calling thread as the one that runs the lane's cells (interrupts and the
     /// interruptible `sleep` are for that thread only, as signals are for the main thread).
     pub fn bind_lane_thread(&self) {
-        // SAFETY: PyThread_get_thread_ident only names the calling thread; it needs no GIL.
-        #[allow(clippy::useless_conversion)] // a c_ulong, u32 on some targets
-        let ident = u64::from(unsafe { ffi::PyThread_get_thread_ident() });
-        self.lane_thread.store(ident, Ordering::Release);
+        self.lane_thread.store(current_thread_ident(), Ordering::Release);
     }
 
     /// The lane thread's `PyThread_get_thread_ident` (what `PyThreadState_SetAsyncExc` takes),
@@ -144,10 +148,7 @@ impl LaneState {
     }
 
     fn on_lane_thread(&self) -> bool {
-        // SAFETY: as in `bind_lane_thread`.
-        #[allow(clippy::useless_conversion)] // a c_ulong, u32 on some targets
-        let ident = u64::from(unsafe { ffi::PyThread_get_thread_ident() });
-        self.lane_thread() == Some(ident)
+        self.lane_thread() == Some(current_thread_ident())
     }
 
     /// Parents the lane's output (also that of threads a cell started) to `request` from now on.
@@ -229,24 +230,11 @@ impl LaneState {
         self.lock_waits().calls.contains_key(&id)
     }
 
-    /// Wakes every waiting `input()`, `sleep` and lane call of the lane; each raises
-    /// `KeyboardInterrupt`. Returns whether one was waiting. For the main lane, together with
-    /// SIGINT.
-    pub fn interrupt_waits(&self) -> bool {
-        let mut waits = self.lock_waits();
-        let mut woken = false;
-        for waiter in waits.waiters.values_mut() {
-            waiter.interrupted = true;
-            woken = true;
-        }
-        self.waits_changed.notify_all();
-        woken
-    }
-
     /// Interrupts a wait of the lane thread, if it is in one. Returns false when it is not: the
-    /// caller then raises `KeyboardInterrupt` in it asynchronously. Call with the lane
-    /// interpreter's GIL held: the lane thread enters and leaves waits only while holding it, so
-    /// the answer stays true until the GIL is released.
+    /// caller then raises `KeyboardInterrupt` in it asynchronously (a subinterpreter lane), or
+    /// has sent SIGINT first (the main lane). For a subinterpreter lane, call with its GIL held:
+    /// the lane thread enters and leaves waits only while holding it, so the answer stays true
+    /// until the GIL is released.
     pub fn interrupt_lane_thread(&self) -> bool {
         let mut waits = self.lock_waits();
         let mut woken = false;
@@ -270,6 +258,8 @@ impl LaneState {
     /// Blocks the calling thread, with the GIL released, until `ready` gives a value, the
     /// deadline passes, or an interrupt wakes it. An interrupt that arrives while the GIL is
     /// being taken back still counts (the interrupter saw this wait and raised nothing else).
+    /// `start` (sending the request the wait is for) runs once the wait is registered and no
+    /// interrupt is pending: an interrupted `input()` asks the client nothing.
     ///
     /// # Safety
     /// The calling thread holds the GIL of this lane's interpreter (it is released and taken
@@ -277,6 +267,7 @@ impl LaneState {
     unsafe fn wait<T: Send>(
         &self,
         deadline: Option<Instant>,
+        start: impl FnOnce(),
         mut ready: impl FnMut(&mut Waits) -> Option<T> + Send,
     ) -> WaitEnd<T> {
         let lane_thread = self.on_lane_thread();
@@ -301,6 +292,7 @@ impl LaneState {
             self.lock_waits().waiters.remove(&id);
             return WaitEnd::Raised;
         }
+        start();
         // SAFETY: the GIL is held (caller); it is released until RestoreThread, and nothing below
         // touches a Python object.
         let thread_state = unsafe { ffi::PyEval_SaveThread() };
@@ -363,8 +355,16 @@ pub struct CpuMeter {
 #[derive(Debug, Default)]
 struct CpuSpent {
     done: Duration,
-    /// While a job runs: the lane thread's CPU clock and its reading when the job started.
-    running: Option<(libc::clockid_t, Duration)>,
+    /// While a job runs: the lane thread's CPU clock and its reading when the job started. More
+    /// than one after `%lane restart`, while the old interpreter's job ends beside the new one's.
+    running: Vec<(libc::clockid_t, Duration)>,
+}
+
+/// The calling thread's CPU clock.
+fn own_cpu_clock() -> Option<libc::clockid_t> {
+    let mut clock: libc::clockid_t = 0;
+    // SAFETY: pthread_self names the calling thread, alive for the call; `clock` is writable.
+    (unsafe { libc::pthread_getcpuclockid(libc::pthread_self(), &raw mut clock) } == 0).then_some(clock)
 }
 
 fn read_clock(clock: libc::clockid_t) -> Option<Duration> {
@@ -385,19 +385,18 @@ impl CpuMeter {
     }
 
     fn begin(&self) {
-        let mut clock: libc::clockid_t = 0;
-        // SAFETY: pthread_self names the calling thread, alive for the call; `clock` is writable.
-        if unsafe { libc::pthread_getcpuclockid(libc::pthread_self(), &raw mut clock) } != 0 {
-            return;
-        }
-        if let Some(now) = read_clock(clock) {
-            self.lock().running = Some((clock, now));
+        if let Some(clock) = own_cpu_clock() {
+            if let Some(now) = read_clock(clock) {
+                self.lock().running.push((clock, now));
+            }
         }
     }
 
     fn end(&self) {
+        let Some(clock) = own_cpu_clock() else { return };
         let mut spent = self.lock();
-        if let Some((clock, started)) = spent.running.take() {
+        if let Some(index) = spent.running.iter().position(|(running, _)| *running == clock) {
+            let (_, started) = spent.running.swap_remove(index);
             if let Some(now) = read_clock(clock) {
                 spent.done += now.saturating_sub(started);
             }
@@ -408,10 +407,11 @@ impl CpuMeter {
     /// job runs (it calls `end` first, under the same lock), so its clock is valid here.
     pub fn total(&self) -> Duration {
         let spent = self.lock();
-        let running = spent
+        let running: Duration = spent
             .running
-            .and_then(|(clock, started)| Some(read_clock(clock)?.saturating_sub(started)))
-            .unwrap_or_default();
+            .iter()
+            .filter_map(|(clock, started)| Some(read_clock(*clock)?.saturating_sub(*started)))
+            .sum();
         spent.done + running
     }
 }
@@ -1068,12 +1068,14 @@ unsafe extern "C" fn input(
             }
             waits.input = InputSlot::Waiting;
         }
-        lane.send(Event::InputRequest {
-            request,
-            prompt,
-            password,
-        });
-        let end = lane.wait(None, |waits| match std::mem::take(&mut waits.input) {
+        let ask = || {
+            lane.send(Event::InputRequest {
+                request,
+                prompt,
+                password,
+            });
+        };
+        let end = lane.wait(None, ask, |waits| match std::mem::take(&mut waits.input) {
             InputSlot::Replied(value) => Some(value),
             other => {
                 waits.input = other;
@@ -1140,7 +1142,7 @@ unsafe extern "C" fn sleep(
         // Far enough to mean "forever" without overflowing an Instant.
         let duration = Duration::try_from_secs_f64(seconds.min(1e9)).unwrap_or(Duration::MAX);
         let deadline = Instant::now().checked_add(duration);
-        match lane.wait(deadline, |_| None::<()>) {
+        match lane.wait(deadline, || {}, |_| None::<()>) {
             WaitEnd::Ready(()) | WaitEnd::TimedOut => ffi::Py_NewRef(ffi::Py_None()),
             end => {
                 raise_for(&end);
@@ -1203,13 +1205,15 @@ unsafe extern "C" fn call(
         };
         let id = NEXT_CALL_ID.fetch_add(1, Ordering::Relaxed);
         lane.lock_waits().calls.insert(id, None);
-        lane.send(Event::Call {
-            lane: lane.lane.clone(),
-            id,
-            request: lane.request(),
-            call: request,
-        });
-        let end = lane.wait(None, |waits| match waits.calls.get(&id) {
+        let ask = || {
+            lane.send(Event::Call {
+                lane: lane.lane.clone(),
+                id,
+                request: lane.request(),
+                call: request,
+            });
+        };
+        let end = lane.wait(None, ask, |waits| match waits.calls.get(&id) {
             Some(Some(_)) => waits.calls.remove(&id).flatten(),
             _ => None,
         });

@@ -191,7 +191,8 @@ pub(crate) fn lanes_unavailable() -> Option<String> {
              {}, where importing common modules (ssl, hashlib, asyncio, IPython) in an own-GIL \
              subinterpreter crashes the process (CPython gh-119213, fixed in 3.12.4). Cells run in \
              the main lane only: remove the `%%lane`/`%%parallel` line or the cell's lane tag, or \
-             install Python 3.13 and rebuild parakernel against it (PYO3_PYTHON)",
+             install Python 3.13 and rebuild parakernel against it (`make clean-venv && \
+             PARAKERNEL_PYTHON=/path/to/python3.13 make setup`)",
             version()
         )
     })

@@ -83,7 +83,8 @@ pub enum PythonError {
     VersionUnknown { path: PathBuf, detail: String },
     #[error(
         "{} is Python {found}, but parakernel embeds Python {embedded}: create the environment \
-         with Python {embedded}, or rebuild parakernel against this Python (PYO3_PYTHON)",
+         with Python {embedded}, or rebuild parakernel against this Python (`make clean-venv && \
+         PARAKERNEL_PYTHON=/path/to/it make setup`)",
         path.display()
     )]
     VersionMismatch {
@@ -279,8 +280,10 @@ impl PythonExecutor {
 
     fn interrupt_main(&self) {
         // Signal first: a woken input() then finds SIGINT tripped and raises once.
+        // Only the main thread's wait is woken, as SIGINT reaches only the main thread under
+        // ipykernel: a thread a cell started, blocked in input(), is not interrupted.
         let signalled = self.control.interrupt();
-        let woken = self.state.interrupt_waits();
+        let woken = self.state.interrupt_lane_thread();
         tracing::debug!(signalled, woken, "interrupt of the main lane");
     }
 }
@@ -474,10 +477,12 @@ impl MainLane {
         capture: Option<&FdCapture>,
     ) -> Result<bool, PythonError> {
         embed::after_initialize(gil, self.options.python.as_deref())?;
-        // Lanes may create their interpreters from now on (`_datetime` is imported in main).
-        self.lanes.open(InterpreterHandle::main(gil));
         self.state.bind_lane_thread();
         let runtime = LaneRuntime::start(gil, Arc::clone(&self.state), LaneKind::Main)?;
+        // Lanes may create their interpreters from now on (`_datetime` is imported in main).
+        // Not before the main lane's shell is up: if it fails, Python is finalized at once and
+        // no subinterpreter may exist then.
+        self.lanes.open(InterpreterHandle::main(gil));
         tracing::info!(elapsed = ?started.elapsed(), "main lane ready");
         let query_inbox = self
             .query_inbox
