@@ -80,6 +80,11 @@ struct SubLane {
 struct Link {
     phase: Phase,
     control: Option<Sender<ControlCommand>>,
+    /// The job sent to the lane and not started yet (the kernel sends one at a time).
+    sent: Option<RequestId>,
+    /// That job was interrupted before it started: it is answered `KeyboardInterrupt` instead
+    /// of running (an interrupt while a new lane's interpreter starts is not lost).
+    interrupted: Option<RequestId>,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -104,33 +109,34 @@ enum ControlCommand {
     Stop(Sender<()>),
 }
 
-/// The reply and `error` output of a job that no lane can run.
-fn refusal(job: &Job, ename: &str, evalue: &str) -> (Option<Value>, Value) {
+/// The events that answer a job no lane runs with an error: its `error` output (execute jobs
+/// only) and its `Finished`.
+fn refusal(job: &Job, ename: &str, evalue: &str) -> (Option<Event>, Event) {
+    let request = job.request();
     let traceback = vec![format!("{ename}: {evalue}")];
-    let error = json!({ "ename": ename, "evalue": evalue, "traceback": traceback });
-    let reply = match job {
-        Job::Execute(execute) => Some(json!({
-            "status": "error", "execution_count": execute.execution_count, "ename": ename,
-            "evalue": evalue, "traceback": traceback, "user_expressions": {}, "payload": [],
-        })),
-        Job::Comm { .. } => None,
+    let Job::Execute(execute) = job else {
+        return (None, Event::Finished { request, reply: None });
     };
-    (reply, error)
+    let reply = json!({
+        "status": "error", "execution_count": execute.execution_count, "ename": ename,
+        "evalue": evalue, "traceback": traceback, "user_expressions": {}, "payload": [],
+    });
+    let error = Event::Publish {
+        request: Some(request),
+        msg_type: "error".into(),
+        content: json!({ "ename": ename, "evalue": evalue, "traceback": traceback }),
+        metadata: serde_json::Map::new(),
+        buffers: Vec::new(),
+    };
+    (Some(error), Event::Finished { request, reply: Some(reply) })
 }
 
 /// Answers `job` with an error (an `error` output for execute jobs, then `Finished`).
 pub(crate) fn refuse(events: &UnboundedSender<Event>, job: &Job, ename: &str, evalue: &str) {
-    let (reply, error) = refusal(job, ename, evalue);
-    if reply.is_some() {
-        let _ = events.send(Event::Publish {
-            request: Some(job.request()),
-            msg_type: "error".into(),
-            content: error,
-            metadata: serde_json::Map::new(),
-            buffers: Vec::new(),
-        });
+    let (error, finished) = refusal(job, ename, evalue);
+    for event in error.into_iter().chain([finished]) {
+        let _ = events.send(event);
     }
-    let _ = events.send(Event::Finished { request: job.request(), reply });
 }
 
 impl Registry {
@@ -248,6 +254,7 @@ impl Lanes {
                 }
             },
         };
+        sub.link().sent = Some(job.request());
         if let Err(mpsc::SendError(LaneCommand::Run(job))) = sub.inbox.send(LaneCommand::Run(job))
         {
             drop(registry);
@@ -438,8 +445,9 @@ impl Lanes {
         registry.abandoned == 0
     }
 
-    /// A fresh lane whose restore cannot be trusted: a new interpreter takes its slot, and jobs
-    /// already sent to the old one move to it. The old one then ends.
+    /// A fresh lane whose restore cannot be trusted: a new interpreter takes its slot (before the
+    /// job's `Finished` frees the slot, so nothing new reaches the old inbox; a job found there
+    /// all the same moves to the new one). The old one then ends.
     fn replace_fresh(self: &Arc<Self>, old: &Arc<SubLane>, slot: usize, commands: &Receiver<LaneCommand>) {
         let mut registry = self.registry();
         let current = registry.fresh[slot].as_ref().is_some_and(|sub| Arc::ptr_eq(sub, old));
@@ -454,6 +462,7 @@ impl Lanes {
             if let LaneCommand::Run(job) = command {
                 match &new {
                     Some(new) => {
+                        new.link().sent = Some(job.request());
                         let _ = new.inbox.send(LaneCommand::Run(job));
                     }
                     None => refuse(&self.events, &job, "RuntimeError", "the kernel is shutting down"),
@@ -470,9 +479,11 @@ impl SubLane {
 
     /// Asks the control thread to interrupt the running job, if there is one.
     fn interrupt(&self) {
-        let link = self.link();
+        let mut link = self.link();
         if let (Phase::Running(request), Some(control)) = (link.phase, &link.control) {
             let _ = control.send(ControlCommand::Interrupt(request));
+        } else {
+            link.interrupted = link.sent;
         }
     }
 
@@ -580,7 +591,10 @@ fn serve(
         commands = inbox;
         match command {
             Ok(LaneCommand::Run(job)) => {
-                run_job(gil, &runtime, sub, &job);
+                let finished = run_job(gil, &runtime, sub, &job);
+                // A fresh lane is restored before its job is finished: what the restore prints
+                // (`__del__` of the cell's objects) is still the cell's output, published before
+                // its idle. The kernel sends the slot nothing new before this `Finished`.
                 if let Lane::Fresh(slot) = sub.lane {
                     let restored = Instant::now();
                     let trusted = runtime.restore();
@@ -588,9 +602,11 @@ fn serve(
                     if !trusted {
                         let inbox = commands;
                         gil.detach(move || lanes.replace_fresh(sub, slot, &inbox));
+                        sub.state.send(finished);
                         break;
                     }
                 }
+                sub.state.send(finished);
             }
             Ok(LaneCommand::End) | Err(_) => break,
         }
@@ -613,12 +629,25 @@ fn serve(
     control_stopped && threads_stopped
 }
 
-/// Runs one job on the lane thread and sends its `Finished`.
-fn run_job(gil: Gil<'_>, runtime: &LaneRuntime<'_>, sub: &SubLane, job: &Job) {
+/// Runs one job on the lane thread; returns its `Finished`, for the caller to send.
+fn run_job(gil: Gil<'_>, runtime: &LaneRuntime<'_>, sub: &SubLane, job: &Job) -> Event {
     let request = job.request();
     let state = &sub.state;
     state.set_request(request);
-    sub.set_phase(gil, Phase::Running(request));
+    let interrupted = {
+        let mut link = sub.link();
+        link.sent = None;
+        link.phase = Phase::Running(request);
+        link.interrupted.take() == Some(request)
+    };
+    if interrupted {
+        sub.set_phase(gil, Phase::Idle);
+        let (error, finished) = refusal(job, "KeyboardInterrupt", "interrupted before the cell started");
+        if let Some(error) = error {
+            state.send(error);
+        }
+        return finished;
+    }
     state.begin_job();
     let reply = match job {
         Job::Execute(execute) => {
@@ -640,7 +669,7 @@ fn run_job(gil: Gil<'_>, runtime: &LaneRuntime<'_>, sub: &SubLane, job: &Job) {
     if let Some(thread) = state.lane_thread() {
         gil.set_async_exc(thread, AsyncException::Clear);
     }
-    state.send(Event::Finished { request, reply });
+    Event::Finished { request, reply }
 }
 
 /// The control thread of one interpreter: interrupts and queries, with its own thread state.

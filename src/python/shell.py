@@ -285,11 +285,15 @@ class _RefusedFinder:
 
     @classmethod
     def find_spec(cls, fullname, path=None, target=None):
-        if fullname.partition(".")[0] in _REFUSED_PACKAGES:
-            import importlib.machinery
+        if fullname.partition(".")[0] not in _REFUSED_PACKAGES:
+            return None
+        import importlib.machinery
 
-            return importlib.machinery.ModuleSpec(fullname, _RefusedLoader(fullname))
-        return None
+        # A package that is not installed stays "not found" (ModuleNotFoundError, and
+        # find_spec None), as libraries that probe for optional dependencies expect.
+        if "." not in fullname and importlib.machinery.PathFinder.find_spec(fullname, path) is None:
+            return None
+        return importlib.machinery.ModuleSpec(fullname, _RefusedLoader(fullname))
 
     @classmethod
     def invalidate_caches(cls):
@@ -894,6 +898,7 @@ def execute(job_json):
         # A fresh lane keeps nothing of a cell, context variables included (and a fresh context
         # per cell kept the lane's memory flat: DESIGN.md).
         run = functools.partial(contextvars.Context().run, shell.run_cell)
+        _before_job["environ"], _before_job["cwd"] = dict(os.environ), os.getcwd()
     try:
         result = run(job["code"], store_history=job["store_history"], silent=job["silent"])
     finally:
@@ -1129,15 +1134,22 @@ def _snapshot():
         "path_hooks": list(sys.path_hooks),
         "path_importer_cache": dict(sys.path_importer_cache),
         "builtins": dict(builtins.__dict__),
-        "environ": dict(os.environ),
         "linecache": set(linecache.cache),
         "filename_map": dict(shell.compile._filename_map),
         "compile_flags": shell.compile.flags,
         "warnings": (list(warnings.filters), warnings.showwarning, warnings.formatwarning),
-        "sys_hooks": (sys.stdout, sys.stderr, sys.stdin, sys.displayhook, sys.excepthook),
+        "sys_hooks": (sys.stdout, sys.stderr, sys.stdin, sys.displayhook, sys.excepthook,
+                      sys.unraisablehook, sys.breakpointhook, threading.excepthook),
+        # %config, %xmode, %precision, %pdb, %autoawait and friends.
+        "settings": {name: getattr(shell, name) for name in shell.trait_names(config=True)},
+        "xmode": shell.InteractiveTB.mode,
+        "precision": shell.display_formatter.formatters["text/plain"].float_precision,
         "limits": (sys.getrecursionlimit(), sys.getswitchinterval()),
         "magics": {kind: dict(table) for kind, table in manager.magics.items()},
         "registry": dict(manager.registry),
+        # IPython 9 loads some magics (%xmode, ...) at first use and remembers that it did:
+        # with the table put back to its placeholders, it must forget that too.
+        "loaded_lazy": set(getattr(manager, "_loaded_lazy", ())),
         "events": {name: list(callbacks) for name, callbacks in shell.events.callbacks.items()},
         "ast_transformers": list(shell.ast_transformers),
         "input_transformers_post": list(shell.input_transformers_post),
@@ -1171,6 +1183,9 @@ def _restore_dict(target, warm):
 
 
 _MISSING = object()
+
+# What a fresh lane's job found of the process-wide state it may change (set by execute()).
+_before_job = {"environ": None, "cwd": None}
 
 
 def restore():
@@ -1211,7 +1226,8 @@ def _restore():
     sys.setprofile(None)
     threading.settrace(None)
     threading.setprofile(None)
-    sys.stdout, sys.stderr, sys.stdin, sys.displayhook, sys.excepthook = warm["sys_hooks"]
+    (sys.stdout, sys.stderr, sys.stdin, sys.displayhook, sys.excepthook, sys.unraisablehook,
+     sys.breakpointhook, threading.excepthook) = warm["sys_hooks"]
     sys.setrecursionlimit(warm["limits"][0])
     sys.setswitchinterval(warm["limits"][1])
     for name in ("last_exc", "last_type", "last_value", "last_traceback"):
@@ -1254,6 +1270,9 @@ def _restore():
         manager.magics[kind].update(table)
     manager.registry.clear()
     manager.registry.update(warm["registry"])
+    loaded_lazy = getattr(manager, "_loaded_lazy", None)
+    if loaded_lazy is not None:
+        loaded_lazy.intersection_update(warm["loaded_lazy"])
     for name, callbacks in warm["events"].items():
         shell.events.callbacks[name][:] = callbacks
     shell.ast_transformers[:] = warm["ast_transformers"]
@@ -1267,21 +1286,44 @@ def _restore():
             _restore_dict(formatter.deferred_printers, deferred)
             _restore_dict(formatter.singleton_printers, singletons)
     shell.extension_manager.loaded.intersection_update(warm["extensions"])
+    for name, value in warm["settings"].items():
+        if getattr(shell, name) is not value:
+            setattr(shell, name, value)
+    if shell.InteractiveTB.mode != warm["xmode"]:
+        shell.InteractiveTB.set_mode(warm["xmode"])
+    plain = shell.display_formatter.formatters["text/plain"]
+    if plain.float_precision != warm["precision"]:
+        plain.float_precision = warm["precision"]
 
     # The interpreter: modules, import system, builtins, environment, warnings, logging.
+    dropped = [(name, module) for name, module in sys.modules.items() if name not in warm["modules"]]
     _restore_dict(sys.modules, warm["modules"])
+    # The import system also bound each new submodule on its package: a package that stays
+    # must not hand the old submodule to the next cell's `from package import submodule`.
+    for name, module in dropped:
+        package, _, child = name.rpartition(".")
+        parent = sys.modules.get(package)
+        if parent is not None and getattr(parent, child, None) is module:
+            delattr(parent, child)
     sys.path[:] = warm["path"]
     sys.meta_path[:] = warm["meta_path"]
     sys.path_hooks[:] = warm["path_hooks"]
     _restore_dict(sys.path_importer_cache, warm["path_importer_cache"])
     _restore_dict(builtins.__dict__, warm["builtins"])
-    # os.environ writes through to the process's environment: only this lane's changes are undone.
-    environ = dict(os.environ)
-    for key in [key for key in environ if key not in warm["environ"]]:
-        del os.environ[key]
-    for key, value in warm["environ"].items():
-        if environ.get(key) != value:
-            os.environ[key] = value
+    # The environment and the working directory are the process's, shared with every lane:
+    # what changed while the job ran is put back as it was when the job started, and nothing
+    # another lane set before that is touched.
+    before, _before_job["environ"] = _before_job["environ"], None
+    if before is not None:
+        environ = dict(os.environ)
+        for key in [key for key in environ if key not in before]:
+            del os.environ[key]
+        for key, value in before.items():
+            if environ.get(key) != value:
+                os.environ[key] = value
+    cwd, _before_job["cwd"] = _before_job["cwd"], None
+    if cwd is not None and os.getcwd() != cwd:
+        os.chdir(cwd)
     filters, showwarning, formatwarning = warm["warnings"]
     warnings.filters[:] = filters
     warnings.showwarning, warnings.formatwarning = showwarning, formatwarning

@@ -496,6 +496,54 @@ def test_fresh_lanes_keep_nothing_from_one_cell_to_the_next(kernel: Kernel):
     assert "False False" in tagged.stdout
 
 
+def test_output_of_a_fresh_lanes_restore_lands_under_the_cell(kernel: Kernel):
+    """The restore after a fresh-lane cell drops the cell's globals; what their `__del__`
+    prints is the cell's output and comes before its idle."""
+    cell = textwrap.dedent("""\
+        class Loud:
+            def __del__(self):
+                print("deleted", flush=True)
+        kept = Loud()
+        print("ran")
+        """)
+    for _ in range((os.cpu_count() or 1) + 1):
+        assert ok(kernel.execute("%%parallel\n" + cell)).stdout == "ran\ndeleted\n"
+
+
+def test_fresh_lanes_undo_settings_submodules_environment_and_directory(kernel: Kernel, tmp_path: Path):
+    """What a cell changes besides its globals and modules: IPython settings (%xmode,
+    %precision, %config), a submodule bound on a package that stays loaded, the process's
+    environment and working directory (shared with every lane: put back after the cell)."""
+    cwd = ok(kernel.execute("import os\nprint(os.getcwd())")).stdout.strip()
+    change = textwrap.dedent(f"""\
+        %xmode Minimal
+        %precision 1
+        %config InteractiveShell.ast_node_interactivity = 'none'
+        import os, sys, json.tool  # json is loaded in a warm lane, json.tool is not
+        json.tool.left_behind = True
+        os.environ['PK_FRESH_PROBE'] = '1'
+        os.chdir({str(tmp_path)!r})
+        sys.unraisablehook = print
+        """)
+    look = textwrap.dedent("""\
+        import os, sys, json
+        print(get_ipython().InteractiveTB.mode, get_ipython().display_formatter.formatters['text/plain'].float_precision or '-',
+              get_ipython().ast_node_interactivity, hasattr(json, 'tool'), os.environ.get('PK_FRESH_PROBE'),
+              os.getcwd(), sys.unraisablehook is print)
+        from json import tool
+        print(hasattr(tool, 'left_behind'))
+        """)
+    rounds = (os.cpu_count() or 1) + 1
+    warm = ok(kernel.execute("%%parallel\n" + look)).stdout
+    for _ in range(rounds):
+        ok(kernel.execute("%%parallel\n" + change))
+    for _ in range(rounds):
+        assert ok(kernel.execute("%%parallel\n" + look)).stdout == warm
+    assert warm.split()[2:] == ["last_expr", "False", "None", cwd, "False", "False"], warm
+    # The main lane's directory and environment are as they were.
+    assert ok(kernel.execute("import os\nprint(os.getcwd(), os.environ.get('PK_FRESH_PROBE'))")).stdout == f"{cwd} None\n"
+
+
 # ---------------------------------------------------------------------------------------
 # Output
 # ---------------------------------------------------------------------------------------
@@ -595,6 +643,17 @@ def test_numpy_in_a_lane_is_an_import_error_that_says_where_it_works(kernel: Ker
     assert caught.stdout == "caught ImportError\nlane goes on\n"
     fresh = kernel.execute("%%parallel\nimport numpy")
     assert fresh.status == "error" and "numpy" in fresh.content["evalue"], describe(fresh)
+    # A refusing package that is not installed stays "not found", as probes for optional
+    # dependencies expect (sklearn is not in the test environment; numpy is).
+    probe = ok(kernel.execute(lane("np-lane", textwrap.dedent("""\
+        import importlib.util
+        print(importlib.util.find_spec('sklearn'), importlib.util.find_spec('numpy') is not None)
+        try:
+            import sklearn
+        except ModuleNotFoundError:
+            print('not found')
+        """))))
+    assert probe.stdout == "None True\nnot found\n", describe(probe)
     assert ok(kernel.execute("import numpy\nprint(numpy.arange(3).sum())")).stdout == "3\n"
     kernel.assert_alive()
 
@@ -669,6 +728,19 @@ def test_interrupt_reaches_every_running_lane(fresh_kernel: Kernel):
     assert ok(fresh_kernel.execute(lane("int-sleep", "print(marker)"))).stdout == "kept\n"
     ok(fresh_kernel.execute(lane("int-loop", "pass")))
     fresh_kernel.assert_alive()
+
+
+def test_interrupt_while_a_new_lane_starts_is_not_lost(fresh_kernel: Kernel):
+    """The interrupt is sent right behind the cell that makes a new lane, so it arrives while
+    the lane's interpreter is still starting (or, on a fast machine, once the loop runs):
+    either way the cell ends with KeyboardInterrupt instead of looping forever."""
+    looper = fresh_kernel.submit(lane("int-boot", "while True:\n    pass"))
+    # Shell and control are separate sockets: the interrupt goes once the kernel has taken
+    # the cell (its execute_input is published when the cell is handed to its lane).
+    fresh_kernel.wait_for("iopub", looper, lambda m: m["msg_type"] == "execute_input")
+    fresh_kernel.interrupt_by_message()
+    assert_keyboard_interrupt(fresh_kernel.finish(looper))
+    assert ok(fresh_kernel.execute(lane("int-boot", "print('next cell runs')"))).stdout == "next cell runs\n"
 
 
 def test_interrupt_ends_a_wait(fresh_kernel: Kernel):
