@@ -295,11 +295,8 @@ impl Executor for PythonExecutor {
                 if let Err(mpsc::SendError(Command::Run(job))) =
                     self.commands.send(Command::Run(job))
                 {
-                    let reply = matches!(job, Job::Execute(_)).then(|| lane_gone_reply(&job));
-                    let _ = self.events.send(Event::Finished {
-                        request: job.request(),
-                        reply,
-                    });
+                    let why = "the main lane has stopped; restart the kernel";
+                    lanes::refuse(&self.events, &job, "RuntimeError", why);
                 }
             }
             Lane::Named(_) | Lane::Fresh(_) => {
@@ -377,19 +374,6 @@ impl Executor for PythonExecutor {
         self.lanes.shut_down();
         let _ = self.commands.send(Command::Shutdown);
     }
-}
-
-fn lane_gone_reply(job: &Job) -> Value {
-    let execution_count = match job {
-        Job::Execute(job) => job.execution_count,
-        Job::Comm { .. } => 0,
-    };
-    let evalue = "the main lane has stopped; restart the kernel";
-    json!({
-        "status": "error", "execution_count": execution_count, "ename": "RuntimeError",
-        "evalue": evalue, "traceback": [format!("RuntimeError: {evalue}")],
-        "user_expressions": {}, "payload": [],
-    })
 }
 
 /// The main lane, to be run on the process's main thread.
