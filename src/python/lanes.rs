@@ -1,12 +1,12 @@
 //! Subinterpreter lanes: named lanes and the warm pool of fresh lanes. Each interpreter is an
 //! own-GIL subinterpreter that lives on its own thread from creation to end (a restart makes a
-//! new interpreter on a new thread while the old one ends on its own), plus a control thread
-//! with its own thread state of that interpreter, which raises interrupts in it and answers
-//! queries with its namespace.
+//! new interpreter on a new thread while the old one ends on its own), plus two control threads,
+//! each with its own thread state of that interpreter: one raises interrupts in it, the other
+//! answers queries with its namespace (so a slow completion never holds up an interrupt).
 //!
 //! Who owns what: [`Lanes`] (shared by the executor and the main lane) holds the current
 //! interpreter of every lane and those being ended; a lane thread owns its interpreter
-//! ([`OwnInterpreter`]) and its shell, and is the only one that creates or ends them; the control
+//! ([`OwnInterpreter`]) and its shell, and is the only one that creates or ends them; each control
 //! thread owns one thread state of the interpreter and deletes it before the lane thread ends
 //! the interpreter (`CPython` aborts otherwise: "not the last thread").
 
@@ -25,8 +25,8 @@ use crate::kernel::executor::{Event, Job, Lane, Query, RequestId};
 use crate::native::{self, LaneState};
 
 /// How long an ending interpreter's threads (those its cells started) get to stop after
-/// `SystemExit` was raised in them, and how long its control thread gets to let go of its
-/// thread state. Past that the interpreter is left alive (and Python is not finalized).
+/// `SystemExit` was raised in them, and how long its control threads get to let go of their
+/// thread states. Past that the interpreter is left alive (and Python is not finalized).
 const END_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Whether Python is ready for lanes to create interpreters.
@@ -75,11 +75,14 @@ struct SubLane {
 }
 
 /// What the executor needs to reach a running interpreter; changed by the lane thread with the
-/// interpreter's GIL held, so the control thread (holding that GIL) sees a stable value.
+/// interpreter's GIL held, so a control thread (holding that GIL) sees a stable value.
 #[derive(Default)]
 struct Link {
     phase: Phase,
     control: Option<Sender<ControlCommand>>,
+    /// The thread that answers queries: a completion (seconds, the first time jedi loads)
+    /// never holds up an interrupt.
+    queries: Option<Sender<ControlCommand>>,
     /// The job sent to the lane and not started yet (the kernel sends one at a time).
     sent: Option<RequestId>,
     /// That job was interrupted before it started: it is answered `KeyboardInterrupt` instead
@@ -373,11 +376,11 @@ impl Lanes {
             return Err(query);
         };
         let link = sub.link();
-        match (&link.control, link.phase) {
-            (Some(control), Phase::Idle | Phase::Running(_)) => {
+        match (&link.queries, link.phase) {
+            (Some(queries), Phase::Idle | Phase::Running(_)) => {
                 self.answers.expect(request, &query);
                 if let Err(mpsc::SendError(ControlCommand::Query(_, query))) =
-                    control.send(ControlCommand::Query(request, query))
+                    queries.send(ControlCommand::Query(request, query))
                 {
                     self.answers.answer(request, super::answers::fallback(&query));
                 }
@@ -518,7 +521,7 @@ fn lane_thread(lanes: &Arc<Lanes>, sub: &Arc<SubLane>, commands: Receiver<LaneCo
     let gil = unsafe { Gil::assume() };
     let ended = serve(lanes, sub, gil, interpreter.handle(), commands, started);
     if ended {
-        // SAFETY: attached (above); `serve` stopped the control thread (its thread state is
+        // SAFETY: attached (above); `serve` stopped the control threads (their thread states are
         // deleted) and every thread the cells started, and dropped the shell's objects.
         unsafe { interpreter.end() };
     } else {
@@ -546,7 +549,7 @@ fn refuse_all(lanes: &Lanes, sub: &Arc<SubLane>, commands: &Receiver<LaneCommand
     }
 }
 
-/// Starts the shell and the control thread, serves jobs, then stops both. Returns whether the
+/// Starts the shell and the control threads, serves jobs, then stops them. Returns whether the
 /// interpreter may be ended (nothing of it runs any more).
 fn serve(
     lanes: &Arc<Lanes>,
@@ -569,18 +572,21 @@ fn serve(
         }
     };
     tracing::debug!(lane = sub.lane.name(), elapsed = ?started.elapsed(), "lane ready");
-    let (control, control_inbox) = mpsc::channel();
-    let control_thread = {
+    let spawn_control = |role: &str| {
+        let (sender, inbox) = mpsc::channel();
         let (sub, answers) = (Arc::clone(sub), Arc::clone(&lanes.answers));
-        native::spawn_python_thread(
-            &format!("pk-ctl-{}", sub.lane.name()),
+        let thread = native::spawn_python_thread(
+            &format!("pk-{role}-{}", sub.lane.name()),
             Some(native::PYTHON_STACK),
-            move || control_thread(interpreter, &sub, &answers, &control_inbox),
-        )
+            move || control_thread(interpreter, &sub, &answers, &inbox),
+        );
+        (sender, thread)
     };
+    let controls = [spawn_control("ctl"), spawn_control("query")];
     {
         let mut link = sub.link();
-        link.control = Some(control.clone());
+        link.control = Some(controls[0].0.clone());
+        link.queries = Some(controls[1].0.clone());
         link.phase = Phase::Idle;
     }
     gil.detach(|| lanes.warm_pool());
@@ -613,17 +619,34 @@ fn serve(
     }
 
     sub.set_phase(gil, Phase::Ending);
-    sub.link().control = None;
-    let (stopped, stopped_inbox) = mpsc::channel();
-    let _ = control.send(ControlCommand::Stop(stopped));
-    drop(control);
-    let control_stopped = gil.detach(move || match stopped_inbox.recv_timeout(END_TIMEOUT) {
-        Ok(()) | Err(RecvTimeoutError::Disconnected) => true,
-        Err(RecvTimeoutError::Timeout) => false,
-    });
-    if control_stopped {
-        let _ = gil.detach(|| control_thread.join());
+    {
+        let mut link = sub.link();
+        link.control = None;
+        link.queries = None;
     }
+    // Both control threads delete their thread states before the interpreter may end. A thread
+    // that already left drops its `Stop` (and its sender) unanswered: Disconnected.
+    let (stopped, stopped_inbox) = mpsc::channel();
+    let mut threads = Vec::new();
+    for (sender, thread) in controls {
+        let _ = sender.send(ControlCommand::Stop(stopped.clone()));
+        threads.push(thread);
+    }
+    drop(stopped);
+    let control_stopped = gil.detach(move || {
+        let deadline = Instant::now() + END_TIMEOUT;
+        for _ in 0..threads.len() {
+            match stopped_inbox.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(()) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+                Err(RecvTimeoutError::Timeout) => return false,
+            }
+        }
+        for thread in threads {
+            let _ = thread.join();
+        }
+        true
+    });
     let threads_stopped = runtime.end_threads(END_TIMEOUT.as_secs_f64());
     drop(runtime);
     control_stopped && threads_stopped
@@ -672,7 +695,8 @@ fn run_job(gil: Gil<'_>, runtime: &LaneRuntime<'_>, sub: &SubLane, job: &Job) ->
     Event::Finished { request, reply }
 }
 
-/// The control thread of one interpreter: interrupts and queries, with its own thread state.
+/// A control thread of one interpreter, with its own thread state: one per lane serves
+/// interrupts, another queries (the same loop; each gets only its own commands).
 fn control_thread(
     interpreter: InterpreterHandle,
     sub: &SubLane,

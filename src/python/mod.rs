@@ -6,7 +6,7 @@
 //! and `signal` work in cells as under ipykernel. Queries (completion, inspection, ...) are
 //! answered by a second thread with its own thread state of the main interpreter, which gets the
 //! GIL between the bytecodes of a busy cell. Subinterpreter lanes (named and fresh) each have a
-//! thread of their own and a control thread (see `lanes`).
+//! thread of their own and two control threads (see `lanes`).
 //!
 //! Output written to file descriptors 1 and 2 (subprocesses, C `printf`) is process-wide: it is
 //! captured for the main lane and shown with the main lane's current (or last) cell, also when a

@@ -921,6 +921,37 @@ def test_completion_is_answered_while_the_lane_is_busy(fresh_kernel: Kernel, tmp
     ok(fresh_kernel.finish(busy))
 
 
+def test_interrupt_is_not_held_up_by_a_completion_in_the_same_lane(fresh_kernel: Kernel, tmp_path: Path):
+    """A completion that takes long (here: an object whose __dir__ waits for a file that the
+    test creates only after the interrupt) must not hold up an interrupt of the same lane."""
+    go, asked = tmp_path / "go", tmp_path / "asked"
+    ok(fresh_kernel.execute(lane("cmp-int", textwrap.dedent(f"""\
+        import os as _os, time as _time
+        class Slow:
+            def __dir__(self):
+                open({str(asked)!r}, "w").close()
+                _deadline = _time.monotonic() + {RELEASE_DEADLINE}
+                while not _os.path.exists({str(go)!r}) and _time.monotonic() < _deadline:
+                    _time.sleep(0.005)
+                return ["finally_here"]
+        slow = Slow()
+        """))))
+    looper = fresh_kernel.submit(lane("cmp-int", f"print({STARTED!r}, flush=True)\nwhile True:\n    pass"))
+    try:
+        wait_started(fresh_kernel, looper)
+        code = "%%lane cmp-int\nslow."
+        fresh_kernel.send("shell", "complete_request", {"code": code, "cursor_pos": len(code)})
+        deadline = time.monotonic() + TIMEOUT
+        while not asked.exists():  # the completion is inside __dir__ now
+            assert time.monotonic() < deadline, "the completion never called __dir__"
+            time.sleep(0.005)
+        fresh_kernel.interrupt_by_message()
+        assert_keyboard_interrupt(fresh_kernel.finish(looper))
+    finally:
+        release(go)
+    fresh_kernel.assert_alive()
+
+
 def test_kernel_info_is_answered_while_every_lane_is_busy(fresh_kernel: Kernel, tmp_path: Path):
     go = tmp_path / "go"
     cells = [lane("ki-a", wait_for_file(go)), lane("ki-b", wait_for_file(go)),
