@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 
 use super::ffi::{AsyncException, Gil, InterpreterHandle, Owned, PythonException};
 use super::PythonError;
-use crate::kernel::executor::{Event, ExecuteJob, Query};
+use crate::kernel::executor::{Event, ExecuteJob, Job, Query};
 use crate::native::{self, LaneState};
 
 /// The shell helper's source, executed in every lane as `_parakernel_shell`.
@@ -98,8 +98,29 @@ impl<'py> LaneRuntime<'py> {
         })
     }
 
+    /// Runs one job of the lane, counting its CPU time; returns the reply content
+    /// (`execute_reply` for an execute job, none for a comm job).
+    pub(crate) fn run(&self, job: &Job) -> Option<Value> {
+        self.state.begin_job();
+        let reply = match job {
+            Job::Execute(execute) => {
+                self.state.set_allow_stdin(execute.allow_stdin);
+                let reply = self.execute(execute);
+                self.state.set_allow_stdin(false);
+                Some(reply)
+            }
+            Job::Comm { msg_type, content, metadata, buffers, parent_header, .. } => {
+                let message = json!({ "content": content, "metadata": metadata, "header": parent_header });
+                self.comm(msg_type, &message, buffers);
+                None
+            }
+        };
+        self.state.end_job();
+        reply
+    }
+
     /// Runs one `execute_request`; returns the `execute_reply` content.
-    pub(crate) fn execute(&self, job: &ExecuteJob) -> Value {
+    fn execute(&self, job: &ExecuteJob) -> Value {
         let request = json!({
             "code": job.code,
             "silent": job.silent,
@@ -155,7 +176,7 @@ impl<'py> LaneRuntime<'py> {
 
     /// Feeds a `comm_open` / `comm_msg` / `comm_close` (with its metadata, buffers and header)
     /// to the lane's comm manager.
-    pub(crate) fn comm(&self, msg_type: &str, message: &Value, buffers: &[Vec<u8>]) {
+    fn comm(&self, msg_type: &str, message: &Value, buffers: &[Vec<u8>]) {
         let result = self.gil.str(msg_type).and_then(|msg_type| {
             let message = self.gil.str(&message.to_string())?;
             let buffers = self.gil.bytes_list(buffers)?;

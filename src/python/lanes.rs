@@ -671,21 +671,7 @@ fn run_job(gil: Gil<'_>, runtime: &LaneRuntime<'_>, sub: &SubLane, job: &Job) ->
         }
         return finished;
     }
-    state.begin_job();
-    let reply = match job {
-        Job::Execute(execute) => {
-            state.set_allow_stdin(execute.allow_stdin);
-            let reply = runtime.execute(execute);
-            state.set_allow_stdin(false);
-            Some(reply)
-        }
-        Job::Comm { msg_type, content, metadata, buffers, parent_header, .. } => {
-            let message = json!({ "content": content, "metadata": metadata, "header": parent_header });
-            runtime.comm(msg_type, &message, buffers);
-            None
-        }
-    };
-    state.end_job();
+    let reply = runtime.run(job);
     sub.set_phase(gil, Phase::Idle);
     // An interrupt that reached the lane as the job ended must not hit what runs next. The
     // control thread raises only while holding this GIL and seeing `Running(request)`.

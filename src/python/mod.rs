@@ -592,27 +592,9 @@ fn run_job(
     };
     sync();
     state.set_request(request);
-    state.begin_job();
-    let reply = match job {
-        Job::Execute(execute) => {
-            state.set_allow_stdin(execute.allow_stdin);
-            control.begin(gil);
-            let reply = runtime.execute(execute);
-            control.end();
-            state.set_allow_stdin(false);
-            Some(reply)
-        }
-        Job::Comm { msg_type, content, metadata, buffers, parent_header, .. } => {
-            let message = serde_json::json!({
-                "content": content, "metadata": metadata, "header": parent_header,
-            });
-            control.begin(gil);
-            runtime.comm(msg_type, &message, buffers);
-            control.end();
-            None
-        }
-    };
-    state.end_job();
+    control.begin(gil);
+    let reply = runtime.run(job);
+    control.end();
     sync();
     state.send(Event::Finished { request, reply });
 }
