@@ -9,23 +9,12 @@ use serde_json::{json, Value};
 
 use super::ffi::{AsyncException, Gil, InterpreterHandle, Owned, PythonException};
 use super::PythonError;
-use crate::kernel::executor::{Event, ExecuteJob, Job, Query};
+use crate::kernel::executor::{Event, ExecuteJob, Job, Lane, Query};
 use crate::native::{self, LaneState};
 
 /// The shell helper's source, executed in every lane as `_parakernel_shell`.
 const SHELL_SOURCE: &str = include_str!("shell.py");
 const SHELL_MODULE: &CStr = c"_parakernel_shell";
-
-/// What a lane is, as its shell needs to know.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum LaneKind {
-    /// The main interpreter: signals, matplotlib's inline backend, startup files.
-    Main,
-    /// A named subinterpreter lane: keeps its namespace.
-    Named,
-    /// A fresh lane: each cell in a new `contextvars.Context`, restored after each job.
-    Fresh,
-}
 
 /// A lane's loaded shell, bound to the interpreter whose GIL `'py` stands for.
 pub(crate) struct LaneRuntime<'py> {
@@ -45,11 +34,10 @@ impl<'py> LaneRuntime<'py> {
     pub(crate) fn start(
         gil: Gil<'py>,
         state: Arc<LaneState>,
-        kind: LaneKind,
     ) -> Result<Self, PythonError> {
         let interpreter = InterpreterHandle::current(gil);
         native::register(interpreter.id(), Arc::clone(&state));
-        let runtime = Self::load(gil, state, kind, interpreter);
+        let runtime = Self::load(gil, state, interpreter);
         if runtime.is_err() {
             native::unregister(interpreter.id());
         }
@@ -59,7 +47,6 @@ impl<'py> LaneRuntime<'py> {
     fn load(
         gil: Gil<'py>,
         state: Arc<LaneState>,
-        kind: LaneKind,
         interpreter: InterpreterHandle,
     ) -> Result<Self, PythonError> {
         let setup =
@@ -69,9 +56,11 @@ impl<'py> LaneRuntime<'py> {
         let module = gil
             .exec_module(SHELL_MODULE, c"<parakernel shell>", SHELL_SOURCE)
             .map_err(setup("load the shell helper"))?;
+        // The main interpreter gets signals, the inline plot backend and startup files; a fresh
+        // lane runs each cell in a new context and is restored after it.
         let options = json!({
-            "main": kind == LaneKind::Main,
-            "fresh": kind == LaneKind::Fresh,
+            "main": matches!(state.lane(), Lane::Main),
+            "fresh": matches!(state.lane(), Lane::Fresh(_)),
             "lane": state.lane().name(),
         });
         let options = gil

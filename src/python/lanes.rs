@@ -20,7 +20,7 @@ use tokio::sync::mpsc::UnboundedSender;
 
 use super::answers::Answers;
 use super::ffi::{AsyncException, Gil, InterpreterHandle, OwnInterpreter, ThreadState};
-use super::lane::{self, LaneKind, LaneRuntime};
+use super::lane::{self, LaneRuntime};
 use crate::kernel::executor::{Event, Job, Lane, Query, RequestId};
 use crate::native::{self, LaneState};
 
@@ -68,7 +68,6 @@ struct Registry {
 /// One subinterpreter of a lane, and the handles to its threads.
 struct SubLane {
     lane: Lane,
-    kind: LaneKind,
     inbox: Sender<LaneCommand>,
     state: Arc<LaneState>,
     link: Mutex<Link>,
@@ -234,18 +233,12 @@ impl Lanes {
                 if let Some(sub) = registry.named.get(name) {
                     Arc::clone(sub)
                 } else {
-                    let sub = self.spawn(&mut registry, lane.clone(), LaneKind::Named);
-                    registry.named.insert(name.clone(), Arc::clone(&sub));
-                    sub
+                    self.install(&mut registry, lane)
                 }
             }
             Lane::Fresh(slot) => match registry.fresh.get(*slot) {
                 Some(Some(sub)) => Arc::clone(sub),
-                Some(None) => {
-                    let sub = self.spawn(&mut registry, lane.clone(), LaneKind::Fresh);
-                    registry.fresh[*slot] = Some(Arc::clone(&sub));
-                    sub
-                }
+                Some(None) => self.install(&mut registry, lane),
                 None => {
                     drop(registry);
                     let evalue = format!(
@@ -279,19 +272,30 @@ impl Lanes {
         }
         for slot in 0..self.fresh_count {
             if registry.fresh[slot].is_none() {
-                let sub = self.spawn(&mut registry, Lane::Fresh(slot), LaneKind::Fresh);
-                registry.fresh[slot] = Some(sub);
+                self.install(&mut registry, &Lane::Fresh(slot));
             }
         }
     }
 
+    /// Starts the thread of a new interpreter for `lane` and makes it the lane's current one.
+    fn install(self: &Arc<Self>, registry: &mut Registry, lane: &Lane) -> Arc<SubLane> {
+        let sub = self.spawn(registry, lane.clone());
+        match lane {
+            Lane::Named(name) => {
+                registry.named.insert(name.clone(), Arc::clone(&sub));
+            }
+            Lane::Fresh(slot) => registry.fresh[*slot] = Some(Arc::clone(&sub)),
+            Lane::Main => unreachable!("the main lane runs on the main thread"),
+        }
+        sub
+    }
+
     /// Starts the thread of a new interpreter for `lane`.
-    fn spawn(self: &Arc<Self>, registry: &mut Registry, lane: Lane, kind: LaneKind) -> Arc<SubLane> {
+    fn spawn(self: &Arc<Self>, registry: &mut Registry, lane: Lane) -> Arc<SubLane> {
         let (inbox, commands) = mpsc::channel();
         let sub = Arc::new(SubLane {
             state: Arc::new(LaneState::new(lane.clone(), self.events.clone())),
             lane,
-            kind,
             inbox,
             link: Mutex::new(Link::default()),
         });
@@ -407,8 +411,7 @@ impl Lanes {
             registry.ending.push(old);
         }
         if restart {
-            let sub = self.spawn(&mut registry, lane.clone(), LaneKind::Named);
-            registry.named.insert(name.clone(), sub);
+            self.install(&mut registry, lane);
         }
     }
 
@@ -455,10 +458,8 @@ impl Lanes {
         let mut registry = self.registry();
         let current = registry.fresh[slot].as_ref().is_some_and(|sub| Arc::ptr_eq(sub, old));
         let new = (current && !registry.shutting_down).then(|| {
-            let new = self.spawn(&mut registry, Lane::Fresh(slot), LaneKind::Fresh);
-            registry.fresh[slot] = Some(Arc::clone(&new));
             registry.ending.push(Arc::clone(old));
-            new
+            self.install(&mut registry, &Lane::Fresh(slot))
         });
         // Under the registry lock no more jobs reach the old inbox.
         while let Ok(command) = commands.try_recv() {
@@ -559,7 +560,7 @@ fn serve(
     mut commands: Receiver<LaneCommand>,
     started: Instant,
 ) -> bool {
-    let runtime = match LaneRuntime::start(gil, Arc::clone(&sub.state), sub.kind) {
+    let runtime = match LaneRuntime::start(gil, Arc::clone(&sub.state)) {
         Ok(runtime) => runtime,
         Err(error) => {
             let mut why = format!("the lane could not start: {error}");

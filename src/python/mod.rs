@@ -35,7 +35,7 @@ use crate::native::{self, LaneState};
 use answers::Answers;
 use capture::FdCapture;
 use ffi::{Gil, InterpreterHandle, ThreadState};
-use lane::{LaneKind, LaneRuntime};
+use lane::LaneRuntime;
 use lanes::Lanes;
 
 /// How long shutdown waits for the threads cells started, and for the query thread, before it
@@ -462,7 +462,7 @@ impl MainLane {
     ) -> Result<bool, PythonError> {
         embed::after_initialize(gil, self.options.python.as_deref())?;
         self.state.bind_lane_thread();
-        let runtime = LaneRuntime::start(gil, Arc::clone(&self.state), LaneKind::Main)?;
+        let runtime = LaneRuntime::start(gil, Arc::clone(&self.state))?;
         // Lanes may create their interpreters from now on (`_datetime` is imported in main).
         // Not before the main lane's shell is up: if it fails, Python is finalized at once and
         // no subinterpreter may exist then.
