@@ -59,6 +59,32 @@ fn main() {
     }
 }
 
+/// How often the kernel checks that the process that started it is still there.
+const PARENT_POLL: Duration = Duration::from_secs(1);
+
+/// As ipykernel does when the client that started it says so (`JPY_PARENT_PID`, set by
+/// jupyter_client to its own pid): exit once this process's parent is no longer that process,
+/// so that a Jupyter server that crashed leaves no kernel behind.
+fn watch_parent() {
+    let Some(parent) = std::env::var("JPY_PARENT_PID").ok().and_then(|pid| pid.trim().parse::<i32>().ok()) else {
+        return;
+    };
+    // PID 1 never goes away, only gets reassigned: nothing to watch.
+    if parent <= 1 {
+        return;
+    }
+    let spawned = std::thread::Builder::new().name("parakernel-parent".into()).spawn(move || loop {
+        if nix::unistd::getppid().as_raw() != parent {
+            tracing::warn!(parent, "the process that started the kernel has exited; exiting");
+            std::process::exit(1);
+        }
+        std::thread::sleep(PARENT_POLL);
+    });
+    if let Err(error) = spawned {
+        tracing::warn!("cannot watch the parent process: {error}");
+    }
+}
+
 /// Logs go to stderr (a duplicate of fd 2 taken now, so that redirecting fd 2 into cell output
 /// later never sends the kernel's own log into a notebook). The level comes from
 /// `PARAKERNEL_LOG` (e.g. `debug`, `parakernel=trace`); default `warn`.
@@ -124,6 +150,7 @@ fn run_kernel(connection_file: &std::path::Path, python: Option<PathBuf>) -> any
             std::process::exit(0);
         })
         .context("cannot start the kernel thread")?;
+    watch_parent();
     sigint.thread_unblock().context("cannot unblock SIGINT on the main thread")?;
 
     main_lane.run()?;

@@ -272,3 +272,48 @@ async fn a_cell_runs_in_python_and_shutdown_ends_the_process() {
     let took = kernel.wait_exit();
     assert!(took < Duration::from_secs(10), "shutdown took {took:?}");
 }
+
+/// Whether process `pid` still runs (a zombie waiting for a new parent to reap it does not).
+fn running(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the command name in parentheses: "pid (comm) S ...".
+        Ok(stat) => stat.rsplit_once(')').is_some_and(|(_, rest)| !rest.trim_start().starts_with(['Z', 'X'])),
+        Err(_) => false,
+    }
+}
+
+#[test]
+fn the_kernel_exits_when_the_process_that_started_it_is_gone() {
+    // A shell starts the kernel in the background as jupyter_client would (JPY_PARENT_PID is
+    // the shell), says its pid, and exits: the kernel is left without its parent.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("connection.json");
+    let listeners: Vec<_> = (0..5).map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap()).collect();
+    let ports: Vec<u16> = listeners.iter().map(|l| l.local_addr().unwrap().port()).collect();
+    drop(listeners);
+    let connection = json!({
+        "shell_port": ports[0], "control_port": ports[1], "stdin_port": ports[2],
+        "iopub_port": ports[3], "hb_port": ports[4], "ip": "127.0.0.1", "key": KEY,
+        "transport": "tcp", "signature_scheme": "hmac-sha256", "kernel_name": "parakernel",
+    });
+    std::fs::write(&file, connection.to_string()).unwrap();
+    let script = r#"JPY_PARENT_PID=$$ "$0" kernel --python "$1" -f "$2" >/dev/null 2>&1 </dev/null & echo $!"#;
+    let shell = Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .arg(env!("CARGO_BIN_EXE_parakernel"))
+        .arg(venv_python())
+        .arg(&file)
+        .output()
+        .expect("run sh");
+    let kernel: i32 = String::from_utf8_lossy(&shell.stdout).trim().parse().expect("the kernel's pid");
+    let deadline = Instant::now() + FAILURE_GUARD;
+    while running(kernel) {
+        if Instant::now() > deadline {
+            // SAFETY: kill only sends a signal to the stray kernel.
+            unsafe { libc::kill(kernel, libc::SIGKILL) };
+            panic!("the kernel outlived its parent by {FAILURE_GUARD:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
