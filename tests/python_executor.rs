@@ -98,27 +98,25 @@ impl Kernel {
             .expect("the event channel closed")
     }
 
+    /// The next event from the executor, or `None` once `deadline` has passed.
+    fn receive_until(&mut self, deadline: Instant) -> Option<Event> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let events = &mut self.events;
+        match self.runtime.block_on(async { tokio::time::timeout(left, events.recv()).await }) {
+            Ok(Some(event)) => Some(event),
+            Ok(None) => panic!("the event channel closed"),
+            Err(tokio::time::error::Elapsed { .. }) => None,
+        }
+    }
+
     /// Reads events until `wanted` matches one, which is returned; the others are stashed.
     fn wait_for(&mut self, guard: Duration, what: &str, wanted: impl Fn(&Event) -> bool) -> Event {
         let deadline = Instant::now() + guard;
         let mut skipped = Vec::new();
         let mut from_stash = std::mem::take(&mut self.stash).into_iter();
         loop {
-            let event = if let Some(event) = from_stash.next() {
-                event
-            } else {
-                let left = deadline.saturating_duration_since(Instant::now());
-                let events = &mut self.events;
-                match self
-                    .runtime
-                    .block_on(async { tokio::time::timeout(left, events.recv()).await })
-                {
-                    Ok(Some(event)) => event,
-                    Ok(None) => panic!("the event channel closed while waiting for {what}"),
-                    Err(tokio::time::error::Elapsed { .. }) => {
-                        panic!("no {what} within {guard:?}; other events: {skipped:?}")
-                    }
-                }
+            let Some(event) = from_stash.next().or_else(|| self.receive_until(deadline)) else {
+                panic!("no {what} within {guard:?}; other events: {skipped:?}")
             };
             if wanted(&event) {
                 skipped.extend(from_stash);
@@ -177,21 +175,8 @@ impl Kernel {
         let mut kept = Vec::new();
         let mut pending = std::mem::take(&mut self.stash).into_iter();
         loop {
-            let event = if let Some(event) = pending.next() {
-                event
-            } else {
-                let left = deadline.saturating_duration_since(Instant::now());
-                let receiver = &mut self.events;
-                match self
-                    .runtime
-                    .block_on(async { tokio::time::timeout(left, receiver.recv()).await })
-                {
-                    Ok(Some(event)) => event,
-                    Ok(None) => panic!("the event channel closed while running request {request}"),
-                    Err(tokio::time::error::Elapsed { .. }) => panic!(
-                        "request {request} did not finish within {guard:?}; its events: {events:?}"
-                    ),
-                }
+            let Some(event) = pending.next().or_else(|| self.receive_until(deadline)) else {
+                panic!("request {request} did not finish within {guard:?}; its events: {events:?}")
             };
             let owner = Self::request_of(&event);
             match event {
