@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 BIN := target/release/parakernel
 KERNELSPEC := $(VENV)/share/jupyter/kernels/parakernel/kernel.json
 
-.PHONY: demo test bench setup rust-test python-test browser clean-venv
+.PHONY: demo test bench setup rust-test python-test browser libzmq clean-venv
 
 demo: setup
 	$(PY) tests/run_notebook.py notebooks/demo.ipynb
@@ -32,11 +32,19 @@ $(VENV)/.installed: requirements.txt $(VENV)/.base-python
 	$(PY) -m pip install -q -r requirements.txt
 	touch $@
 
-$(BIN): $(VENV)/.base-python Cargo.toml Cargo.lock build.rs $(shell find src -type f)
+$(BIN): $(VENV)/.base-python Cargo.toml Cargo.lock build.rs $(shell find src -type f) | libzmq
 	PYO3_PYTHON=$$(cat $(VENV)/.base-python) cargo build --release --locked
 
 $(KERNELSPEC): $(BIN) $(VENV)/.installed
 	$(BIN) install --sys-prefix --python $(PY)
+
+# The sockets are libzmq's (with CurveZMQ through libsodium): Debian's libzmq3-dev, installed
+# when pkg-config cannot find it.
+libzmq:
+	@pkg-config --exists libzmq 2>/dev/null || { \
+	  echo "installing Debian's libzmq3-dev for the kernel's sockets"; \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq pkg-config libzmq3-dev; \
+	  else sudo apt-get update -qq && sudo apt-get install -y -qq pkg-config libzmq3-dev; fi; }
 
 # JupyterLab tests drive Debian's Chromium; install it when it is missing.
 browser:

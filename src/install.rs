@@ -79,7 +79,9 @@ pub fn install(args: &InstallArgs) -> Result<PathBuf, InstallError> {
         "language": "python",
         "interrupt_mode": "message",
         "kernel_protocol_version": crate::wire::PROTOCOL_VERSION,
-        "metadata": {"debugger": false},
+        // jupyter_client 8.10 provisions CurveZMQ keys (`transport_encryption="auto"`) only
+        // for kernels that declare it.
+        "metadata": {"debugger": false, "supported_encryption": "curve"},
     });
     let write = |name: &str, bytes: &[u8]| {
         let path = directory.join(name);
@@ -152,6 +154,7 @@ mod tests {
             serde_json::from_slice(&std::fs::read(written.join("kernel.json")).unwrap()).unwrap();
         assert_eq!(spec["interrupt_mode"], "message");
         assert_eq!(spec["language"], "python");
+        assert_eq!(spec["metadata"]["supported_encryption"], "curve");
         let argv: Vec<&str> = spec["argv"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
         assert_eq!(&argv[1..], ["kernel", "--python", "/some/env/bin/python", "-f", "{connection_file}"]);
         assert!(written.join("logo-64x64.png").exists());

@@ -15,7 +15,7 @@ use clap::{Parser, Subcommand};
 use nix::sys::signal::{SigSet, Signal};
 use parakernel::kernel::{Kernel, KernelInfo};
 use parakernel::python::{self, PythonOptions};
-use parakernel::transport::{self, Endpoints};
+use parakernel::transport::{self, Endpoints, SocketOptions};
 use parakernel::wire::{ConnectionInfo, Session, Signer};
 
 /// How long shutdown may take once the shutdown reply is sent, even with a lane stuck in C code.
@@ -38,6 +38,11 @@ enum Command {
         /// The Python environment to run (its `python`); default: the one built against.
         #[arg(long)]
         python: Option<PathBuf>,
+        /// The largest frame a peer may send, in bytes (suffixes K, M, G); a larger declared
+        /// frame drops that connection before any of it is allocated. Also
+        /// `PARAKERNEL_MAX_MESSAGE_SIZE`.
+        #[arg(long, env = "PARAKERNEL_MAX_MESSAGE_SIZE", value_parser = parse_size, default_value = "1G")]
+        max_message_size: u64,
     },
     /// Install the kernelspec.
     Install(parakernel::install::InstallArgs),
@@ -47,7 +52,9 @@ fn main() {
     init_logging();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Kernel { connection_file, python } => run_kernel(&connection_file, python),
+        Command::Kernel { connection_file, python, max_message_size } => {
+            run_kernel(&connection_file, python, max_message_size)
+        }
         Command::Install(args) => parakernel::install::install(&args).map(|directory| {
             println!("Installed kernelspec {} in {}", args.name, directory.display());
         }).map_err(anyhow::Error::from),
@@ -99,8 +106,29 @@ fn init_logging() {
     }
 }
 
-fn run_kernel(connection_file: &std::path::Path, python: Option<PathBuf>) -> anyhow::Result<()> {
+/// A byte count such as `1048576`, `512M` or `1G` (binary multiples).
+fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let (digits, multiple) = match text.char_indices().last() {
+        Some((at, 'K' | 'k')) => (&text[..at], 1 << 10),
+        Some((at, 'M' | 'm')) => (&text[..at], 1 << 20),
+        Some((at, 'G' | 'g')) => (&text[..at], 1 << 30),
+        _ => (text, 1),
+    };
+    let count: u64 = digits.trim().parse().map_err(|_| format!("{text:?} is not a size such as 1048576, 512M or 1G"))?;
+    count
+        .checked_mul(multiple)
+        .filter(|&size| size > 0)
+        .ok_or_else(|| format!("{text:?} is not a size between 1 byte and 16 EiB"))
+}
+
+fn run_kernel(connection_file: &std::path::Path, python: Option<PathBuf>, max_message_size: u64) -> anyhow::Result<()> {
     let connection = ConnectionInfo::from_file(connection_file)?;
+    let curve = match (&connection.curve_publickey, &connection.curve_secretkey) {
+        (Some(public), Some(secret)) => Some(transport::CurveKeys::new(public, secret)?),
+        (None, None) => None,
+        _ => anyhow::bail!("the connection file has only one of curve_publickey and curve_secretkey"),
+    };
     let session = Session::new(Signer::new(connection.key.as_bytes()));
     let endpoints = Endpoints {
         transport: connection.transport.clone(),
@@ -111,13 +139,20 @@ fn run_kernel(connection_file: &std::path::Path, python: Option<PathBuf>) -> any
         iopub_port: connection.iopub_port,
         hb_port: connection.hb_port,
     };
+    // Bound before any other thread starts: socket files are made under a private umask, and a
+    // taken port is reported before Python starts. libzmq starts its I/O threads here; they
+    // inherit a mask that blocks SIGINT, so that SIGINT always reaches Python's main thread.
+    let mut sigint = SigSet::empty();
+    sigint.add(Signal::SIGINT);
+    sigint.thread_block().context("cannot block SIGINT for the socket threads")?;
+    let bound = transport::bind_sockets(&endpoints, &SocketOptions { max_message_size, curve });
+    sigint.thread_unblock().context("cannot unblock SIGINT on the main thread")?;
+    let bound = bound?;
     let info = KernelInfo { language_info: python::language_info(), banner: python::banner() };
     let (events_tx, events) = tokio::sync::mpsc::unbounded_channel();
     let (executor, main_lane) = python::start(PythonOptions { python }, events_tx)?;
 
     // Threads started while SIGINT is blocked inherit the mask.
-    let mut sigint = SigSet::empty();
-    sigint.add(Signal::SIGINT);
     sigint.thread_block().context("cannot block SIGINT for the socket threads")?;
     // One thread for every socket task and the kernel: hand-offs between them are then task
     // switches, not thread wake-ups (measured here: a `pass` round trip went from 1.30 ms on a
@@ -127,17 +162,24 @@ fn run_kernel(connection_file: &std::path::Path, python: Option<PathBuf>) -> any
         .build()
         .context("cannot start the tokio runtime")?;
     let (kernel_done, kernel_ended) = mpsc::channel::<()>();
+    let (closer_out, closer_in) = mpsc::channel::<transport::Closer>();
     std::thread::Builder::new()
         .name("parakernel-kernel".into())
         .spawn(move || {
             let served = runtime.block_on(async move {
-                let transport = transport::bind(&endpoints).await?;
+                let transport = bound.start()?;
+                let _ = closer_out.send(transport.closer());
                 let outgoing = transport.outgoing.clone();
                 Kernel::new(session, executor, outgoing, info).serve(transport, events).await;
                 Ok::<(), transport::TransportError>(())
             });
-            // Dropping the runtime lets each socket task finish writing what it holds.
+            // Dropping the runtime ends the socket tasks (their sockets close); closing the
+            // context then waits, at most the linger time, until libzmq has written the last
+            // replies.
             drop(runtime);
+            if let Ok(closer) = closer_in.try_recv() {
+                closer.close();
+            }
             if let Err(error) = served {
                 // fd 2 may already carry cell output: the log keeps the original stderr.
                 tracing::error!("{error:#}");

@@ -49,7 +49,7 @@ async fn bind_free() -> (Endpoints, Transport) {
     let mut attempts = 0;
     loop {
         let endpoints = free_endpoints();
-        match transport::bind(&endpoints).await {
+        match transport::bind(&endpoints, &transport::SocketOptions::default()).await {
             Ok(transport) => return (endpoints, transport),
             Err(error @ TransportError::Bind { .. }) if attempts < 10 => {
                 attempts += 1;
@@ -376,7 +376,7 @@ async fn flush_answers_when_nothing_can_be_delivered_and_after_the_transport_is_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bind_errors_name_the_socket_and_address() {
     let (endpoints, _first) = bind_free().await;
-    let Err(error) = transport::bind(&endpoints).await else {
+    let Err(error) = transport::bind(&endpoints, &transport::SocketOptions::default()).await else {
         panic!("binding the same ports twice succeeded");
     };
     assert!(
@@ -408,7 +408,7 @@ async fn dropping_the_transport_releases_the_ports() {
     // The tasks end on their own schedule; poll for the ports to come free.
     let again = within("the ports to be released", async {
         loop {
-            match transport::bind(&endpoints).await {
+            match transport::bind(&endpoints, &transport::SocketOptions::default()).await {
                 Ok(transport) => break transport,
                 Err(TransportError::Bind { .. }) => {
                     tokio::time::sleep(Duration::from_millis(10)).await;

@@ -1,34 +1,44 @@
-//! The five Jupyter sockets on `zeromq` and tokio. Moves frames; never looks inside them (no
-//! JSON, no signing).
+//! The five Jupyter sockets on libzmq, driven from tokio. Moves frames; never looks inside them
+//! (no JSON, no signing).
 //!
-//! [`bind`] binds shell, control and stdin (ROUTER), iopub (XPUB) and heartbeat (REP) and
-//! starts one task per job, so that no socket waits behind another:
+//! [`bind`] binds shell, control and stdin (ROUTER), iopub (XPUB) and heartbeat (REP) over tcp
+//! or ipc, as CurveZMQ servers when the connection file carries keys, and with a maximum frame
+//! size (a larger declared frame drops its connection before any of it is allocated). Then
+//! [`Bound::start`] starts one task per job, so that no socket waits behind another:
 //!
-//! - one receive task per ROUTER socket feeds its own bounded queue ([`Transport::shell`],
-//!   [`Transport::control`], [`Transport::stdin`]); a slow reader of shell never delays control;
-//! - one dispatcher routes every [`Outgoing`] by its [`Channel`] to a per-socket queue, and one
-//!   send task per socket writes them in order;
-//! - one task owns the iopub socket: zeromq 0.7's XPUB records a subscription only while the
-//!   socket is being read, so that task reads subscriptions and publishes at the same time;
-//! - the heartbeat task echoes every request at once and depends on nothing else.
+//! - one task per ROUTER socket reads whole messages into its own bounded queue
+//!   ([`Transport::shell`], [`Transport::control`], [`Transport::stdin`]) and writes the
+//!   messages routed to it; a slow reader of shell never delays control;
+//! - one task owns the iopub socket: it publishes and reports each subscription (XPUB verbose,
+//!   so a second subscriber to the same topic is reported too) for `iopub_welcome`;
+//! - one dispatcher routes every [`Outgoing`] by its [`Channel`] to its socket's task;
+//! - the heartbeat echoes on a thread of its own, so it answers whatever tokio is doing.
 //!
+//! Each socket's connection events (handshake failures, dropped connections) are logged.
 //! Dropping [`Transport`] ends the tasks (the heartbeat stops once every clone of
-//! [`Transport::outgoing`] is gone). Before the process exits, call [`Transport::flush`] so that
-//! a last reply (`shutdown_reply`) has been written.
+//! [`Transport::outgoing`] is gone). Before the process exits, call [`Transport::flush`] and then
+//! [`Closer::close`], which waits (up to the linger time) until libzmq has written what it holds.
 
 mod dispatch;
+mod gate;
 mod heartbeat;
-mod iopub;
-mod router;
+mod monitor;
+mod options;
+mod socket;
+mod tasks;
+pub mod zmtp;
 
 use std::fmt;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, watch};
-use zeromq::{RepSocket, RouterSocket, Socket, XPubSocket};
+
+pub use options::{CurveKeys, SocketOptions, DEFAULT_MAX_MESSAGE_SIZE};
 
 /// How many incoming messages each receive queue holds before its socket stops reading (the
-/// sender waits; nothing is dropped).
+/// peer's messages then wait in libzmq and the peer's TCP buffers; nothing is dropped).
 pub const INCOMING_QUEUE_CAPACITY: usize = 1024;
 
 /// A message channel of the Jupyter protocol (heartbeat carries no messages, so it has none).
@@ -61,9 +71,10 @@ impl fmt::Display for Channel {
 /// Where the five sockets listen, as the connection file gives it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endpoints {
-    /// `"tcp"`; the only transport built in (zeromq's `ipc-transport` feature is off).
+    /// `"tcp"` or `"ipc"`.
     pub transport: String,
-    /// An address to bind, such as `127.0.0.1`, `0.0.0.0`, `*` or `::1`.
+    /// For tcp an address to bind, such as `127.0.0.1`, `0.0.0.0`, `*` or `::1`; for ipc the
+    /// path prefix of the socket files (`{ip}-{port}`, as jupyter_client names them).
     pub ip: String,
     pub shell_port: u16,
     pub control_port: u16,
@@ -73,27 +84,28 @@ pub struct Endpoints {
 }
 
 impl Endpoints {
-    /// The `zeromq` address of one port, e.g. `tcp://127.0.0.1:5555`.
+    /// The libzmq address of one socket, e.g. `tcp://127.0.0.1:5555` or `ipc://kernel-ipc-5555`.
     fn address(&self, socket: &'static str, port: u16) -> Result<String, TransportError> {
-        if self.transport != "tcp" {
-            return Err(TransportError::UnsupportedTransport {
-                transport: self.transport.clone(),
-            });
-        }
         if port == 0 {
             return Err(TransportError::PortZero { socket });
         }
-        // libzmq reads `*` as "every interface"; zeromq 0.7 would look it up as a host name.
-        let host = if self.ip == "*" {
-            "0.0.0.0"
-        } else {
-            self.ip.as_str()
-        };
-        if host.contains(':') && !host.starts_with('[') {
-            Ok(format!("tcp://[{host}]:{port}"))
-        } else {
-            Ok(format!("tcp://{host}:{port}"))
+        match self.transport.as_str() {
+            "tcp" => {
+                let host = self.ip.as_str();
+                if host.contains(':') && !host.starts_with('[') {
+                    Ok(format!("tcp://[{host}]:{port}"))
+                } else {
+                    Ok(format!("tcp://{host}:{port}"))
+                }
+            }
+            "ipc" => Ok(format!("ipc://{}", self.ipc_path(port).display())),
+            _ => Err(TransportError::UnsupportedTransport { transport: self.transport.clone() }),
         }
+    }
+
+    /// The socket file of one port under the ipc transport.
+    fn ipc_path(&self, port: u16) -> PathBuf {
+        PathBuf::from(format!("{}-{port}", self.ip))
     }
 }
 
@@ -165,6 +177,7 @@ pub struct Transport {
     pub subscriptions: mpsc::Receiver<Bytes>,
     pub outgoing: mpsc::UnboundedSender<Outgoing>,
     flusher: Flusher,
+    closer: Closer,
 }
 
 impl Transport {
@@ -184,6 +197,7 @@ impl Transport {
             subscriptions,
             outgoing,
             flusher: Flusher { requests: None },
+            closer: Closer { inner: Arc::new(Mutex::new(None)) },
         };
         let peer = Peer {
             shell,
@@ -196,14 +210,9 @@ impl Transport {
     }
 
     /// Waits until every [`Outgoing`] sent (on any clone of `outgoing`) before this call has
-    /// been written to its TCP connection, or dropped because its peer is gone or unknown.
-    ///
-    /// Await this after the last reply and before the process exits. Returning means zeromq
-    /// has encoded each message and its writer task flushes it to the operating system in the
-    /// same step, so afterwards let the tokio runtime shut down normally: dropping the runtime
-    /// lets a running task finish its step, `std::process::exit` does not wait. Returns at once
-    /// if the transport's tasks have ended (nothing queued can be written any more). A client
-    /// that stopped reading can hold a flush for ever: wrap it in `tokio::time::timeout`.
+    /// been handed to libzmq, or dropped because it cannot be routed. libzmq writes it to the
+    /// connection on its own I/O thread; [`Closer::close`] waits for that before the process
+    /// exits. Returns at once if the transport's tasks have ended.
     pub async fn flush(&self) {
         self.flusher.flush().await;
     }
@@ -211,6 +220,12 @@ impl Transport {
     /// A handle that can flush after the `Transport` itself was taken apart.
     pub fn flusher(&self) -> Flusher {
         self.flusher.clone()
+    }
+
+    /// A handle that closes the sockets' context once their tasks are gone; see
+    /// [`Closer::close`]. An unbound transport's closer does nothing.
+    pub fn closer(&self) -> Closer {
+        self.closer.clone()
     }
 }
 
@@ -249,7 +264,7 @@ pub struct Peer {
 /// Everything that can go wrong in the transport.
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
-    #[error("transport {transport:?} is not supported: only \"tcp\" is built in")]
+    #[error("transport {transport:?} is not supported: the connection file may say \"tcp\" or \"ipc\"")]
     UnsupportedTransport { transport: String },
     #[error("the {socket} port is 0: the connection file must give every port")]
     PortZero { socket: &'static str },
@@ -258,77 +273,200 @@ pub enum TransportError {
         socket: &'static str,
         address: String,
         #[source]
-        source: zeromq::ZmqError,
+        source: std::io::Error,
     },
+    #[error("cannot make a private directory for the sockets behind the gates")]
+    PrivateDirectory(#[source] std::io::Error),
+    #[error("cannot set up the {socket} socket ({what})")]
+    Setup {
+        socket: &'static str,
+        what: &'static str,
+        #[source]
+        source: zmq::Error,
+    },
+    #[error("cannot watch the {socket} socket from tokio")]
+    Watch {
+        socket: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot make the ipc socket file {path} private to this user")]
+    IpcPermissions {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the connection file's CurveZMQ keys are not usable: {0}")]
+    CurveKeys(String),
+    #[error("this libzmq was built without CurveZMQ, but the connection file carries CurveZMQ keys")]
+    NoCurve,
+    #[error("cannot start the heartbeat thread")]
+    Heartbeat(#[source] std::io::Error),
+    #[error("cannot start the gates in front of the sockets")]
+    Gate(#[source] std::io::Error),
 }
 
-/// Binds the five sockets and starts their tasks. Must be called inside a tokio runtime.
+/// The five sockets, bound and configured, not yet served. Binding needs no tokio runtime, so a
+/// kernel binds before anything else starts (before Python's threads, while its umask makes ipc
+/// socket files private) and reports a taken port before doing any other work.
+pub struct Bound {
+    sockets: options::FiveSockets,
+    /// Under tcp, the gate in front of each socket (heartbeat included).
+    gates: Vec<gate::Gate>,
+    max_message_size: u64,
+    /// Socket files and directories to remove at exit.
+    files: Vec<PathBuf>,
+}
+
+/// Binds the five sockets: every port must be given (a port of 0 is an error: nobody could learn
+/// the port chosen).
 ///
-/// Every port must be given (a port of 0 is an error: nobody could learn the port chosen).
-pub async fn bind(endpoints: &Endpoints) -> Result<Transport, TransportError> {
-    let mut shell = RouterSocket::new();
-    let mut control = RouterSocket::new();
-    let mut stdin = RouterSocket::new();
-    let mut iopub = XPubSocket::new();
-    let mut heartbeat = RepSocket::new();
-    bind_socket(&mut shell, "shell", endpoints, endpoints.shell_port).await?;
-    bind_socket(&mut control, "control", endpoints, endpoints.control_port).await?;
-    bind_socket(&mut stdin, "stdin", endpoints, endpoints.stdin_port).await?;
-    bind_socket(&mut iopub, "iopub", endpoints, endpoints.iopub_port).await?;
-    bind_socket(&mut heartbeat, "heartbeat", endpoints, endpoints.hb_port).await?;
-
-    let (shell_incoming, shell_queue) = router::start(Channel::Shell, shell);
-    let (control_incoming, control_queue) = router::start(Channel::Control, control);
-    let (stdin_incoming, stdin_queue) = router::start(Channel::Stdin, stdin);
-    let (subscriptions, iopub_queue) = iopub::start(iopub);
-
-    // The dispatcher holds `alive`; the heartbeat stops when the dispatcher ends.
-    let (alive, heartbeat_alive) = watch::channel(());
-    heartbeat::start(heartbeat, heartbeat_alive);
-
-    let (outgoing, outgoing_queue) = mpsc::unbounded_channel();
-    let (flush_requests, flush_queue) = mpsc::unbounded_channel();
-    dispatch::start(
-        outgoing_queue,
-        flush_queue,
-        dispatch::SocketQueues {
-            shell: shell_queue,
-            control: control_queue,
-            stdin: stdin_queue,
-            iopub: iopub_queue,
-        },
-        alive,
-    );
-
-    Ok(Transport {
-        control: control_incoming,
-        shell: shell_incoming,
-        stdin: stdin_incoming,
-        subscriptions,
-        outgoing,
-        flusher: Flusher {
-            requests: Some(flush_requests),
-        },
-    })
+/// Under tcp, the gate listens on each port and libzmq binds a Unix socket in a fresh directory
+/// only this user can enter. Under ipc, libzmq binds the connection file's paths itself; the
+/// socket files are created readable and writable by this user only. Files are removed when the
+/// process exits.
+pub fn bind_sockets(endpoints: &Endpoints, options: &SocketOptions) -> Result<Bound, TransportError> {
+    // Every TCP connection holds three descriptors (the peer's, the gate's Unix side, libzmq's):
+    // take every descriptor the system allows, as servers do.
+    options::raise_descriptor_limit();
+    let sockets = options::FiveSockets::new(options)?;
+    let tcp = match endpoints.transport.as_str() {
+        "tcp" => true,
+        "ipc" => false,
+        _ => return Err(TransportError::UnsupportedTransport { transport: endpoints.transport.clone() }),
+    };
+    let mut files = Vec::new();
+    let private_directory = if tcp {
+        let directory = options::private_directory().map_err(TransportError::PrivateDirectory)?;
+        files.push(directory.clone());
+        options::remove_at_exit(&directory);
+        Some(directory)
+    } else {
+        None
+    };
+    let mut gates = Vec::new();
+    for (name, socket, port) in [
+        ("shell", &sockets.shell, endpoints.shell_port),
+        ("control", &sockets.control, endpoints.control_port),
+        ("stdin", &sockets.stdin, endpoints.stdin_port),
+        ("iopub", &sockets.iopub, endpoints.iopub_port),
+        ("heartbeat", &sockets.heartbeat, endpoints.hb_port),
+    ] {
+        let address = endpoints.address(name, port)?;
+        let path = match &private_directory {
+            Some(directory) => directory.join(name),
+            None => endpoints.ipc_path(port),
+        };
+        if private_directory.is_some() {
+            let host = endpoints.ip.trim_start_matches('[').trim_end_matches(']');
+            let host = if host == "*" { "0.0.0.0" } else { host };
+            let listener = std::net::TcpListener::bind((host, port))
+                .map_err(|source| TransportError::Bind { socket: name, address: address.clone(), source })?;
+            gates.push(gate::Gate { name, listener, upstream: path.clone() });
+        }
+        let private = options::PrivateFiles::while_binding();
+        socket.bind(&format!("ipc://{}", path.display())).map_err(|source| TransportError::Bind {
+            socket: name,
+            address: address.clone(),
+            source: source.into(),
+        })?;
+        drop(private);
+        options::make_private(&path)?;
+        options::remove_at_exit(&path);
+        files.push(path);
+        tracing::debug!(socket = name, %address, "bound");
+    }
+    Ok(Bound { sockets, gates, max_message_size: options.max_message_size, files })
 }
 
-async fn bind_socket(
-    socket: &mut impl Socket,
-    name: &'static str,
-    endpoints: &Endpoints,
-    port: u16,
-) -> Result<(), TransportError> {
-    let address = endpoints.address(name, port)?;
-    match socket.bind(&address).await {
-        Ok(bound) => {
-            tracing::debug!(socket = name, %bound, "bound");
-            Ok(())
+impl Bound {
+    /// Starts the gates, the socket tasks and the heartbeat thread. Must be called inside a
+    /// tokio runtime.
+    pub fn start(self) -> Result<Transport, TransportError> {
+        let options::FiveSockets { context, shell, control, stdin, iopub, heartbeat } = self.sockets;
+        let (shell_incoming, shell_queue) = tasks::start_router(Channel::Shell, shell, &context)?;
+        let (control_incoming, control_queue) = tasks::start_router(Channel::Control, control, &context)?;
+        let (stdin_incoming, stdin_queue) = tasks::start_router(Channel::Stdin, stdin, &context)?;
+        let (subscriptions, iopub_queue) = tasks::start_iopub(iopub, &context)?;
+
+        // The dispatcher holds `alive`; the heartbeat and the gates stop when it ends.
+        let (alive, heartbeat_alive) = watch::channel(());
+        let gates = if self.gates.is_empty() {
+            None
+        } else {
+            Some(gate::start(self.gates, self.max_message_size, alive.subscribe()).map_err(TransportError::Gate)?)
+        };
+        let heartbeat = heartbeat::start(heartbeat, heartbeat_alive).map_err(TransportError::Heartbeat)?;
+
+        let (outgoing, outgoing_queue) = mpsc::unbounded_channel();
+        let (flush_requests, flush_queue) = mpsc::unbounded_channel();
+        dispatch::start(
+            outgoing_queue,
+            flush_queue,
+            dispatch::SocketQueues { shell: shell_queue, control: control_queue, stdin: stdin_queue, iopub: iopub_queue },
+            alive,
+        );
+        let closer = Closer {
+            inner: Arc::new(Mutex::new(Some(CloserState { context, heartbeat, gates, files: self.files }))),
+        };
+        Ok(Transport {
+            control: control_incoming,
+            shell: shell_incoming,
+            stdin: stdin_incoming,
+            subscriptions,
+            outgoing,
+            flusher: Flusher { requests: Some(flush_requests) },
+            closer,
+        })
+    }
+}
+
+/// Binds the five sockets and starts their tasks ([`bind_sockets`] then [`Bound::start`]).
+/// Must be called inside a tokio runtime.
+pub async fn bind(endpoints: &Endpoints, options: &SocketOptions) -> Result<Transport, TransportError> {
+    bind_sockets(endpoints, options)?.start()
+}
+
+/// Waits until libzmq has written what it holds; see [`Closer::close`].
+#[derive(Clone)]
+pub struct Closer {
+    inner: Arc<Mutex<Option<CloserState>>>,
+}
+
+struct CloserState {
+    context: zmq::Context,
+    heartbeat: std::thread::JoinHandle<()>,
+    gates: Option<std::thread::JoinHandle<()>>,
+    files: Vec<PathBuf>,
+}
+
+impl Closer {
+    /// Call after the socket tasks have ended (the tokio runtime that ran them was dropped, or
+    /// the [`Transport`] was dropped and its tasks finished). Waits for the heartbeat thread,
+    /// then terminates the libzmq context: that returns once every message handed to libzmq
+    /// was written, or the linger time (1 s) has passed; then waits for the gates to relay it.
+    /// Removes the socket files and their private directory. Calling it again does nothing.
+    pub fn close(&self) {
+        let state = self.inner.lock().unwrap_or_else(PoisonError::into_inner).take();
+        let Some(CloserState { context, heartbeat, gates, files }) = state else {
+            return;
+        };
+        if heartbeat.join().is_err() {
+            tracing::warn!("the heartbeat thread panicked");
         }
-        Err(source) => Err(TransportError::Bind {
-            socket: name,
-            address,
-            source,
-        }),
+        // Dropping the last handle terminates the context; the sockets were dropped with their
+        // tasks, so it waits only for lingering messages.
+        drop(context);
+        // The gates relay what libzmq wrote last, then end (bounded by their drain time).
+        if let Some(gates) = gates {
+            if gates.join().is_err() {
+                tracing::warn!("the gate thread panicked");
+            }
+        }
+        // Socket files first, then the directory that held them.
+        for path in files.iter().rev() {
+            options::remove_now(path);
+        }
     }
 }
 
@@ -349,26 +487,24 @@ mod tests {
     }
 
     #[test]
-    fn addresses_follow_zeromq_syntax() {
+    fn addresses_follow_libzmq_syntax() {
         let address = |ip: &str| endpoints("tcp", ip).address("shell", 5555).unwrap();
         assert_eq!(address("127.0.0.1"), "tcp://127.0.0.1:5555");
-        assert_eq!(address("*"), "tcp://0.0.0.0:5555");
+        assert_eq!(address("*"), "tcp://*:5555");
         assert_eq!(address("::1"), "tcp://[::1]:5555");
         assert_eq!(address("[::1]"), "tcp://[::1]:5555");
         assert_eq!(address("localhost"), "tcp://localhost:5555");
+        let ipc = endpoints("ipc", "/run/user/1/kernel-1-ipc").address("shell", 3).unwrap();
+        assert_eq!(ipc, "ipc:///run/user/1/kernel-1-ipc-3");
     }
 
     #[test]
     fn refuses_what_cannot_be_bound() {
-        let error = endpoints("ipc", "kernel").address("shell", 1).unwrap_err();
+        let error = endpoints("udp", "kernel").address("shell", 1).unwrap_err();
         assert!(matches!(error, TransportError::UnsupportedTransport { .. }));
-        let error = endpoints("tcp", "127.0.0.1")
-            .address("iopub", 0)
-            .unwrap_err();
-        assert_eq!(
-            error.to_string(),
-            "the iopub port is 0: the connection file must give every port"
-        );
+        assert!(error.to_string().contains("\"tcp\" or \"ipc\""), "{error}");
+        let error = endpoints("tcp", "127.0.0.1").address("iopub", 0).unwrap_err();
+        assert_eq!(error.to_string(), "the iopub port is 0: the connection file must give every port");
     }
 
     #[tokio::test]
@@ -396,10 +532,7 @@ mod tests {
     fn debug_shows_sizes_not_contents() {
         let message = Outgoing {
             channel: Channel::Shell,
-            frames: vec![
-                Bytes::from_static(b"identity"),
-                Bytes::from_static(b"secret"),
-            ],
+            frames: vec![Bytes::from_static(b"identity"), Bytes::from_static(b"secret")],
         };
         let shown = format!("{message:?}");
         assert_eq!(shown, "Outgoing { channel: Shell, frame_lengths: [8, 6] }");

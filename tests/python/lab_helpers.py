@@ -111,8 +111,9 @@ def isolated_env(home: Path, kernel_name: str,
 
 class LabServer:
     def __init__(self, root: Path, home: Path, kernel_name: str,
-                 settings: dict[str, dict] | None = None):
+                 settings: dict[str, dict] | None = None, extra_args: list[str] | None = None):
         self.root = root
+        self.home = home
         self.port = free_port()
         self.token = secrets.token_hex(16)
         self.url = f"http://127.0.0.1:{self.port}"
@@ -130,6 +131,7 @@ class LabServer:
                 "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
                 "--LabApp.extension_manager=readonly",
                 *(["--allow-root"] if os.geteuid() == 0 else []),
+                *(extra_args or []),
             ],
             env=isolated_env(home, kernel_name, settings),
             stdout=self.log,
@@ -154,6 +156,16 @@ class LabServer:
                 pass
             time.sleep(0.2)  # polling a server that is starting; no ordering depends on it
         raise TimeoutError(f"jupyter lab not ready after {timeout} s:\n{self.output()}")
+
+    def connection_files(self) -> list[dict]:
+        """The connection files of the kernels this server started (in its runtime dir)."""
+        found = []
+        for path in self.home.rglob("kernel-*.json"):
+            try:
+                found.append(json.loads(path.read_text()))
+            except (OSError, ValueError):
+                pass
+        return found
 
     def output(self) -> str:
         self.log.flush()
@@ -188,8 +200,9 @@ class LabServer:
 
 @contextlib.contextmanager
 def running_lab(root: Path, home: Path, kernel_name: str,
-                settings: dict[str, dict] | None = None) -> Iterator[LabServer]:
-    server = LabServer(root, home, kernel_name, settings)
+                settings: dict[str, dict] | None = None,
+                extra_args: list[str] | None = None) -> Iterator[LabServer]:
+    server = LabServer(root, home, kernel_name, settings, extra_args)
     try:
         server.wait_ready()
         yield server

@@ -1,8 +1,11 @@
 """End to end in JupyterLab 4: a real `jupyter lab` on a free loopback port, driven in headless
 Debian Chromium by Playwright (never a downloaded browser). A notebook whose metadata names the
 kernel under test is opened, its cells are run with Run All, and the page must show the printed
-text, the rendered HTML element and the ZeroDivisionError traceback. A screenshot is saved to
-target/jupyterlab.png for a person to look at."""
+text, the rendered HTML element and the ZeroDivisionError traceback. The server starts its
+kernels over tcp, over ipc (`KernelManager.transport`), and with CurveZMQ
+(`KernelManager.transport_encryption="required"`). Screenshots are saved to
+target/jupyterlab.png (tcp), target/jupyterlab-ipc.png and target/jupyterlab-curve.png for a
+person to look at."""
 
 from __future__ import annotations
 
@@ -35,12 +38,21 @@ pytestmark = [
 ]
 
 
-@pytest.fixture(scope="module")
-def lab(kernel_name: str, tmp_path_factory: pytest.TempPathFactory):
+# How the server reaches its kernels: the screenshot's name, and the server's options.
+TRANSPORTS = {
+    "tcp": ("jupyterlab.png", []),
+    "ipc": ("jupyterlab-ipc.png", ["--KernelManager.transport=ipc"]),
+    "curve": ("jupyterlab-curve.png", ["--KernelManager.transport_encryption=required"]),
+}
+
+
+@pytest.fixture(scope="module", params=list(TRANSPORTS))
+def lab(request, kernel_name: str, tmp_path_factory: pytest.TempPathFactory):
     home = tmp_path_factory.mktemp("jupyterlab-home")
     root = tmp_path_factory.mktemp("jupyterlab-root")
     write_notebook(root / NOTEBOOK, kernel_name, CELLS)
-    with running_lab(root, home, kernel_name) as server:
+    with running_lab(root, home, kernel_name, extra_args=TRANSPORTS[request.param][1]) as server:
+        server.transport = request.param
         yield server
 
 
@@ -54,8 +66,10 @@ def test_run_cells_in_jupyterlab(lab: LabServer, page, kernel_name: str):
     from playwright.sync_api import expect
 
     display_name = find_kernel_spec(kernel_name).display_name
-    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-    SCREENSHOT.with_name("jupyterlab-failure.png").unlink(missing_ok=True)
+    screenshot = SCREENSHOT.with_name(TRANSPORTS[lab.transport][0])
+    failure = screenshot.with_name(screenshot.stem + "-failure.png")
+    screenshot.parent.mkdir(parents=True, exist_ok=True)
+    failure.unlink(missing_ok=True)
     try:
         notebook, kernel_status = open_notebook(page, lab, NOTEBOOK, kernel_name)
         run_all_cells(page)
@@ -72,8 +86,14 @@ def test_run_cells_in_jupyterlab(lab: LabServer, page, kernel_name: str):
         for i in range(3):
             expect(cells.nth(i).locator(".jp-InputPrompt")).to_have_text(f"[{i + 1}]:")
         expect(kernel_status).to_have_text(f"{display_name} | Idle", timeout=UI_TIMEOUT_MS)
+        # The kernel really was reached the way this server was told to reach it.
+        connections = lab.connection_files()
+        assert connections, "no connection file in the server's runtime dir"
+        for connection in connections:
+            assert connection["transport"] == ("ipc" if lab.transport == "ipc" else "tcp")
+            assert ("curve_secretkey" in connection) == (lab.transport == "curve")
     except Exception:
-        page.screenshot(path=str(SCREENSHOT.with_name("jupyterlab-failure.png")))
+        page.screenshot(path=str(failure))
         print(lab.output())
         raise
-    page.screenshot(path=str(SCREENSHOT))
+    page.screenshot(path=str(screenshot))

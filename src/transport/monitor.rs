@@ -1,0 +1,184 @@
+//! Logs what happens to a socket's connections (libzmq's socket monitor): refused handshakes
+//! and dropped connections, rate-limited so that a flood of connections cannot flood the log.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use super::socket::{Received, WatchedSocket};
+use super::TransportError;
+
+// libzmq's event numbers (zmq.h, 4.3).
+const ACCEPTED: u16 = 0x0020;
+const ACCEPT_FAILED: u16 = 0x0040;
+const DISCONNECTED: u16 = 0x0200;
+const HANDSHAKE_FAILED_NO_DETAIL: u16 = 0x0800;
+const HANDSHAKE_SUCCEEDED: u16 = 0x1000;
+const HANDSHAKE_FAILED_PROTOCOL: u16 = 0x2000;
+const HANDSHAKE_FAILED_AUTH: u16 = 0x4000;
+
+/// Warnings a socket logs per [`WINDOW`]; the rest are counted and reported once.
+const WARNINGS_PER_WINDOW: u32 = 10;
+const WINDOW: Duration = Duration::from_secs(10);
+
+/// Each monitor needs an inproc address of its own.
+static NEXT_MONITOR: AtomicU64 = AtomicU64::new(0);
+
+pub(super) struct Monitor {
+    socket_name: &'static str,
+    events: WatchedSocket,
+    limit: RateLimit,
+}
+
+impl Monitor {
+    pub(super) fn attach(
+        socket_name: &'static str,
+        watched: &zmq::Socket,
+        context: &zmq::Context,
+    ) -> Result<Self, TransportError> {
+        let setup = |what: &'static str| {
+            move |source: zmq::Error| TransportError::Setup { socket: socket_name, what, source }
+        };
+        let address = format!(
+            "inproc://parakernel-monitor-{socket_name}-{}",
+            NEXT_MONITOR.fetch_add(1, Ordering::Relaxed)
+        );
+        let wanted = ACCEPTED
+            | ACCEPT_FAILED
+            | DISCONNECTED
+            | HANDSHAKE_FAILED_NO_DETAIL
+            | HANDSHAKE_SUCCEEDED
+            | HANDSHAKE_FAILED_PROTOCOL
+            | HANDSHAKE_FAILED_AUTH;
+        watched.monitor(&address, i32::from(wanted)).map_err(setup("monitor"))?;
+        let reader = context.socket(zmq::PAIR).map_err(setup("monitor reader"))?;
+        reader.set_linger(0).map_err(setup("monitor reader"))?;
+        reader.connect(&address).map_err(setup("monitor reader"))?;
+        let events = WatchedSocket::new(reader)
+            .map_err(|source| TransportError::Watch { socket: socket_name, source })?;
+        Ok(Self { socket_name, events, limit: RateLimit::new() })
+    }
+
+    /// Waits until there may be events to log.
+    pub(super) fn changed(&self) -> impl std::future::Future<Output = ()> + Send + '_ {
+        self.events.changed()
+    }
+
+    /// Logs every event that has arrived.
+    pub(super) fn log_events(&mut self) {
+        while self.events.has_message() {
+            match self.events.receive() {
+                Ok(Received::Message(frames)) => {
+                    if let Some((event, value)) = frames.first().and_then(|frame| parse(frame)) {
+                        self.log(event, value);
+                    }
+                }
+                Ok(Received::Nothing) => break,
+                Ok(Received::TooManyFrames(_)) => {}
+                Err(error) => {
+                    tracing::debug!(socket = self.socket_name, %error, "monitor read failed");
+                    break;
+                }
+            }
+        }
+    }
+
+    fn log(&mut self, event: u16, value: u32) {
+        let socket = self.socket_name;
+        match event {
+            ACCEPTED => tracing::debug!(socket, "connection accepted"),
+            HANDSHAKE_SUCCEEDED => tracing::debug!(socket, "handshake succeeded"),
+            // The gate logs why a TCP connection ended; libzmq does not say.
+            DISCONNECTED => tracing::debug!(socket, "connection closed"),
+            HANDSHAKE_FAILED_AUTH | HANDSHAKE_FAILED_PROTOCOL | HANDSHAKE_FAILED_NO_DETAIL
+            | ACCEPT_FAILED => {
+                let Some(suppressed) = self.limit.allow(Instant::now()) else {
+                    return;
+                };
+                if suppressed > 0 {
+                    tracing::warn!(socket, suppressed, "connection warnings were not logged in the last {WINDOW:?}");
+                }
+                match event {
+                    HANDSHAKE_FAILED_AUTH => tracing::warn!(
+                        socket,
+                        "refused a connection: CurveZMQ authentication failed (the peer lacks the \
+                         connection file's keys)"
+                    ),
+                    HANDSHAKE_FAILED_PROTOCOL => tracing::warn!(
+                        socket,
+                        code = format_args!("{value:#x}"),
+                        "refused a connection: it broke the ZMTP handshake"
+                    ),
+                    HANDSHAKE_FAILED_NO_DETAIL => tracing::warn!(
+                        socket,
+                        errno = value,
+                        "refused a connection: the ZMTP handshake did not complete (garbage \
+                         instead of a greeting, a mechanism mismatch, or too slow)"
+                    ),
+                    _ => tracing::warn!(
+                        socket,
+                        errno = value,
+                        "cannot accept a connection (out of file descriptors?)"
+                    ),
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// A monitor event's first frame: the event number and its value, little-endian.
+fn parse(frame: &[u8]) -> Option<(u16, u32)> {
+    let event = u16::from_le_bytes(frame.get(0..2)?.try_into().ok()?);
+    let value = u32::from_le_bytes(frame.get(2..6)?.try_into().ok()?);
+    Some((event, value))
+}
+
+/// At most [`WARNINGS_PER_WINDOW`] warnings per [`WINDOW`].
+pub(super) struct RateLimit {
+    window_start: Instant,
+    logged: u32,
+    suppressed: u64,
+}
+
+impl RateLimit {
+    pub(super) fn new() -> Self {
+        Self { window_start: Instant::now(), logged: 0, suppressed: 0 }
+    }
+
+    /// `Some(n)` if this warning may be logged, `n` being how many were suppressed before it.
+    pub(super) fn allow(&mut self, now: Instant) -> Option<u64> {
+        if now.duration_since(self.window_start) >= WINDOW {
+            self.window_start = now;
+            self.logged = 0;
+        }
+        if self.logged >= WARNINGS_PER_WINDOW {
+            self.suppressed += 1;
+            return None;
+        }
+        self.logged += 1;
+        Some(std::mem::take(&mut self.suppressed))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_parse_as_libzmq_writes_them() {
+        assert_eq!(parse(&[0x00, 0x02, 7, 0, 0, 0]), Some((DISCONNECTED, 7)));
+        assert_eq!(parse(&[0x00, 0x02]), None);
+    }
+
+    #[test]
+    fn warnings_are_limited_per_window_and_the_rest_counted() {
+        let start = Instant::now();
+        let mut limit = RateLimit { window_start: start, logged: 0, suppressed: 0 };
+        for _ in 0..WARNINGS_PER_WINDOW {
+            assert_eq!(limit.allow(start), Some(0));
+        }
+        assert_eq!(limit.allow(start), None);
+        assert_eq!(limit.allow(start), None);
+        assert_eq!(limit.allow(start + WINDOW), Some(2));
+    }
+}
