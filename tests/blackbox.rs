@@ -371,3 +371,20 @@ async fn a_segfault_in_a_lane_is_reported_and_ends_the_kernel_with_it() {
         "{stderr}"
     );
 }
+
+#[tokio::test]
+async fn rusts_allocation_failure_message_reaches_the_original_stderr() {
+    // The text is made while memory allows; then the address space is capped so that the
+    // kernel's copy of it (Rust, writing the cell's stream) cannot be allocated.
+    let code = "import resource, sys\n\
+                text = 'x' * 400_000_000\n\
+                pages = int(open('/proc/self/statm').read().split()[0])\n\
+                cap = pages * resource.getpagesize() + 100_000_000\n\
+                resource.setrlimit(resource.RLIMIT_AS, (cap, cap))\n\
+                sys.stdout.write(text)";
+    let (status, stderr) = run_fatal_cell(code).await;
+    assert_eq!(status.signal(), Some(libc::SIGABRT), "{status}\n{stderr}");
+    let message = stderr.find("memory allocation of ").expect(&stderr);
+    let line = stderr.find("parakernel: fatal signal SIGABRT").expect(&stderr);
+    assert!(message < line, "{stderr}");
+}
