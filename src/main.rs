@@ -5,7 +5,6 @@
 //! the sockets and the kernel run on a tokio runtime in background threads, which block SIGINT
 //! so that a SIGINT sent to the process always reaches Python on the main thread.
 
-use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::sync::mpsc;
 use std::time::Duration;
@@ -49,6 +48,7 @@ enum Command {
 }
 
 fn main() {
+    parakernel::fatal::install();
     init_logging();
     let cli = Cli::parse();
     let result = match cli.command {
@@ -92,18 +92,18 @@ fn watch_parent() {
     }
 }
 
-/// Logs go to stderr (a duplicate of fd 2 taken now, so that redirecting fd 2 into cell output
-/// later never sends the kernel's own log into a notebook). The level comes from
-/// `PARAKERNEL_LOG` (e.g. `debug`, `parakernel=trace`); default `warn`.
+/// Logs go to the original stderr (the duplicate of fd 2 that `fatal::install` took, so that
+/// redirecting fd 2 into cell output later never sends the kernel's own log into a notebook, and
+/// fatal messages land in the same place). The level comes from `PARAKERNEL_LOG` (e.g. `debug`,
+/// `parakernel=trace`); default `warn`.
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("PARAKERNEL_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let stderr = std::io::stderr().as_fd().try_clone_to_owned().map(std::fs::File::from);
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false);
-    match stderr {
-        Ok(file) => builder.with_writer(std::sync::Mutex::new(file)).init(),
-        Err(_) => builder.with_writer(std::io::stderr).init(),
-    }
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_writer(std::sync::Mutex::new(parakernel::fatal::original_stderr()))
+        .init();
 }
 
 /// A byte count such as `1048576`, `512M` or `1G` (binary multiples).

@@ -2,6 +2,7 @@
 //! connection file, and spoken to with zeromq client sockets and the crate's own wire format.
 //! Timeouts here only guard against hangs; every test waits for the message it expects.
 
+use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -34,8 +35,8 @@ impl Kernel {
     }
 
     /// Starts the binary; a port taken between probing and binding means: probe again. With
-    /// `log`, the kernel logs everything (`PARAKERNEL_LOG=trace`) to that file.
-    fn start_logging(log: Option<&std::path::Path>) -> Self {
+    /// `log`, the kernel's stderr goes to that file and it logs at that level (`PARAKERNEL_LOG`).
+    fn start_logging(log: Option<(&std::path::Path, &str)>) -> Self {
         for _ in 0..10 {
             let listeners: Vec<_> = (0..5).map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap()).collect();
             let ports: [u16; 5] = std::array::from_fn(|i| listeners[i].local_addr().unwrap().port());
@@ -51,8 +52,8 @@ impl Kernel {
             let mut command = Command::new(env!("CARGO_BIN_EXE_parakernel"));
             command.arg("kernel").arg("--python").arg(venv_python()).arg("-f").arg(&file);
             command.stdout(Stdio::null()).stderr(Stdio::inherit());
-            if let Some(log) = log {
-                command.env("PARAKERNEL_LOG", "trace").stderr(std::fs::File::create(log).unwrap());
+            if let Some((log, level)) = log {
+                command.env("PARAKERNEL_LOG", level).stderr(std::fs::File::create(log).unwrap());
             }
             let mut child = command.spawn().expect("start the kernel binary");
             // Bound ports are in use by the kernel once a connect succeeds; a kernel that
@@ -186,7 +187,7 @@ impl Client {
 async fn bad_messages_are_dropped_and_the_kernel_goes_on() {
     let log_dir = tempfile::tempdir().unwrap();
     let log = log_dir.path().join("kernel.log");
-    let kernel = Kernel::start_logging(Some(&log));
+    let kernel = Kernel::start_logging(Some((&log, "trace")));
     let mut client = Client::connect(&kernel).await;
 
     let info = client.request("kernel_info_request", json!({}));
@@ -316,4 +317,74 @@ fn the_kernel_exits_when_the_process_that_started_it_is_gone() {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Runs `code` as a cell that ends the kernel process; returns how the process ended and what
+/// its original stderr (the Jupyter server's log) received.
+async fn run_fatal_cell(code: &str) -> (std::process::ExitStatus, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("stderr.log");
+    let mut kernel = Kernel::start_logging(Some((&log, "warn")));
+    let mut client = Client::connect(&kernel).await;
+    let execute = client.request("execute_request", json!({"code": code}));
+    client.send(false, &execute).await;
+    // Polled without blocking the thread: the client's sockets run on this test's runtime.
+    let status = within("the kernel's end", async {
+        loop {
+            if let Some(status) = kernel.child.try_wait().unwrap() {
+                return status;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    (status, std::fs::read_to_string(&log).unwrap())
+}
+
+#[tokio::test]
+async fn os_abort_in_a_cell_is_reported_on_the_original_stderr() {
+    let (status, stderr) = run_fatal_cell("import os\nos.abort()").await;
+    assert_eq!(status.signal(), Some(libc::SIGABRT), "{status}\n{stderr}");
+    assert!(stderr.contains("parakernel: fatal signal SIGABRT in thread 'parakernel' ("), "{stderr}");
+}
+
+#[tokio::test]
+async fn a_fatal_python_error_reaches_the_original_stderr() {
+    // The message is put together by the cell, so that only CPython's report can show it.
+    let code = "import ctypes\n\
+                ctypes.pythonapi.Py_FatalError.argtypes = [ctypes.c_char_p]\n\
+                ctypes.pythonapi.Py_FatalError('-'.join(['deliberately', 'fatal', 'cell']).encode())";
+    let (status, stderr) = run_fatal_cell(code).await;
+    assert_eq!(status.signal(), Some(libc::SIGABRT), "{status}\n{stderr}");
+    let report = stderr.find("Fatal Python error: deliberately-fatal-cell").expect(&stderr);
+    let line = stderr.find("parakernel: fatal signal SIGABRT").expect(&stderr);
+    assert!(report < line, "{stderr}");
+}
+
+#[tokio::test]
+async fn a_segfault_in_a_lane_is_reported_and_ends_the_kernel_with_it() {
+    let code = "%%lane crash\nimport ctypes\nctypes.string_at(0)";
+    let (status, stderr) = run_fatal_cell(code).await;
+    assert_eq!(status.signal(), Some(libc::SIGSEGV), "{status}\n{stderr}");
+    assert!(
+        stderr.contains("parakernel: fatal signal SIGSEGV (fault address 0x0) in thread 'pk-lane-crash' ("),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn rusts_allocation_failure_message_reaches_the_original_stderr() {
+    // The text is made while memory allows; then the address space is capped so that the
+    // kernel's copy of it (Rust, writing the cell's stream) cannot be allocated.
+    let code = "import resource, sys\n\
+                text = 'x' * 400_000_000\n\
+                pages = int(open('/proc/self/statm').read().split()[0])\n\
+                cap = pages * resource.getpagesize() + 100_000_000\n\
+                resource.setrlimit(resource.RLIMIT_AS, (cap, cap))\n\
+                sys.stdout.write(text)";
+    let (status, stderr) = run_fatal_cell(code).await;
+    assert_eq!(status.signal(), Some(libc::SIGABRT), "{status}\n{stderr}");
+    let message = stderr.find("memory allocation of ").expect(&stderr);
+    let line = stderr.find("parakernel: fatal signal SIGABRT").expect(&stderr);
+    assert!(message < line, "{stderr}");
 }

@@ -8,6 +8,7 @@ use tracing::debug;
 use super::executor::{Executor, InterruptTarget, Job, Lane, LaneCall, RequestId};
 use super::routing::{self, Route};
 use super::{Kernel, Waiter};
+use crate::wire::quoted;
 
 impl<E: Executor> Kernel<E> {
     /// The lane of a cell (`None`: any fresh lane) and its code without the magic line, or an
@@ -91,7 +92,7 @@ impl<E: Executor> Kernel<E> {
     }
 
     pub(super) fn on_call(&mut self, lane: Lane, id: u64, request: Option<RequestId>, call: LaneCall) {
-        debug!(lane = lane.name(), id, ?call, "lane call");
+        debug!(lane = %quoted(&lane.name()), id, call = %quoted(&format!("{call:?}")), "lane call");
         let reply = match call {
             LaneCall::Lanes => Ok(self.lanes_table()),
             LaneCall::Wait { lanes } => match self.wait_targets(&lanes) {

@@ -20,7 +20,7 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use tracing::{debug, error, info, warn};
 
 use crate::transport::{Channel, Incoming, Outgoing, Transport};
-use crate::wire::{reply_type, Header, Message, Request, Session, Verifier};
+use crate::wire::{quoted, reply_type, Header, Message, Request, Session, Verifier};
 use executor::{Event, ExecuteJob, Executor, InterruptTarget, Job, Lane, Query, RequestId};
 use history::History;
 use streams::{Flushed, StreamBuffer};
@@ -42,6 +42,10 @@ const FLUSH_BOUND: Duration = Duration::from_secs(2);
 /// How long a completion, inspection or `is_complete` may wait for its lane; after that the
 /// client gets an empty answer (a busy lane must never hold the editor).
 const QUERY_BOUND: Duration = Duration::from_secs(1);
+
+/// How many characters of an error about a peer's message a log line shows: enough for our own
+/// words around the peer's value that the error quotes.
+const LOGGED_ERROR_CHARS: usize = 240;
 
 /// A request between its `busy` and its `idle`.
 #[derive(Debug)]
@@ -174,11 +178,11 @@ impl<E: Executor> Kernel<E> {
         let message = match Message::decode(frames, &mut self.verifier) {
             Ok(message) => message,
             Err(error) => {
-                warn!(?channel, %error, "dropped a message");
+                warn!(?channel, error = %quoted(&error.to_string()).limit(LOGGED_ERROR_CHARS), "dropped a message");
                 return;
             }
         };
-        debug!(?channel, msg_type = message.msg_type(), "received");
+        debug!(?channel, msg_type = %quoted(message.msg_type()), "received");
         if channel == Channel::Stdin {
             self.on_stdin(&message);
             return;
@@ -186,9 +190,10 @@ impl<E: Executor> Kernel<E> {
         let request = match Request::parse(message.msg_type(), &message.content) {
             Ok(request) => request,
             Err(error) => {
-                warn!(?channel, %error, "refused a request");
+                let error = error.to_string();
+                warn!(?channel, error = %quoted(&error).limit(LOGGED_ERROR_CHARS), "refused a request");
                 let id = self.begin(message, channel);
-                let reply = error_content("BadRequest", &error.to_string());
+                let reply = error_content("BadRequest", &error);
                 self.finish(id, Some(reply));
                 return;
             }
@@ -293,7 +298,7 @@ impl<E: Executor> Kernel<E> {
                 self.finish(id, None);
             }
             Request::Unknown(msg_type) => {
-                warn!(msg_type, "unknown message type");
+                warn!(msg_type = %quoted(&msg_type), "unknown message type");
                 let reply = reply_type(&msg_type).map(|_| {
                     error_content("UnknownMessageType", &format!("parakernel does not handle {msg_type}"))
                 });
@@ -483,7 +488,7 @@ impl<E: Executor> Kernel<E> {
 
     fn on_stdin(&mut self, message: &Message) {
         let Ok(Request::InputReply(reply)) = Request::parse(message.msg_type(), &message.content) else {
-            warn!(msg_type = message.msg_type(), "unexpected message on stdin; dropped");
+            warn!(msg_type = %quoted(message.msg_type()), "unexpected message on stdin; dropped");
             return;
         };
         let parent = message.parent_header.as_ref().map(|header| header.msg_id.as_str());

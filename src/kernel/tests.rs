@@ -7,7 +7,7 @@ use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
 use super::executor::{Event, Executor, InterruptTarget, Job, Lane, LaneCall, Query, RequestId, StreamName};
 use super::{Kernel, KernelInfo};
 use crate::transport::{Channel, Incoming, Peer, Transport};
-use crate::wire::{Message, Session, Signer, Verifier};
+use crate::wire::{Message, Session, Signer, Verifier, QUOTED_CHARS};
 
 #[derive(Debug)]
 enum Call {
@@ -280,6 +280,56 @@ async fn unknown_requests_get_an_error_reply() {
     assert_eq!(reply.msg_type(), "debug_reply");
     assert_eq!(reply.content["ename"], "UnknownMessageType");
     h.expect_status("idle", &request).await;
+}
+
+/// What the kernel logs while it is alive (on this thread: the tests' runtime runs the kernel's
+/// task on the thread that awaits it).
+#[derive(Clone, Default)]
+struct LogCapture(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogCapture {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_peers_long_strings_are_logged_cut() {
+    let log = LogCapture::default();
+    let writer = log.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::DEBUG)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _logging = tracing::subscriber::set_default(subscriber);
+    let mut h = Harness::start().await;
+    let long_type = format!("{}_request", "t".repeat(10_240));
+    let unknown = h.request(&long_type, json!({}));
+    h.send(Channel::Shell, &unknown).await;
+    h.expect_status("busy", &unknown).await;
+    assert_eq!(h.next(Channel::Shell).await.content["ename"], "UnknownMessageType");
+    h.expect_status("idle", &unknown).await;
+    let long_value = "v".repeat(10_240);
+    let refused = h.request("execute_request", json!({"code": "1", "silent": long_value}));
+    h.send(Channel::Shell, &refused).await;
+    h.expect_status("busy", &refused).await;
+    assert_eq!(h.next(Channel::Shell).await.content["status"], "error");
+    h.expect_status("idle", &refused).await;
+
+    let log = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
+    let unknown_line = log.lines().find(|line| line.contains("unknown message type")).expect(&log);
+    assert!(unknown_line.contains(&format!("msg_type=\"{}…\" (10248 bytes)", "t".repeat(QUOTED_CHARS))), "{unknown_line}");
+    let refused_line = log.lines().find(|line| line.contains("refused a request")).expect(&log);
+    assert!(refused_line.contains("invalid type: string"), "{refused_line}");
+    assert!(refused_line.len() < 600, "{refused_line}");
+    for line in log.lines() {
+        assert!(line.len() < 600, "a log line of {} bytes: {}…", line.len(), &line[..200]);
+    }
 }
 
 #[tokio::test]

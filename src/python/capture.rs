@@ -2,12 +2,14 @@
 //! `sys.__stdout__`) goes to the cell like `sys.stdout` does, as under ipykernel 6: both
 //! descriptors are pipes while the main lane runs, read by a thread that sends the text as
 //! the lane's stream output. The kernel's own log does not go through them (the binary logs to a
-//! copy of the original stderr made before Python starts).
+//! copy of the original stderr made before Python starts). What is read from fd 2 is also shown to
+//! [`crate::fatal`], so that a crash right after it still gets it into the log.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::{Arc, Mutex, PoisonError};
 
+use crate::fatal;
 use crate::kernel::executor::StreamName;
 use crate::native::{self, LaneState};
 
@@ -32,6 +34,9 @@ impl Readers {
                 match usize::try_from(count) {
                     Ok(0) => break,
                     Ok(count) => {
+                        if *name == StreamName::Stderr {
+                            fatal::captured_stderr_read(&buffer[..count]);
+                        }
                         partial.extend_from_slice(&buffer[..count]);
                         let text = take_text(partial);
                         if !text.is_empty() {
@@ -88,6 +93,7 @@ impl FdCapture {
                 return Err(error);
             }
         };
+        fatal::publish_captured_stderr(Some(stderr.as_raw_fd()));
         let readers = Arc::new(Mutex::new(Readers {
             pipes: [
                 (stdout, StreamName::Stdout, Vec::new()),
@@ -106,16 +112,16 @@ impl FdCapture {
     pub(crate) fn sync(&self) {
         // SAFETY: flushes the C stdio buffers of this process (printf from extension modules).
         unsafe { libc::fflush(std::ptr::null_mut()) };
-        self.readers
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .drain();
+        let mut readers = self.readers.lock().unwrap_or_else(PoisonError::into_inner);
+        readers.drain();
+        fatal::captured_stderr_handed_over();
     }
 }
 
 impl Drop for FdCapture {
     fn drop(&mut self) {
         self.sync();
+        fatal::publish_captured_stderr(None);
         for (target, saved) in [1, 2].into_iter().zip(&self.saved) {
             // SAFETY: both descriptors are valid; this closes our pipe's write end on `target`,
             // so the reader sees the end of the pipe once no child process holds it either.

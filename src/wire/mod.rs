@@ -1,14 +1,16 @@
 //! Bytes to typed messages and back: the connection file, the message envelope, multipart
 //! framing, HMAC-SHA256 signing and verification, and the typed content of every request the
-//! kernel answers. No I/O happens here.
+//! kernel answers, and how a log line quotes a peer's string. No I/O happens here.
 
 mod connection;
 mod message;
+mod quoted;
 mod requests;
 mod signing;
 
 pub use connection::ConnectionInfo;
 pub use message::{Header, Message, Session, DELIMITER, PROTOCOL_VERSION};
+pub use quoted::{quoted, Quoted, QUOTED_CHARS};
 pub use requests::{
     reply_type, CommInfoRequest, CommRequest, CompleteRequest, ExecuteRequest, HistoryAccess,
     HistoryRequest, InputReply, InspectRequest, IsCompleteRequest, Request, ShutdownRequest,
