@@ -99,9 +99,12 @@ fn watch_parent() {
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("PARAKERNEL_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    // Colour only on a terminal: a Jupyter server's log file must not fill with escape codes.
+    let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
+        .with_ansi(terminal)
         .with_writer(std::sync::Mutex::new(parakernel::fatal::original_stderr()))
         .init();
 }

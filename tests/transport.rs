@@ -46,10 +46,14 @@ fn free_endpoints() -> Endpoints {
 /// Binds on free ports. Another test's client connection can take a port between the probe
 /// and the bind (the probe must release it), so a taken port means: probe again.
 async fn bind_free() -> (Endpoints, Transport) {
+    bind_free_with(&transport::SocketOptions::default()).await
+}
+
+async fn bind_free_with(options: &transport::SocketOptions) -> (Endpoints, Transport) {
     let mut attempts = 0;
     loop {
         let endpoints = free_endpoints();
-        match transport::bind(&endpoints, &transport::SocketOptions::default()).await {
+        match transport::bind(&endpoints, options).await {
             Ok(transport) => return (endpoints, transport),
             Err(error @ TransportError::Bind { .. }) if attempts < 10 => {
                 attempts += 1;
@@ -419,4 +423,116 @@ async fn dropping_the_transport_releases_the_ports() {
     })
     .await;
     drop(again);
+}
+
+/// A ZMTP 3.0 greeting with the NULL mechanism, as a client sends it.
+fn greeting() -> Vec<u8> {
+    let mut bytes = vec![0xFF, 0, 0, 0, 0, 0, 0, 0, 0, 0x7F, 3, 0];
+    bytes.extend(b"NULL");
+    bytes.resize(64, 0);
+    bytes
+}
+
+/// The NULL mechanism's READY command of a DEALER.
+fn ready_dealer() -> Vec<u8> {
+    let mut body = b"\x05READY\x0bSocket-Type".to_vec();
+    body.extend(6u32.to_be_bytes());
+    body.extend(b"DEALER");
+    let mut bytes = vec![0x04, u8::try_from(body.len()).unwrap()];
+    bytes.extend(body);
+    bytes
+}
+
+/// Writes `bytes` on a raw TCP connection and reads until the kernel closes it.
+async fn refused(port: u16, bytes: Vec<u8>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
+    // The peer may close while we still write: that is the refusal too.
+    let _ = stream.write_all(&bytes).await;
+    let mut sink = vec![0u8; 4096];
+    within("the connection to be dropped", async {
+        loop {
+            match stream.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+}
+
+/// The 73 bytes that once aborted the kernel (a greeting and a frame that declares 2^44 bytes),
+/// a frame one byte over a small configured maximum, and an endless multipart message each drop
+/// only their own connection: a client on the same socket is served afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversize_frames_and_endless_messages_drop_their_connection_only() {
+    let options = transport::SocketOptions { max_message_size: 1000, curve: None };
+    let (endpoints, mut transport) = bind_free_with(&options).await;
+
+    let mut huge = greeting();
+    huge.push(0x02);
+    huge.extend((1u64 << 44).to_be_bytes());
+    assert_eq!(huge.len(), 73);
+    refused(endpoints.shell_port, huge).await;
+
+    let mut over = greeting();
+    over.extend(ready_dealer());
+    over.push(0x02);
+    over.extend(1001u64.to_be_bytes());
+    refused(endpoints.shell_port, over).await;
+
+    let mut endless = greeting();
+    endless.extend(ready_dealer());
+    for _ in 0..10_000 {
+        endless.extend([0x01, 0x01, b'a']);
+    }
+    refused(endpoints.shell_port, endless).await;
+
+    let mut client = dealer("after", endpoints.shell_port).await;
+    client.send(message(&[b"<IDS|MSG>", b"ok"])).await.expect("send");
+    let incoming = next(&mut transport.shell, "a request after the attacks").await;
+    assert_eq!(incoming.frames[1..], frames(&[b"<IDS|MSG>", b"ok"]));
+}
+
+/// Under ipc the sockets are files at `{ip}-{port}`, private to the user and gone after close.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipc_sockets_are_private_files_removed_on_close() {
+    use std::os::unix::fs::PermissionsExt;
+    let directory = tempfile::tempdir().expect("temporary directory");
+    let prefix = directory.path().join("kernel-ipc");
+    let endpoints = Endpoints {
+        transport: "ipc".to_owned(),
+        ip: prefix.display().to_string(),
+        shell_port: 1,
+        control_port: 2,
+        stdin_port: 3,
+        iopub_port: 4,
+        hb_port: 5,
+    };
+    let mut transport = transport::bind(&endpoints, &transport::SocketOptions::default()).await.expect("bind");
+    let shell = format!("{}-1", prefix.display());
+    for port in 1..=5 {
+        let path = format!("{}-{port}", prefix.display());
+        let mode = std::fs::metadata(&path).expect("socket file").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{path}");
+    }
+    let client = std::thread::spawn(move || {
+        let context = zmq::Context::new();
+        let dealer = context.socket(zmq::DEALER).unwrap();
+        dealer.connect(&format!("ipc://{shell}")).unwrap();
+        dealer.send_multipart([&b"<IDS|MSG>"[..], b"over ipc"], 0).unwrap();
+        dealer.recv_multipart(0).unwrap()
+    });
+    let incoming = next(&mut transport.shell, "a request over ipc").await;
+    assert_eq!(incoming.frames[1..], frames(&[b"<IDS|MSG>", b"over ipc"]));
+    send(&transport, Channel::Shell, vec![incoming.frames[0].clone(), Bytes::from_static(b"reply")]);
+    let reply = tokio::task::spawn_blocking(move || client.join().unwrap()).await.unwrap();
+    assert_eq!(reply, vec![b"reply".to_vec()]);
+
+    let closer = transport.closer();
+    drop(transport);
+    tokio::task::spawn_blocking(move || closer.close()).await.unwrap();
+    for port in 1..=5 {
+        assert!(!std::path::Path::new(&format!("{}-{port}", prefix.display())).exists());
+    }
 }
