@@ -41,7 +41,11 @@ const FLUSH_BOUND: Duration = Duration::from_secs(2);
 
 /// How long a completion, inspection or `is_complete` may wait for its lane; after that the
 /// client gets an empty answer (a busy lane must never hold the editor).
-const QUERY_BOUND: Duration = Duration::from_secs(1);
+pub const QUERY_BOUND_BUSY: Duration = Duration::from_secs(1);
+/// How long a query may wait for an idle lane: only a safety bound, since an idle lane answers
+/// as soon as it can (jedi's first completion can take seconds on a loaded machine, and an
+/// empty answer then would be wrong).
+pub const QUERY_BOUND_IDLE: Duration = Duration::from_secs(15);
 
 /// How many characters of an error about a peer's message a log line shows: enough for our own
 /// words around the peer's value that the error quotes.
@@ -58,7 +62,7 @@ struct InFlight {
     pooled: bool,
     stop_on_error: bool,
     execution_count: u64,
-    /// For a query: the answer sent if the lane does not answer within [`QUERY_BOUND`], and
+    /// For a query: the answer sent if the lane does not answer within [`QUERY_BOUND_BUSY`] (a busy lane) or [`QUERY_BOUND_IDLE`], and
     /// how many characters of the cell (a `%%lane` line) the lane did not see.
     fallback: Option<Value>,
     query_offset: usize,
@@ -324,13 +328,17 @@ impl<E: Executor> Kernel<E> {
         })
     }
 
-    /// Sends a query to a lane; if the answer is not in within [`QUERY_BOUND`], `fallback`
+    /// Sends a query to a lane; if the answer is not in within its bound (shorter for a busy lane), `fallback`
     /// is sent instead.
     fn query(&mut self, id: RequestId, lane: &Lane, query: Query, fallback: Value, offset: usize) {
         let flight = self.in_flight.get_mut(&id).expect("begun");
         flight.fallback = Some(fallback);
         flight.query_offset = offset;
-        self.query_deadlines.push_back((Instant::now() + QUERY_BOUND, id));
+        let busy = self.lanes.get(lane).is_some_and(|queue| queue.running.is_some());
+        let deadline = Instant::now() + if busy { QUERY_BOUND_BUSY } else { QUERY_BOUND_IDLE };
+        // Kept in deadline order: the two bounds differ, so arrival order is not enough.
+        let at = self.query_deadlines.partition_point(|&(other, _)| other <= deadline);
+        self.query_deadlines.insert(at, (deadline, id));
         self.executor.query(lane, id, query);
     }
 
@@ -358,7 +366,7 @@ impl<E: Executor> Kernel<E> {
             }
             self.query_deadlines.pop_front();
             if let Some(fallback) = self.in_flight.get_mut(&id).and_then(|flight| flight.fallback.take()) {
-                debug!(id, "a lane did not answer a query within {QUERY_BOUND:?}; answered empty");
+                debug!(id, "a lane did not answer a query in time; answered empty");
                 self.finish(id, Some(fallback));
             }
         }

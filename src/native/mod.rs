@@ -90,6 +90,8 @@ pub struct LaneState {
     waits: Mutex<Waits>,
     waits_changed: Condvar,
     cpu: Arc<CpuMeter>,
+    /// A job is running (between `begin_job` and `end_job`).
+    busy: AtomicBool,
 }
 
 /// The calling thread's `PyThread_get_thread_ident`, the id `PyThreadState_SetAsyncExc` takes.
@@ -125,6 +127,7 @@ impl LaneState {
             lane_thread: AtomicU64::new(0),
             waits: Mutex::new(Waits::default()),
             waits_changed: Condvar::new(),
+            busy: AtomicBool::new(false),
         }
     }
 
@@ -171,12 +174,19 @@ impl LaneState {
     /// Starts counting the calling thread's CPU time for the lane (call on the lane thread when
     /// a job starts).
     pub fn begin_job(&self) {
+        self.busy.store(true, Ordering::Release);
         self.cpu.begin();
     }
 
     /// Stops counting, on the lane thread, when the job is done.
     pub fn end_job(&self) {
         self.cpu.end();
+        self.busy.store(false, Ordering::Release);
+    }
+
+    /// Whether the lane is running a job now.
+    pub fn is_busy(&self) -> bool {
+        self.busy.load(Ordering::Acquire)
     }
 
     /// Sends an event to the kernel, after the stream text written before it.

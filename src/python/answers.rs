@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use serde_json::{json, Value};
 use tokio::sync::mpsc::UnboundedSender;
@@ -13,10 +13,11 @@ use tokio::sync::mpsc::UnboundedSender;
 use crate::kernel::executor::{Event, Query, RequestId};
 use crate::native;
 
-/// How long a query may wait for its lane. A busy pure-Python cell gives the GIL to the query
-/// thread every switch interval (completion then takes tens of milliseconds); the bound is for
-/// cells inside C code that keep the GIL.
-pub(crate) const QUERY_PATIENCE: Duration = Duration::from_secs(1);
+/// How long a query may wait for a lane that is running a cell. A busy pure-Python cell gives
+/// the GIL to the query thread every switch interval (completion then takes tens of
+/// milliseconds); the bound is for cells inside C code that keep the GIL. The kernel keeps the
+/// same bounds (`kernel::QUERY_BOUND_BUSY`, `kernel::QUERY_BOUND_IDLE`).
+pub(crate) use crate::kernel::{QUERY_BOUND_BUSY, QUERY_BOUND_IDLE};
 
 pub(crate) struct Answers {
     events: UnboundedSender<Event>,
@@ -46,10 +47,13 @@ impl Answers {
         self.pending.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Registers `request` as asked now; `query` decides the fallback answer.
-    pub(crate) fn expect(&self, request: RequestId, query: &Query) {
+    /// Registers `request` as asked now of a lane that is `busy` or idle; `query` decides the
+    /// fallback answer. An idle lane is given longer: its answer can only be slow for a reason
+    /// worth waiting for (jedi's first completion on a loaded machine takes over a second).
+    pub(crate) fn expect(&self, request: RequestId, query: &Query, busy: bool) {
+        let patience = if busy { QUERY_BOUND_BUSY } else { QUERY_BOUND_IDLE };
         let pending = Pending {
-            deadline: Instant::now() + QUERY_PATIENCE,
+            deadline: Instant::now() + patience,
             fallback: fallback(query),
         };
         self.lock().insert(request, pending);

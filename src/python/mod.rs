@@ -266,7 +266,7 @@ impl std::fmt::Debug for PythonExecutor {
 
 impl PythonExecutor {
     fn query_main(&self, request: RequestId, query: Query) {
-        self.answers.expect(request, &query);
+        self.answers.expect(request, &query, self.state.is_busy());
         if let Err(mpsc::SendError(QueryCommand::Answer(request, _))) =
             self.queries.send(QueryCommand::Answer(request, query))
         {
