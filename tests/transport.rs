@@ -288,6 +288,22 @@ async fn topic_subscriptions_are_reported_without_the_subscribe_byte() {
     assert_eq!(received.into_vec(), frames(&[b"kernel.status", b"kept"]));
 }
 
+/// A second subscriber to a topic already subscribed is reported too: each is owed its own
+/// `iopub_welcome` (libzmq's XPUB passes only the first unless verbose).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_subscriber_is_reported_even_to_the_same_topic() {
+    let (endpoints, mut transport) = bind_free().await;
+    let mut subscribers = Vec::new();
+    for _ in 0..3 {
+        let mut subscriber = SubSocket::new();
+        within("sub connect", subscriber.connect(&address(endpoints.iopub_port))).await.expect("connect");
+        subscriber.subscribe("").await.expect("subscribe");
+        let topic = within("each subscription", transport.subscriptions.recv()).await;
+        assert_eq!(topic, Some(Bytes::new()));
+        subscribers.push(subscriber);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unroutable_messages_are_dropped_and_the_socket_keeps_serving() {
     let (endpoints, mut transport) = bind_free().await;
