@@ -7,8 +7,8 @@
 //!
 //! - `Signed`: replaced by the right signature, so the JSON and content parsers are reached.
 //! - `Own`: left as the fuzzer wrote it; it passes exactly when it is the right MAC.
-//! - `Tampered`: signed, then one byte of a signed frame or of the signature is changed
-//!   (`tweak` says which); it must never pass.
+//! - `Tampered`: signed, then one bit of a signed frame or of the signature is flipped, or
+//!   the signature is cut to a prefix (`tweak` says which); it must never pass.
 //! - `Replayed`: signed, then sent twice through one `Verifier` (the second time in upper
 //!   case when `tweak` is odd); the second must be refused as a replay.
 //! - `Unsigned`: an empty key, as a client without a key; nothing is checked but the parsing.
@@ -75,18 +75,28 @@ fn tampered(mut frames: Vec<Bytes>, signer: &Signer, tweak: u8) {
         return;
     }
     let slot = signature_slot(&frames).unwrap();
-    // The signature frame or one of the four signed frames after it.
-    let target = slot + usize::from(tweak) % 5;
-    let mut changed = frames[target].to_vec();
-    if changed.is_empty() {
-        changed.push(b'x');
+    let choice = usize::from(tweak % 6);
+    let at = usize::from(tweak / 6);
+    if choice == 5 {
+        // A prefix of the right signature (an even number of hex digits, so still hex).
+        frames[slot] = frames[slot].slice(..(at % 32) * 2);
     } else {
-        let at = usize::from(tweak / 5) % changed.len();
-        changed[at] ^= 1;
+        // One bit of the signature frame or of one of the four signed frames after it.
+        let target = slot + choice;
+        let mut changed = frames[target].to_vec();
+        if changed.is_empty() {
+            changed.push(b'x');
+        } else {
+            let at = at % changed.len();
+            changed[at] ^= 1;
+        }
+        frames[target] = Bytes::from(changed);
     }
-    frames[target] = Bytes::from(changed);
     let result = Message::decode(frames, &mut Verifier::new(signer.clone()));
-    assert!(matches!(result, Err(WireError::BadSignature)), "a tampered message was not refused: {result:?}");
+    assert!(
+        matches!(result, Err(WireError::BadSignature | WireError::MissingSignature)),
+        "a tampered message was not refused: {result:?}"
+    );
 }
 
 fn replayed(mut frames: Vec<Bytes>, signer: &Signer, tweak: u8) {
