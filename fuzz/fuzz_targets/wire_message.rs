@@ -13,12 +13,14 @@
 //!   case when `tweak` is odd); the second must be refused as a replay.
 //! - `Unsigned`: an empty key, as a client without a key; nothing is checked but the parsing.
 //!
-//! Whatever decodes must re-encode to frames that decode to the same message.
+//! Whatever decodes must re-encode to frames that decode to the same message, and the reply
+//! the kernel would send to it must decode, parented to it.
 #![no_main]
 
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
-use parakernel::wire::{Message, Request, Signer, Verifier, WireError, DELIMITER};
+use parakernel::wire::{reply_type, Message, Request, Session, Signer, Verifier, WireError, DELIMITER};
+use serde_json::json;
 
 const KEY: &[u8] = b"fuzz-key";
 const SEPARATOR: u8 = 0xFF;
@@ -163,8 +165,8 @@ fn assert_misframed(result: &Result<Message, WireError>) {
     );
 }
 
-/// What the kernel does with a decoded message (types its content, replies through `encode`)
-/// must not panic, and `encode` must give frames that decode to the same message.
+/// What the kernel does with a decoded message (types its content, replies to it) must not
+/// panic, and `encode` must give frames that decode to the same message.
 fn check_round_trip(message: &Message, signer: &Signer) {
     let parsed = Request::parse(message.msg_type(), &message.content);
     if let Ok(request) = &parsed {
@@ -180,4 +182,14 @@ fn check_round_trip(message: &Message, signer: &Signer) {
     assert_eq!(again.buffers, message.buffers);
     let parsed_again = Request::parse(again.msg_type(), &again.content);
     assert_eq!(parsed_again.is_ok(), parsed.is_ok(), "{parsed:?} then {parsed_again:?}");
+
+    // The reply goes back to the sender, parented to the request and in its subshell.
+    let session = Session::new(signer.clone());
+    let msg_type = reply_type(message.msg_type()).unwrap_or_else(|| "status".to_owned());
+    let reply = session.reply(message, &msg_type, json!({"status": "ok"}));
+    let reply = Message::decode(reply.encode(signer), &mut Verifier::new(signer.clone()))
+        .unwrap_or_else(|error| panic!("a reply does not decode: {error}"));
+    assert_eq!(reply.identities, message.identities);
+    assert_eq!(reply.parent_header.as_ref(), Some(&message.header));
+    assert_eq!(reply.header.extra.get("subshell_id"), message.header.extra.get("subshell_id"));
 }
