@@ -16,6 +16,7 @@ demo: setup
 
 test: setup browser
 	PYO3_PYTHON=$$(cat $(VENV)/.base-python) cargo test --release --locked
+	$(MAKE) fuzz-smoke
 	$(PY) -m pytest -v tests/python
 
 bench: setup
@@ -55,3 +56,5 @@ browser:
 
 clean-venv:
 	rm -rf $(VENV)
+
+include fuzz/fuzz.mk
