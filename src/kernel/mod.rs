@@ -20,7 +20,7 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use tracing::{debug, error, info, warn};
 
 use crate::transport::{Channel, Incoming, Outgoing, Transport};
-use crate::wire::{quoted, reply_type, Header, Message, Request, Session, Verifier};
+use crate::wire::{quoted, reply_type, Header, Message, Request, Session, Verifier, WireError};
 use executor::{Event, ExecuteJob, Executor, InterruptTarget, Job, Lane, Query, RequestId};
 use history::History;
 use streams::{Flushed, StreamBuffer};
@@ -47,10 +47,11 @@ const QUERY_BOUND: Duration = Duration::from_secs(1);
 /// words around the peer's value that the error quotes.
 const LOGGED_ERROR_CHARS: usize = 240;
 
-/// A request between its `busy` and its `idle`.
+/// A request between its `busy` and its `idle`. Its content is not kept: it was typed into the
+/// [`Request`] (whose parts went where they are used) and its frame freed.
 #[derive(Debug)]
 struct InFlight {
-    message: Message,
+    message: Message<()>,
     channel: Channel,
     /// The lane of a job (execute or comm), once it has one.
     lane: Option<Lane>,
@@ -175,26 +176,34 @@ impl<E: Executor> Kernel<E> {
 
     fn on_incoming(&mut self, incoming: Incoming) {
         let Incoming { channel, frames } = incoming;
-        let message = match Message::decode(frames, &mut self.verifier) {
-            Ok(message) => message,
+        let (message, content) = match Message::receive(frames, &mut self.verifier) {
+            Ok(message) => message.take_content(),
             Err(error) => {
                 warn!(?channel, error = %quoted(&error.to_string()).limit(LOGGED_ERROR_CHARS), "dropped a message");
                 return;
             }
         };
         debug!(?channel, msg_type = %quoted(message.msg_type()), "received");
+        let request = Request::parse(message.msg_type(), &content);
+        // The content frame (libzmq's buffer: 200 MB for a 200 MB cell) is freed as soon as it
+        // is typed, before the cell is queued.
+        drop(content);
         if channel == Channel::Stdin {
-            self.on_stdin(&message);
+            self.on_stdin(&message, request);
             return;
         }
-        let request = match Request::parse(message.msg_type(), &message.content) {
+        let request = match request {
             Ok(request) => request,
-            Err(error) => {
+            Err(error @ WireError::Content { .. }) => {
                 let error = error.to_string();
                 warn!(?channel, error = %quoted(&error).limit(LOGGED_ERROR_CHARS), "refused a request");
                 let id = self.begin(message, channel);
                 let reply = error_content("BadRequest", &error);
                 self.finish(id, Some(reply));
+                return;
+            }
+            Err(error) => {
+                warn!(?channel, error = %quoted(&error.to_string()).limit(LOGGED_ERROR_CHARS), "dropped a message");
                 return;
             }
         };
@@ -271,12 +280,14 @@ impl<E: Executor> Kernel<E> {
                 let reply = self.history.reply(&history);
                 self.finish(id, Some(reply));
             }
-            Request::CommOpen(_) | Request::CommMsg(_) | Request::CommClose(_) => {
+            Request::CommOpen(comm) | Request::CommMsg(comm) | Request::CommClose(comm) => {
                 let flight = &self.in_flight[&id];
+                let mut content = comm.rest;
+                content.insert("comm_id".to_owned(), Value::String(comm.comm_id));
                 let job = Job::Comm {
                     request: id,
                     msg_type: flight.message.msg_type().to_owned(),
-                    content: flight.message.content.clone(),
+                    content: Value::Object(content),
                     metadata: flight.message.metadata.clone(),
                     buffers: flight.message.buffers.iter().map(|buffer| buffer.to_vec()).collect(),
                     parent_header: header_json(&flight.message.header),
@@ -486,8 +497,8 @@ impl<E: Executor> Kernel<E> {
         self.finish(job.request(), reply);
     }
 
-    fn on_stdin(&mut self, message: &Message) {
-        let Ok(Request::InputReply(reply)) = Request::parse(message.msg_type(), &message.content) else {
+    fn on_stdin(&mut self, message: &Message<()>, request: Result<Request, WireError>) {
+        let Ok(Request::InputReply(reply)) = request else {
             warn!(msg_type = %quoted(message.msg_type()), "unexpected message on stdin; dropped");
             return;
         };
@@ -504,7 +515,7 @@ impl<E: Executor> Kernel<E> {
     }
 
     /// Registers a request and publishes its `busy`.
-    fn begin(&mut self, message: Message, channel: Channel) -> RequestId {
+    fn begin(&mut self, message: Message<()>, channel: Channel) -> RequestId {
         let id = self.next_request;
         self.next_request += 1;
         self.publish_status("busy", Some(&message.header));
