@@ -15,13 +15,14 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use bytes::Bytes;
+use serde::Serialize;
 use serde_json::{json, Map, Value};
 use tokio::sync::mpsc::UnboundedReceiver;
 use tracing::{debug, error, info, warn};
 
 use crate::transport::{Channel, Incoming, Outgoing, Transport};
 use crate::wire::{quoted, reply_type, Header, Message, Request, Session, Verifier, WireError};
-use executor::{Event, ExecuteJob, Executor, InterruptTarget, Job, Lane, Query, RequestId};
+use executor::{CellCode, Event, ExecuteJob, Executor, InterruptTarget, Job, Lane, Query, RequestId};
 use history::History;
 use streams::{Flushed, StreamBuffer};
 
@@ -219,17 +220,19 @@ impl<E: Executor> Kernel<E> {
                 self.finish(id, Some(reply));
             }
             Request::Execute(execute) => {
+                // Moved, never copied: the history, the echo and the job share this text.
+                let code = CellCode::from(execute.code);
                 let counted = !execute.silent && execute.store_history;
                 if counted {
                     self.execution_count += 1;
-                    self.history.record(self.execution_count, &execute.code);
+                    self.history.record(self.execution_count, code.clone());
                 }
                 let flight = self.in_flight.get_mut(&id).expect("begun above");
                 flight.stop_on_error = execute.stop_on_error;
                 flight.execution_count = self.execution_count;
                 let tags = cell_tags(&flight.message.metadata);
                 let parent_header = header_json(&flight.message.header);
-                let (lane, code) = match self.route(&execute.code, &tags) {
+                let (lane, code) = match self.route(&code, &tags) {
                     Ok(routed) => routed,
                     Err(message) => {
                         self.refuse_cell(id, &message);
@@ -400,7 +403,8 @@ impl<E: Executor> Kernel<E> {
         };
         if let Job::Execute(execute) = &job {
             if !execute.silent {
-                let content = json!({"code": execute.code, "execution_count": execute.execution_count});
+                // The echo borrows the cell's code: serialized once, straight into its frame.
+                let content = ExecuteInput { code: &execute.code, execution_count: execute.execution_count };
                 self.publish(execute.request, "execute_input", content);
             }
         }
@@ -601,7 +605,7 @@ impl<E: Executor> Kernel<E> {
         self.send(Channel::Iopub, &message);
     }
 
-    fn publish(&mut self, request: RequestId, msg_type: &str, content: Value) {
+    fn publish<C: Serialize>(&mut self, request: RequestId, msg_type: &str, content: C) {
         let parent = self.header_of(request).cloned();
         let message = self.iopub_message(msg_type, content, parent.as_ref());
         self.send(Channel::Iopub, &message);
@@ -612,12 +616,12 @@ impl<E: Executor> Kernel<E> {
         self.send(Channel::Iopub, &message);
     }
 
-    fn iopub_message(&self, msg_type: &str, content: Value, parent: Option<&Header>) -> Message {
+    fn iopub_message<C>(&self, msg_type: &str, content: C, parent: Option<&Header>) -> Message<C> {
         let topic = Bytes::from(format!("kernel.{}.{msg_type}", self.session.id));
         self.session.message(msg_type, content, parent, vec![topic])
     }
 
-    fn send(&self, channel: Channel, message: &Message) {
+    fn send<C: Serialize>(&self, channel: Channel, message: &Message<C>) {
         let frames = message.encode(&self.session.signer);
         if self.outgoing.send(Outgoing { channel, frames }).is_err() {
             debug!(?channel, "transport closed; message not sent");
@@ -644,8 +648,15 @@ fn cell_tags(metadata: &Map<String, Value>) -> Vec<String> {
 fn running_label(execute: &ExecuteJob) -> String {
     let first = execute.code.lines().find(|line| !line.trim().is_empty()).unwrap_or("").trim();
     let shown: String = first.chars().take(60).collect();
-    let ellipsis = if first.chars().count() > 60 { "…" } else { "" };
+    let ellipsis = if shown.len() < first.len() { "…" } else { "" };
     format!("In [{}]: {shown}{ellipsis}", execute.execution_count)
+}
+
+/// `execute_input` content, borrowing the cell's code.
+#[derive(Serialize)]
+struct ExecuteInput<'a> {
+    code: &'a str,
+    execution_count: u64,
 }
 
 fn header_json(header: &Header) -> Value {

@@ -111,7 +111,7 @@ impl<'py> LaneRuntime<'py> {
     /// Runs one `execute_request`; returns the `execute_reply` content.
     fn execute(&self, job: &ExecuteJob) -> Value {
         let request = json!({
-            "code": job.code,
+            "code": job.code.as_str(),
             "silent": job.silent,
             "store_history": job.store_history,
             "user_expressions": job.user_expressions,
