@@ -3,8 +3,9 @@
 Shipped inside the parakernel binary and executed as the module `_parakernel_shell` in every
 interpreter that runs cells (the main interpreter and each subinterpreter lane). Rust calls the
 functions at the bottom (`start`, `execute`, `comm`, `query`, `stop`, `other_threads`,
-`restore`) with JSON strings and gets JSON strings back; everything a cell publishes goes out
-through the native module `_parakernel`, which knows the request the lane is running.
+`restore`) with JSON strings (and `execute` with the cell's code as a `str` of its own) and gets
+JSON strings back; everything a cell publishes goes out through the native module `_parakernel`,
+which knows the request the lane is running.
 
 Behaviour follows ipykernel (ipkernel.py, zmqshell.py, displayhook.py, iostream.py) so that
 notebooks and libraries see what they see under ipykernel.
@@ -884,7 +885,7 @@ class _Kernel:
 _kernel = _Kernel()
 
 
-def execute(job_json):
+def execute(job_json, code):
     """Run one cell, as ipykernel's do_execute; returns the execute_reply content."""
     job = json.loads(job_json)
     _kernel.parent = {"header": job["parent_header"]}
@@ -900,7 +901,7 @@ def execute(job_json):
         run = functools.partial(contextvars.Context().run, shell.run_cell)
         _before_job["environ"], _before_job["cwd"] = dict(os.environ), os.getcwd()
     try:
-        result = run(job["code"], store_history=job["store_history"], silent=job["silent"])
+        result = run(code, store_history=job["store_history"], silent=job["silent"])
     finally:
         builtins.input, getpass.getpass = saved_input, saved_getpass
     # With the history database off, IPython still queues every cell's source for it, forever.
