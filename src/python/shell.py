@@ -690,6 +690,14 @@ def _define_shell_classes():
                 self.msg["data"] = format_dict
                 self.msg["metadata"] = md_dict or {}
 
+        @staticmethod
+        def semicolon_at_end_of_expression(expression):
+            # IPython tokenizes the whole cell again to see whether it ends with ';' (a 200 MB cell
+            # became an 800 MB StringIO and the tokenizer's copies): a cell with no ';' cannot.
+            if ";" not in expression:
+                return False
+            return DisplayHook.semicolon_at_end_of_expression(expression)
+
         def finish_displayhook(self):
             msg, self.msg = self.msg, None
             if msg and msg["data"]:
