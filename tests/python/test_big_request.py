@@ -22,7 +22,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from kernel_helpers import Kernel, is_ipykernel
+from kernel_helpers import Kernel, is_ipykernel, strip_ansi
 
 SIZE = 60 * 10**6
 # Bounds in multiples of SIZE, with room over what was measured (above) and far under what the
@@ -85,3 +85,26 @@ def test_a_60_mb_cell_is_held_a_few_times_not_once_per_step(kernel_name, lane):
         assert check.stdout.split() == [str(len(code) - len(prefix)), "True"]
     finally:
         kernel.shutdown()
+
+
+def test_a_large_cell_keeps_ipython_semantics(kernel):
+    # 2 MB: over the size from which parakernel makes linecache's lines on demand.
+    pad = "# " + "p" * (2 * 2**20) + "\n"
+    failed = kernel.execute(pad + "def f(x):\n    return 1 / x\nf(0)")
+    assert failed.status == "error"
+    traceback = strip_ansi("\n".join(failed.error["traceback"]))
+    # The traceback shows the cell's own lines, as for any cell.
+    assert "----> 4 f(0)" in traceback and "----> 3     return 1 / x" in traceback, traceback
+    count = failed.content["execution_count"]
+    checks = kernel.execute(
+        "import inspect, linecache\n"
+        "name = f.__code__.co_filename\n"
+        "print(repr(inspect.getsource(f)))\n"
+        "print(len(linecache.getlines(name)), repr(linecache.getline(name, 3)))\n"
+        f"print(len(In[{count}]), In[{count}] == _i{count}, In[{count}].endswith('f(0)'))\n"
+    ).ok()
+    assert checks.stdout.splitlines() == [
+        repr("def f(x):\n    return 1 / x\n"),
+        f"4 {'    return 1 / x' + chr(10)!r}",
+        f"{len(pad) + len('def f(x):\n    return 1 / x\nf(0)')} True True",
+    ]
