@@ -49,6 +49,7 @@ impl CellCode {
     }
 
     /// The same code from byte `start` on (a char boundary of [`Self::as_str`]), sharing it.
+    #[must_use]
     pub fn suffix(&self, start: usize) -> Self {
         assert!(self.as_str().is_char_boundary(start), "a suffix starts at a character");
         CellCode { text: Arc::clone(&self.text), start: self.start + start }

@@ -21,7 +21,7 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use tracing::{debug, error, info, warn};
 
 use crate::transport::{Channel, Incoming, Outgoing, Transport};
-use crate::wire::{quoted, reply_type, Header, Message, Request, Session, Verifier, WireError};
+use crate::wire::{quoted, reply_type, ExecuteRequest, Header, Message, Request, Session, Verifier, WireError};
 use executor::{CellCode, Event, ExecuteJob, Executor, InterruptTarget, Job, Lane, Query, RequestId};
 use history::History;
 use streams::{Flushed, StreamBuffer};
@@ -219,41 +219,7 @@ impl<E: Executor> Kernel<E> {
                 let reply = self.kernel_info();
                 self.finish(id, Some(reply));
             }
-            Request::Execute(execute) => {
-                // Moved, never copied: the history, the echo and the job share this text.
-                let code = CellCode::from(execute.code);
-                let counted = !execute.silent && execute.store_history;
-                if counted {
-                    self.execution_count += 1;
-                    self.history.record(self.execution_count, code.clone());
-                }
-                let flight = self.in_flight.get_mut(&id).expect("begun above");
-                flight.stop_on_error = execute.stop_on_error;
-                flight.execution_count = self.execution_count;
-                let tags = cell_tags(&flight.message.metadata);
-                let parent_header = header_json(&flight.message.header);
-                let (lane, code) = match self.route(&code, &tags) {
-                    Ok(routed) => routed,
-                    Err(message) => {
-                        self.refuse_cell(id, &message);
-                        return;
-                    }
-                };
-                let job = Job::Execute(ExecuteJob {
-                    request: id,
-                    code,
-                    silent: execute.silent,
-                    store_history: execute.store_history,
-                    user_expressions: execute.user_expressions,
-                    allow_stdin: execute.allow_stdin,
-                    execution_count: self.execution_count,
-                    parent_header,
-                });
-                match lane {
-                    Some(lane) => self.enqueue(lane, job),
-                    None => self.enqueue_fresh(job),
-                }
-            }
+            Request::Execute(execute) => self.execute(id, execute),
             Request::Complete(complete) => {
                 let cursor_pos = complete.cursor_pos.unwrap_or_else(|| complete.code.chars().count());
                 let (lane, code, cursor_pos, offset) = self.query_lane(&complete.code, cursor_pos);
@@ -318,6 +284,44 @@ impl<E: Executor> Kernel<E> {
                 });
                 self.finish(id, reply);
             }
+        }
+    }
+
+    /// An `execute_request`: counted, recorded in the history, routed to its lane and queued
+    /// there (or refused, when its lane cannot be had).
+    fn execute(&mut self, id: RequestId, execute: ExecuteRequest) {
+        // Moved, never copied: the history, the echo and the job share this text.
+        let code = CellCode::from(execute.code);
+        let counted = !execute.silent && execute.store_history;
+        if counted {
+            self.execution_count += 1;
+            self.history.record(self.execution_count, code.clone());
+        }
+        let flight = self.in_flight.get_mut(&id).expect("begun");
+        flight.stop_on_error = execute.stop_on_error;
+        flight.execution_count = self.execution_count;
+        let tags = cell_tags(&flight.message.metadata);
+        let parent_header = header_json(&flight.message.header);
+        let (lane, code) = match self.route(&code, &tags) {
+            Ok(routed) => routed,
+            Err(message) => {
+                self.refuse_cell(id, &message);
+                return;
+            }
+        };
+        let job = Job::Execute(ExecuteJob {
+            request: id,
+            code,
+            silent: execute.silent,
+            store_history: execute.store_history,
+            user_expressions: execute.user_expressions,
+            allow_stdin: execute.allow_stdin,
+            execution_count: self.execution_count,
+            parent_header,
+        });
+        match lane {
+            Some(lane) => self.enqueue(lane, job),
+            None => self.enqueue_fresh(job),
         }
     }
 
