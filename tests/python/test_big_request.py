@@ -24,6 +24,9 @@ import pytest
 
 from kernel_helpers import Kernel, is_ipykernel, strip_ansi
 
+# Over glibc's largest mmap threshold (32 MiB): every copy of the cell is mapped and unmapped on
+# its own, so RSS shows what is held. Under it, freed copies may stay in malloc's heap (a 20 MB
+# cell "kept" 6x its size by RSS, ipykernel 12x).
 SIZE = 60 * 10**6
 # Bounds in multiples of SIZE, with room over what was measured (above) and far under what the
 # kernel held before.
