@@ -20,6 +20,9 @@ to `Row`s; add one to BENCHMARKS to add rows. Rows may have an anchor of their o
   counted) against a whole anchor process, beside a bare subinterpreter, one with an IPython
   shell (`_interpreters`) and a fork worker; fresh-lane dispatch (a `%%parallel` `pass` round
   trip minus a main-lane one); RSS over 500 fresh-lane cells.
+- big-request: one 200 MB execute_request (`s = '<200 MB>'`, signed, to a new kernel of each
+  kind): peak RSS (VmHWM), RSS kept after the cell and after `del s`, each also as a multiple
+  of the request's size, and the time to the reply.
   A target that needs more cores than the probe found free is shown but not judged; a row
   whose kernel feature is missing says "n/a (why)".
 """
@@ -153,17 +156,18 @@ def print_table(rows: list[Row], candidate: str) -> None:
 # --------------------------------------------------------------------------------------
 
 
-def wait_reply(kc: BlockingKernelClient, msg_id: str) -> dict:
-    deadline = time.monotonic() + REPLY_TIMEOUT
+def wait_reply(kc: BlockingKernelClient, msg_id: str, timeout: float = REPLY_TIMEOUT) -> dict:
+    deadline = time.monotonic() + timeout
     while True:
         msg = kc.get_shell_msg(timeout=max(0.0, deadline - time.monotonic()))
         if msg["parent_header"].get("msg_id") == msg_id:
             return msg
 
 
-def iopub_until_idle(kc: BlockingKernelClient, msg_id: str) -> Iterator[tuple[float, dict]]:
+def iopub_until_idle(kc: BlockingKernelClient, msg_id: str,
+                     timeout: float = REPLY_TIMEOUT) -> Iterator[tuple[float, dict]]:
     """Yields (arrival time, message) for each iopub message of the request, idle last."""
-    deadline = time.monotonic() + REPLY_TIMEOUT
+    deadline = time.monotonic() + timeout
     while True:
         msg = kc.get_iopub_msg(timeout=max(0.0, deadline - time.monotonic()))
         arrived = time.perf_counter()
@@ -271,6 +275,7 @@ class Bench:
     warmup: int
     line_runs: int
     cpu_runs: int = 3
+    big_request_mb: int = 200
     _running: dict[str, Running] = field(default_factory=dict)
     rss_after_start: dict[str, int] = field(default_factory=dict)
     lane_reason: str | None | bool = False  # False: not asked yet
@@ -660,6 +665,81 @@ def fresh_growth(bench: Bench) -> list[Row]:
                 max_value=FRESH_GROWTH_TARGET, show_ratio=False, note=trace)]
 
 
+# --------------------------------------------------------------------------------------
+# A 200 MB request
+# --------------------------------------------------------------------------------------
+
+BIG_REQUEST_TIMEOUT = 900.0  # ipykernel took 110 s on 2 busy cores
+# What the kernel may hold, in multiples of the request's size (measured: 7x, 3x, 2x).
+BIG_REQUEST_TARGETS = {"peak": 8, "kept": 4, "after del": 3}
+
+
+def peak_rss(pid: int) -> int:
+    """The process's peak resident set (Linux's VmHWM) since it started or since reset."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise OSError(f"no VmHWM in /proc/{pid}/status")
+
+
+def reset_peak_rss(pid: int) -> None:
+    with open(f"/proc/{pid}/clear_refs", "w") as clear_refs:
+        clear_refs.write("5")
+
+
+def big_request(bench: Bench) -> list[Row]:
+    """One signed execute_request of `s = '<N MB>'` to a new kernel of each kind: the kernel's
+    peak RSS over its RSS before (exact: VmHWM, reset before the request), what it keeps once
+    the cell has run, and after `del s`; and the time to the reply."""
+    size_mb = bench.big_request_mb
+    code = "s = '" + "a" * (size_mb * 10**6) + "'\nlen(s)"
+    size = len(code)
+    label = f"{size_mb} MB request"
+    measured: dict[str, dict[str, float]] = {role: {} for role in ROLES}
+    for role in ROLES:
+        kernel, _ = Running.start(bench.names[role])
+        try:
+            kernel.execute("pass")
+            pid = kernel.km.provisioner.process.pid  # type: ignore[union-attr]
+            process = psutil.Process(pid)
+            before = process.memory_info().rss
+            try:
+                reset_peak_rss(pid)
+            except OSError as error:
+                return [Row.not_available(f"{label}: peak RSS", bench.names[ANCHOR],
+                                          f"no VmHWM reset: {error}")]
+            started = time.perf_counter()
+            msg_id = kernel.kc.execute(code)
+            for _ in iopub_until_idle(kernel.kc, msg_id, BIG_REQUEST_TIMEOUT):
+                pass
+            reply = wait_reply(kernel.kc, msg_id, BIG_REQUEST_TIMEOUT)
+            measured[role]["time"] = time.perf_counter() - started
+            if reply["content"]["status"] != "ok":
+                raise RuntimeError(f"{kernel.name}: the {label} failed: {reply['content']}")
+            measured[role]["peak"] = peak_rss(pid) - before
+            measured[role]["kept"] = process.memory_info().rss - before
+            kernel.execute("del s")
+            measured[role]["after del"] = process.memory_info().rss - before
+        finally:
+            kernel.stop()
+
+    def times_the_request(key: str) -> str:
+        return " vs ".join(f"{measured[role][key] / size:.1f}×" for role in (CANDIDATE, ANCHOR))
+
+    rows = []
+    for key, metric in (("peak", "peak RSS"), ("kept", "RSS kept after the cell"),
+                        ("after del", "RSS kept after `del s`")):
+        bound = BIG_REQUEST_TARGETS[key]
+        rows.append(bench.row(f"{label}: {metric}", "bytes",
+                              {role: measured[role][key] for role in ROLES},
+                              max_value=bound * size, target_text=f"≤ {bound}× the request",
+                              note=f"{times_the_request(key)} the request"))
+    rows.append(bench.row(f"{label} → reply and idle", "s",
+                          {role: measured[role]["time"] for role in ROLES}))
+    return rows
+
+
 BENCHMARKS: dict[str, Callable[[Bench], list[Row]]] = {
     "startup": startup,
     "pass": pass_round_trip,
@@ -671,6 +751,7 @@ BENCHMARKS: dict[str, Callable[[Bench], list[Row]]] = {
     "lane-memory": lane_memory,
     "fresh-latency": fresh_latency,
     "fresh-growth": fresh_growth,
+    "big-request": big_request,
 }
 
 
@@ -697,6 +778,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--line-runs", type=int, default=3, help="100,000-line cells per kernel")
     parser.add_argument("--cpu-runs", type=int, default=3,
                         help="rounds of the CPU-bound cells, per kernel")
+    parser.add_argument("--big-request-mb", type=int, default=200,
+                        help="size of the large execute_request, in MB")
     parser.add_argument("--only", action="append", choices=list(BENCHMARKS),
                         help="run only this benchmark (repeatable)")
     args = parser.parse_args(argv)
@@ -715,7 +798,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Python {platform.python_version()}, {os.cpu_count()} cores, {platform.platform()}\n")
 
     bench = Bench({ANCHOR: args.baseline, CANDIDATE: args.kernel},
-                  args.starts, args.runs, args.warmup, args.line_runs, args.cpu_runs)
+                  args.starts, args.runs, args.warmup, args.line_runs, args.cpu_runs,
+                  args.big_request_mb)
     rows: list[Row] = []
     try:
         for name, benchmark in BENCHMARKS.items():

@@ -1,6 +1,8 @@
 //! The contract between the kernel (meaning) and whatever runs Python (the `python` module, or a
 //! mock in tests). Jobs go in, events come out; neither side blocks the other.
 
+use std::sync::Arc;
+
 use serde_json::{Map, Value};
 
 /// The kernel's handle on one request while it is in flight; every event names the request it
@@ -30,12 +32,82 @@ impl Lane {
     }
 }
 
+/// A cell's code, held once and shared by everyone who needs it (the kernel's history, the
+/// `execute_input` echo, the lane's job): a 200 MB cell is 200 MB in the kernel, not a copy per
+/// holder. A `CellCode` may be a suffix of the code as sent (the job's code without the
+/// `%%lane` line) and still shares the text.
+#[derive(Clone)]
+pub struct CellCode {
+    // `Arc<String>`, not `Arc<str>`: a `String` moves in without copying its bytes.
+    text: Arc<String>,
+    start: usize,
+}
+
+impl CellCode {
+    pub fn as_str(&self) -> &str {
+        &self.text[self.start..]
+    }
+
+    /// The same code from byte `start` on (a char boundary of [`Self::as_str`]), sharing it.
+    #[must_use]
+    pub fn suffix(&self, start: usize) -> Self {
+        assert!(self.as_str().is_char_boundary(start), "a suffix starts at a character");
+        CellCode { text: Arc::clone(&self.text), start: self.start + start }
+    }
+}
+
+impl From<String> for CellCode {
+    fn from(text: String) -> Self {
+        CellCode { text: Arc::new(text), start: 0 }
+    }
+}
+
+impl From<&str> for CellCode {
+    fn from(text: &str) -> Self {
+        CellCode::from(text.to_owned())
+    }
+}
+
+impl std::ops::Deref for CellCode {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl std::fmt::Debug for CellCode {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.as_str(), formatter)
+    }
+}
+
+impl PartialEq for CellCode {
+    fn eq(&self, other: &CellCode) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for CellCode {}
+
+impl PartialEq<str> for CellCode {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl PartialEq<&str> for CellCode {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
 /// An `execute_request` as the lane runs it. The magic line that chose the lane (if any) is
 /// already removed from `code`.
 #[derive(Debug, Clone)]
 pub struct ExecuteJob {
     pub request: RequestId,
-    pub code: String,
+    pub code: CellCode,
     pub silent: bool,
     pub store_history: bool,
     pub user_expressions: Map<String, Value>,
@@ -185,4 +257,20 @@ pub trait Executor: Send {
     /// Interrupts everything and asks every lane to end; the process exits once the kernel has
     /// sent its last message.
     fn shutdown(&mut self);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::CellCode;
+
+    #[test]
+    fn a_suffix_shares_the_text() {
+        let code = CellCode::from("%%lane a\nx = 1".to_owned());
+        let job = code.suffix("%%lane a\n".len());
+        assert_eq!(job, "x = 1");
+        assert_eq!(code, "%%lane a\nx = 1");
+        assert!(std::ptr::eq(code.as_str()[9..].as_ptr(), job.as_ptr()));
+        assert_eq!(job.suffix(4), "1");
+        assert_eq!(format!("{job:?}"), "\"x = 1\"");
+    }
 }

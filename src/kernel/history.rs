@@ -3,6 +3,7 @@
 
 use serde_json::{json, Value};
 
+use super::executor::CellCode;
 use crate::wire::{HistoryAccess, HistoryRequest};
 
 /// The session number this kernel's entries carry (IPython numbers sessions from 1).
@@ -11,7 +12,8 @@ const SESSION: i64 = 1;
 #[derive(Debug)]
 struct Entry {
     line: u64,
-    input: String,
+    /// Shared with the cell's job and echo: the history holds no copy of its own.
+    input: CellCode,
     output: Option<String>,
 }
 
@@ -21,8 +23,8 @@ pub struct History {
 }
 
 impl History {
-    pub fn record(&mut self, line: u64, input: &str) {
-        self.entries.push(Entry { line, input: input.to_owned(), output: None });
+    pub fn record(&mut self, line: u64, input: CellCode) {
+        self.entries.push(Entry { line, input, output: None });
     }
 
     /// Keeps the `text/plain` result of line `line` for `output=True` requests.
@@ -63,9 +65,9 @@ impl History {
             .into_iter()
             .map(|e| {
                 if request.output {
-                    json!([SESSION, e.line, [e.input, e.output]])
+                    json!([SESSION, e.line, [e.input.as_str(), e.output]])
                 } else {
-                    json!([SESSION, e.line, e.input])
+                    json!([SESSION, e.line, e.input.as_str()])
                 }
             })
             .collect();
@@ -122,7 +124,7 @@ mod tests {
     fn filled() -> History {
         let mut history = History::default();
         for (line, input) in [(1, "a = 1"), (2, "print(a)"), (3, "a = 1"), (4, "b = 2")] {
-            history.record(line, input);
+            history.record(line, input.into());
         }
         history.record_output(2, "1");
         history

@@ -5,18 +5,20 @@
 use serde_json::{json, Value};
 use tracing::debug;
 
-use super::executor::{Executor, InterruptTarget, Job, Lane, LaneCall, RequestId};
+use super::executor::{CellCode, Executor, InterruptTarget, Job, Lane, LaneCall, RequestId};
 use super::routing::{self, Route};
 use super::{Kernel, Waiter};
 use crate::wire::quoted;
 
 impl<E: Executor> Kernel<E> {
-    /// The lane of a cell (`None`: any fresh lane) and its code without the magic line, or an
-    /// error message for the user.
-    pub(super) fn route(&self, code: &str, tags: &[String]) -> Result<(Option<Lane>, String), String> {
+    /// The lane of a cell (`None`: any fresh lane) and its code without the magic line (sharing
+    /// the cell's text), or an error message for the user.
+    pub(super) fn route(&self, code: &CellCode, tags: &[String]) -> Result<(Option<Lane>, CellCode), String> {
         let routed = routing::route(code, tags).map_err(|error| error.to_string())?;
+        // The routed code is what is left after the magic line.
+        let routed_code = code.suffix(code.len() - routed.code.len());
         let lane = match routed.route {
-            Route::Main => return Ok((Some(Lane::Main), routed.code)),
+            Route::Main => return Ok((Some(Lane::Main), routed_code)),
             Route::Named(name) => Some(Lane::Named(name)),
             Route::Fresh => None,
         };
@@ -27,7 +29,7 @@ impl<E: Executor> Kernel<E> {
         if lane.is_none() && self.executor.fresh_lanes() == 0 {
             return Err("no fresh lanes are configured (PARAKERNEL_FRESH_LANES=0); use %%lane NAME".to_owned());
         }
-        Ok((lane, routed.code))
+        Ok((lane, routed_code))
     }
 
     /// A cell that cannot run: an `error` output the user sees under the cell, and an error

@@ -15,13 +15,14 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use bytes::Bytes;
+use serde::Serialize;
 use serde_json::{json, Map, Value};
 use tokio::sync::mpsc::UnboundedReceiver;
 use tracing::{debug, error, info, warn};
 
 use crate::transport::{Channel, Incoming, Outgoing, Transport};
-use crate::wire::{quoted, reply_type, Header, Message, Request, Session, Verifier};
-use executor::{Event, ExecuteJob, Executor, InterruptTarget, Job, Lane, Query, RequestId};
+use crate::wire::{quoted, reply_type, ExecuteRequest, Header, Message, Request, Session, Verifier, WireError};
+use executor::{CellCode, Event, ExecuteJob, Executor, InterruptTarget, Job, Lane, Query, RequestId};
 use history::History;
 use streams::{Flushed, StreamBuffer};
 
@@ -51,10 +52,11 @@ pub const QUERY_BOUND_IDLE: Duration = Duration::from_secs(15);
 /// words around the peer's value that the error quotes.
 const LOGGED_ERROR_CHARS: usize = 240;
 
-/// A request between its `busy` and its `idle`.
+/// A request between its `busy` and its `idle`. Its content is not kept: it was typed into the
+/// [`Request`] (whose parts went where they are used) and its frame freed.
 #[derive(Debug)]
 struct InFlight {
-    message: Message,
+    message: Message<()>,
     channel: Channel,
     /// The lane of a job (execute or comm), once it has one.
     lane: Option<Lane>,
@@ -179,26 +181,34 @@ impl<E: Executor> Kernel<E> {
 
     fn on_incoming(&mut self, incoming: Incoming) {
         let Incoming { channel, frames } = incoming;
-        let message = match Message::decode(frames, &mut self.verifier) {
-            Ok(message) => message,
+        let (message, content) = match Message::receive(frames, &mut self.verifier) {
+            Ok(message) => message.take_content(),
             Err(error) => {
                 warn!(?channel, error = %quoted(&error.to_string()).limit(LOGGED_ERROR_CHARS), "dropped a message");
                 return;
             }
         };
         debug!(?channel, msg_type = %quoted(message.msg_type()), "received");
+        let request = Request::parse(message.msg_type(), &content);
+        // The content frame (libzmq's buffer: 200 MB for a 200 MB cell) is freed as soon as it
+        // is typed, before the cell is queued.
+        drop(content);
         if channel == Channel::Stdin {
-            self.on_stdin(&message);
+            self.on_stdin(&message, request);
             return;
         }
-        let request = match Request::parse(message.msg_type(), &message.content) {
+        let request = match request {
             Ok(request) => request,
-            Err(error) => {
+            Err(error @ WireError::Content { .. }) => {
                 let error = error.to_string();
                 warn!(?channel, error = %quoted(&error).limit(LOGGED_ERROR_CHARS), "refused a request");
                 let id = self.begin(message, channel);
                 let reply = error_content("BadRequest", &error);
                 self.finish(id, Some(reply));
+                return;
+            }
+            Err(error) => {
+                warn!(?channel, error = %quoted(&error.to_string()).limit(LOGGED_ERROR_CHARS), "dropped a message");
                 return;
             }
         };
@@ -213,39 +223,7 @@ impl<E: Executor> Kernel<E> {
                 let reply = self.kernel_info();
                 self.finish(id, Some(reply));
             }
-            Request::Execute(execute) => {
-                let counted = !execute.silent && execute.store_history;
-                if counted {
-                    self.execution_count += 1;
-                    self.history.record(self.execution_count, &execute.code);
-                }
-                let flight = self.in_flight.get_mut(&id).expect("begun above");
-                flight.stop_on_error = execute.stop_on_error;
-                flight.execution_count = self.execution_count;
-                let tags = cell_tags(&flight.message.metadata);
-                let parent_header = header_json(&flight.message.header);
-                let (lane, code) = match self.route(&execute.code, &tags) {
-                    Ok(routed) => routed,
-                    Err(message) => {
-                        self.refuse_cell(id, &message);
-                        return;
-                    }
-                };
-                let job = Job::Execute(ExecuteJob {
-                    request: id,
-                    code,
-                    silent: execute.silent,
-                    store_history: execute.store_history,
-                    user_expressions: execute.user_expressions,
-                    allow_stdin: execute.allow_stdin,
-                    execution_count: self.execution_count,
-                    parent_header,
-                });
-                match lane {
-                    Some(lane) => self.enqueue(lane, job),
-                    None => self.enqueue_fresh(job),
-                }
-            }
+            Request::Execute(execute) => self.execute(id, execute),
             Request::Complete(complete) => {
                 let cursor_pos = complete.cursor_pos.unwrap_or_else(|| complete.code.chars().count());
                 let (lane, code, cursor_pos, offset) = self.query_lane(&complete.code, cursor_pos);
@@ -275,12 +253,14 @@ impl<E: Executor> Kernel<E> {
                 let reply = self.history.reply(&history);
                 self.finish(id, Some(reply));
             }
-            Request::CommOpen(_) | Request::CommMsg(_) | Request::CommClose(_) => {
+            Request::CommOpen(comm) | Request::CommMsg(comm) | Request::CommClose(comm) => {
                 let flight = &self.in_flight[&id];
+                let mut content = comm.rest;
+                content.insert("comm_id".to_owned(), Value::String(comm.comm_id));
                 let job = Job::Comm {
                     request: id,
                     msg_type: flight.message.msg_type().to_owned(),
-                    content: flight.message.content.clone(),
+                    content: Value::Object(content),
                     metadata: flight.message.metadata.clone(),
                     buffers: flight.message.buffers.iter().map(|buffer| buffer.to_vec()).collect(),
                     parent_header: header_json(&flight.message.header),
@@ -308,6 +288,44 @@ impl<E: Executor> Kernel<E> {
                 });
                 self.finish(id, reply);
             }
+        }
+    }
+
+    /// An `execute_request`: counted, recorded in the history, routed to its lane and queued
+    /// there (or refused, when its lane cannot be had).
+    fn execute(&mut self, id: RequestId, execute: ExecuteRequest) {
+        // Moved, never copied: the history, the echo and the job share this text.
+        let code = CellCode::from(execute.code);
+        let counted = !execute.silent && execute.store_history;
+        if counted {
+            self.execution_count += 1;
+            self.history.record(self.execution_count, code.clone());
+        }
+        let flight = self.in_flight.get_mut(&id).expect("begun");
+        flight.stop_on_error = execute.stop_on_error;
+        flight.execution_count = self.execution_count;
+        let tags = cell_tags(&flight.message.metadata);
+        let parent_header = header_json(&flight.message.header);
+        let (lane, code) = match self.route(&code, &tags) {
+            Ok(routed) => routed,
+            Err(message) => {
+                self.refuse_cell(id, &message);
+                return;
+            }
+        };
+        let job = Job::Execute(ExecuteJob {
+            request: id,
+            code,
+            silent: execute.silent,
+            store_history: execute.store_history,
+            user_expressions: execute.user_expressions,
+            allow_stdin: execute.allow_stdin,
+            execution_count: self.execution_count,
+            parent_header,
+        });
+        match lane {
+            Some(lane) => self.enqueue(lane, job),
+            None => self.enqueue_fresh(job),
         }
     }
 
@@ -397,7 +415,8 @@ impl<E: Executor> Kernel<E> {
         };
         if let Job::Execute(execute) = &job {
             if !execute.silent {
-                let content = json!({"code": execute.code, "execution_count": execute.execution_count});
+                // The echo borrows the cell's code: serialized once, straight into its frame.
+                let content = ExecuteInput { code: &execute.code, execution_count: execute.execution_count };
                 self.publish(execute.request, "execute_input", content);
             }
         }
@@ -494,8 +513,8 @@ impl<E: Executor> Kernel<E> {
         self.finish(job.request(), reply);
     }
 
-    fn on_stdin(&mut self, message: &Message) {
-        let Ok(Request::InputReply(reply)) = Request::parse(message.msg_type(), &message.content) else {
+    fn on_stdin(&mut self, message: &Message<()>, request: Result<Request, WireError>) {
+        let Ok(Request::InputReply(reply)) = request else {
             warn!(msg_type = %quoted(message.msg_type()), "unexpected message on stdin; dropped");
             return;
         };
@@ -512,7 +531,7 @@ impl<E: Executor> Kernel<E> {
     }
 
     /// Registers a request and publishes its `busy`.
-    fn begin(&mut self, message: Message, channel: Channel) -> RequestId {
+    fn begin(&mut self, message: Message<()>, channel: Channel) -> RequestId {
         let id = self.next_request;
         self.next_request += 1;
         self.publish_status("busy", Some(&message.header));
@@ -598,7 +617,7 @@ impl<E: Executor> Kernel<E> {
         self.send(Channel::Iopub, &message);
     }
 
-    fn publish(&mut self, request: RequestId, msg_type: &str, content: Value) {
+    fn publish<C: Serialize>(&mut self, request: RequestId, msg_type: &str, content: C) {
         let parent = self.header_of(request).cloned();
         let message = self.iopub_message(msg_type, content, parent.as_ref());
         self.send(Channel::Iopub, &message);
@@ -609,12 +628,12 @@ impl<E: Executor> Kernel<E> {
         self.send(Channel::Iopub, &message);
     }
 
-    fn iopub_message(&self, msg_type: &str, content: Value, parent: Option<&Header>) -> Message {
+    fn iopub_message<C>(&self, msg_type: &str, content: C, parent: Option<&Header>) -> Message<C> {
         let topic = Bytes::from(format!("kernel.{}.{msg_type}", self.session.id));
         self.session.message(msg_type, content, parent, vec![topic])
     }
 
-    fn send(&self, channel: Channel, message: &Message) {
+    fn send<C: Serialize>(&self, channel: Channel, message: &Message<C>) {
         let frames = message.encode(&self.session.signer);
         if self.outgoing.send(Outgoing { channel, frames }).is_err() {
             debug!(?channel, "transport closed; message not sent");
@@ -641,8 +660,15 @@ fn cell_tags(metadata: &Map<String, Value>) -> Vec<String> {
 fn running_label(execute: &ExecuteJob) -> String {
     let first = execute.code.lines().find(|line| !line.trim().is_empty()).unwrap_or("").trim();
     let shown: String = first.chars().take(60).collect();
-    let ellipsis = if first.chars().count() > 60 { "…" } else { "" };
+    let ellipsis = if shown.len() < first.len() { "…" } else { "" };
     format!("In [{}]: {shown}{ellipsis}", execute.execution_count)
+}
+
+/// `execute_input` content, borrowing the cell's code.
+#[derive(Serialize)]
+struct ExecuteInput<'a> {
+    code: &'a str,
+    execution_count: u64,
 }
 
 fn header_json(header: &Header) -> Value {

@@ -11,11 +11,12 @@ pub enum Route {
     Fresh,
 }
 
-/// A routed cell: where it runs and its code without the magic line.
+/// A routed cell: where it runs and its code without the magic line (a suffix of the cell's
+/// code, borrowed: the kernel shares the cell's text with the job instead of copying it).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Routed {
+pub struct Routed<'a> {
     pub route: Route,
-    pub code: String,
+    pub code: &'a str,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -49,7 +50,7 @@ fn named(name: &str) -> Result<Route, RouteError> {
 }
 
 /// Chooses the lane of a cell from its code and its tags (`metadata.tags`).
-pub fn route(code: &str, tags: &[String]) -> Result<Routed, RouteError> {
+pub fn route<'a>(code: &'a str, tags: &[String]) -> Result<Routed<'a>, RouteError> {
     let (first, rest) = code.split_once('\n').unwrap_or((code, ""));
     let mut words = first.split_whitespace();
     let magic = match words.next() {
@@ -72,7 +73,7 @@ pub fn route(code: &str, tags: &[String]) -> Result<Routed, RouteError> {
         _ => None,
     };
     if let Some(route) = magic {
-        return Ok(Routed { route, code: rest.to_owned() });
+        return Ok(Routed { route, code: rest });
     }
     let mut chosen: Option<(Route, &str)> = None;
     for tag in tags {
@@ -92,7 +93,7 @@ pub fn route(code: &str, tags: &[String]) -> Result<Routed, RouteError> {
         }
     }
     let route = chosen.map_or(Route::Main, |(route, _)| route);
-    Ok(Routed { route, code: code.to_owned() })
+    Ok(Routed { route, code })
 }
 
 #[cfg(test)]
@@ -108,10 +109,14 @@ mod tests {
         let routed = route("%%lane sweep-1\nx = 1\ny = 2", &tags(&["lane:other"])).unwrap();
         assert_eq!(routed.route, Route::Named("sweep-1".into()));
         assert_eq!(routed.code, "x = 1\ny = 2");
-        assert_eq!(route("%%lane main\nx", &[]).unwrap(), Routed { route: Route::Main, code: "x".into() });
+        assert_eq!(route("%%lane main\nx", &[]).unwrap(), Routed { route: Route::Main, code: "x" });
         assert_eq!(route("%%parallel\nx", &[]).unwrap().route, Route::Fresh);
         assert_eq!(route("%%lane --fresh\nx", &[]).unwrap().route, Route::Fresh);
-        assert_eq!(route("%%lane  a  ", &[]).unwrap(), Routed { route: Route::Named("a".into()), code: String::new() });
+        assert_eq!(route("%%lane  a  ", &[]).unwrap(), Routed { route: Route::Named("a".into()), code: "" });
+        // The code is the cell's own text after the magic line, not a copy of it.
+        let cell = "%%lane a\nx = 1";
+        assert!(std::ptr::eq(route(cell, &[]).unwrap().code.as_ptr(), cell[9..].as_ptr()));
+        assert!(std::ptr::eq(route(cell.get(9..).unwrap(), &[]).unwrap().code.as_ptr(), cell[9..].as_ptr()));
     }
 
     #[test]
@@ -122,7 +127,7 @@ mod tests {
         assert_eq!(route("x", &tags(&["lane:main"])).unwrap().route, Route::Main);
         assert_eq!(route("x", &tags(&["lane:a", "lane=a"])).unwrap().route, Route::Named("a".into()));
         let plain = route("%lanes\nx", &tags(&["unrelated"])).unwrap();
-        assert_eq!(plain, Routed { route: Route::Main, code: "%lanes\nx".into() });
+        assert_eq!(plain, Routed { route: Route::Main, code: "%lanes\nx" });
     }
 
     #[test]

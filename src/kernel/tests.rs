@@ -251,6 +251,14 @@ async fn malformed_messages_are_dropped_and_bad_content_gets_an_error_reply() {
     tampered[2] = bytes::Bytes::from_static(b"0000");
     h.send_frames(Channel::Shell, tampered).await;
     h.send_frames(Channel::Shell, vec![bytes::Bytes::from_static(b"junk")]).await;
+    // Signed content that is not JSON, or not a JSON object, is dropped (typed only after the
+    // signature check, straight from the frame).
+    for content in [&b"{code:"[..], b"[1]", br#"{"code": 5, oops"#] {
+        let mut frames = h.request("execute_request", json!({})).encode(&h.client.signer);
+        frames[6] = bytes::Bytes::copy_from_slice(content);
+        frames[2] = bytes::Bytes::from(h.client.signer.sign(&[&frames[3], &frames[4], &frames[5], &frames[6]]));
+        h.send_frames(Channel::Shell, frames).await;
+    }
     let frames = request.encode(&h.client.signer);
     h.send_frames(Channel::Shell, frames.clone()).await;
     h.send_frames(Channel::Shell, frames).await; // replayed: dropped
@@ -268,6 +276,25 @@ async fn malformed_messages_are_dropped_and_bad_content_gets_an_error_reply() {
     assert!(reply.content["evalue"].as_str().unwrap().contains("expected a string"));
     h.expect_status("idle", &bad).await;
     assert!(h.calls.try_recv().is_err(), "nothing ran");
+}
+
+#[tokio::test]
+async fn a_comm_message_reaches_the_main_lane_as_it_was_sent() {
+    let mut h = Harness::start().await;
+    let mut message = h.request("comm_msg", json!({"comm_id": "c1", "data": {"value": [1, "two"]}}));
+    message.metadata.insert("version".into(), json!("2.1.0"));
+    message.buffers.push(bytes::Bytes::from_static(b"\x00\x01"));
+    h.send(Channel::Shell, &message).await;
+    h.expect_status("busy", &message).await;
+    let Call::Run(lane, Job::Comm { msg_type, content, metadata, buffers, parent_header, .. }) = h.call().await else {
+        panic!("expected a comm job")
+    };
+    assert_eq!(lane, Lane::Main);
+    assert_eq!(msg_type, "comm_msg");
+    assert_eq!(content, json!({"comm_id": "c1", "data": {"value": [1, "two"]}}));
+    assert_eq!(metadata["version"], "2.1.0");
+    assert_eq!(buffers, vec![b"\x00\x01".to_vec()]);
+    assert_eq!(parent_header["msg_id"], json!(message.header.msg_id));
 }
 
 #[tokio::test]

@@ -110,18 +110,24 @@ impl<'py> LaneRuntime<'py> {
 
     /// Runs one `execute_request`; returns the `execute_reply` content.
     fn execute(&self, job: &ExecuteJob) -> Value {
+        // The code goes as a `str` of its own, made once from the job's text (the one copy
+        // Python needs), never inside the JSON of the rest: IPython keeps that very object as
+        // the cell's input (`In`, `_i`).
         let request = json!({
-            "code": job.code,
             "silent": job.silent,
             "store_history": job.store_history,
             "user_expressions": job.user_expressions,
             "execution_count": job.execution_count,
             "parent_header": job.parent_header,
-        });
+        })
+        .to_string();
         let reply = self
             .gil
-            .str(&request.to_string())
-            .and_then(|request| self.execute.call(&[&request]))
+            .str(&request)
+            .and_then(|request| {
+                let code = self.gil.str(&job.code)?;
+                self.execute.call(&[&request, &code])
+            })
             .and_then(|reply| reply.text());
         match reply.map(|text| serde_json::from_str::<Value>(&text)) {
             Ok(Ok(reply)) => reply,

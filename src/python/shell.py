@@ -3,8 +3,9 @@
 Shipped inside the parakernel binary and executed as the module `_parakernel_shell` in every
 interpreter that runs cells (the main interpreter and each subinterpreter lane). Rust calls the
 functions at the bottom (`start`, `execute`, `comm`, `query`, `stop`, `other_threads`,
-`restore`) with JSON strings and gets JSON strings back; everything a cell publishes goes out
-through the native module `_parakernel`, which knows the request the lane is running.
+`restore`) with JSON strings (and `execute` with the cell's code as a `str` of its own) and gets
+JSON strings back; everything a cell publishes goes out through the native module `_parakernel`,
+which knows the request the lane is running.
 
 Behaviour follows ipykernel (ipkernel.py, zmqshell.py, displayhook.py, iostream.py) so that
 notebooks and libraries see what they see under ipykernel.
@@ -20,12 +21,15 @@ import getpass
 import glob
 import io
 import json
+import linecache
 import math
 import numbers
+import operator
 import os
+import re
 import sys
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import _parakernel
 
@@ -586,10 +590,82 @@ def _register_magics(shell):
 # --- the shell -----------------------------------------------------------------------------------
 
 
+# --- One copy of a cell ---------------------------------------------------------------------------
+#
+# The kernel makes one `str` of a cell's code and hands it to run_cell. IPython, left alone, keeps
+# three more copies for as long as the kernel runs or until the next cell: the transformed cell
+# (`In`), the shell's last result, and the cell's lines in linecache (for tracebacks). A 200 MB
+# cell was held four times after it ran. The shell below shares the one `str` instead.
+
+# Cells of at least this many characters keep their linecache lines as _CellLines.
+_LARGE_CELL = 1 << 20
+
+
+def _unchanged(raw_cell, cell):
+    """Whether IPython's transformation left `raw_cell` as it was, but for the newline it adds
+    at the end."""
+    if len(cell) == len(raw_cell):
+        return cell == raw_cell
+    return len(cell) == len(raw_cell) + 1 and cell.endswith("\n") and cell.startswith(raw_cell)
+
+
+class _CellLines(Sequence):
+    """What linecache holds for a very large cell: IPython's `[line + "\\n" for line in
+    code.splitlines()]`, but each line made when it is read (a traceback, inspect, pdb) from the
+    cell's own text, which the history holds anyway. A plain list would be a second copy of the
+    cell for as long as the kernel runs."""
+
+    # Where str.splitlines splits.
+    _BREAK = re.compile("\r\n|[\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]")
+
+    def __init__(self, text):
+        self._text = text
+        self._length = None
+        # The last line read and where it starts: reading lines in order costs one pass.
+        self._cursor = (0, 0)
+
+    def __len__(self):
+        if self._length is None:
+            count, end = 0, 0
+            for match in self._BREAK.finditer(self._text):
+                count, end = count + 1, match.end()
+            self._length = count + (end < len(self._text))
+        return self._length
+
+    def __iter__(self):
+        start = 0
+        for match in self._BREAK.finditer(self._text):
+            yield self._text[start : match.start()] + "\n"
+            start = match.end()
+        if start < len(self._text):
+            yield self._text[start:] + "\n"
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[line] for line in range(*index.indices(len(self)))]
+        index = operator.index(index)
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError("line index out of range")
+        line, start = self._cursor
+        if line > index:
+            line, start = 0, 0
+        while line < index:
+            line, start = line + 1, self._BREAK.search(self._text, start).end()
+        self._cursor = (line, start)
+        end = self._BREAK.search(self._text, start)
+        return self._text[start : end.start() if end else len(self._text)] + "\n"
+
+    def __repr__(self):
+        return f"<lines of a cell of {len(self._text)} characters>"
+
+
 def _define_shell_classes():
     """IPython is imported here, after sys.stdout and the environment are set up."""
     from IPython.core import page, payloadpage
     from IPython.core.autocall import ZMQExitAutocall
+    from IPython.core.compilerop import CachingCompiler
     from IPython.core.displayhook import DisplayHook
     from IPython.core.displaypub import DisplayPublisher
     from IPython.core.error import UsageError
@@ -613,6 +689,14 @@ def _define_shell_classes():
             if self.msg is not None:
                 self.msg["data"] = format_dict
                 self.msg["metadata"] = md_dict or {}
+
+        @staticmethod
+        def semicolon_at_end_of_expression(expression):
+            # IPython tokenizes the whole cell again to see whether it ends with ';' (a 200 MB cell
+            # became an 800 MB StringIO and the tokenizer's copies): a cell with no ';' cannot.
+            if ";" not in expression:
+                return False
+            return DisplayHook.semicolon_at_end_of_expression(expression)
 
         def finish_displayhook(self):
             msg, self.msg = self.msg, None
@@ -639,6 +723,28 @@ def _define_shell_classes():
         def clear_output(self, wait=False):
             _publish("clear_output", {"wait": bool(wait)})
 
+    class ParakernelCompiler(CachingCompiler):
+        """IPython's compiler, naming and caching a cell as IPython does, but sharing the text of
+        very large cells with the history instead of copying it into linecache."""
+
+        def get_code_name(self, raw_code, transformed_code, number):
+            if transformed_code is raw_code and not raw_code.endswith("\n"):
+                # The shell runs the raw cell itself (transform_cell below); IPython names a
+                # cell after its transformed text, which ends with the newline it adds.
+                transformed_code = raw_code + "\n"
+            return super().get_code_name(raw_code, transformed_code, number)
+
+        def cache(self, transformed_code, number=0, raw_code=None):
+            if len(transformed_code) < _LARGE_CELL:
+                return super().cache(transformed_code, number, raw_code)
+            # CachingCompiler.cache, with _CellLines for the list of lines.
+            if raw_code is None:
+                raw_code = transformed_code
+            name = self.get_code_name(raw_code, transformed_code, number)
+            self._filename_map[name] = number
+            linecache.cache[name] = (len(transformed_code), None, _CellLines(transformed_code), name)
+            return name
+
     class ZMQInteractiveShell(InteractiveShell):
         """The lane's shell.
 
@@ -648,6 +754,7 @@ def _define_shell_classes():
 
         displayhook_class = Type(ParakernelDisplayHook)
         display_pub_class = Type(ParakernelDisplayPublisher)
+        compiler_class = Type(ParakernelCompiler)
         data_pub_class = Any()
         kernel = Any()
         readline_use = CBool(False)
@@ -732,6 +839,18 @@ def _define_shell_classes():
             # prints in history_manager.outputs: five times slower printing and memory that
             # grows with output. The kernel keeps the history, so streams are not teed.
             yield
+
+        def transform_cell(self, raw_cell):
+            cell = super().transform_cell(raw_cell)
+            # A cell no transformation changed runs as the very `str` the kernel made: Python
+            # compiles it as it compiles it with IPython's final newline (the name the cell gets
+            # is IPython's too: ParakernelCompiler), and `In`, `_i`, the shell's last result and
+            # the compiled cell then share it instead of each holding a copy. Not for non-ASCII
+            # cells: compiling a non-ASCII `str` attaches a UTF-8 copy to it for as long as it
+            # lives, which the history would then keep.
+            if raw_cell.isascii() and _unchanged(raw_cell, cell):
+                return raw_cell
+            return cell
 
         def run_cell(self, *args, **kwargs):
             self._last_traceback = None
@@ -884,7 +1003,7 @@ class _Kernel:
 _kernel = _Kernel()
 
 
-def execute(job_json):
+def execute(job_json, code):
     """Run one cell, as ipykernel's do_execute; returns the execute_reply content."""
     job = json.loads(job_json)
     _kernel.parent = {"header": job["parent_header"]}
@@ -900,7 +1019,7 @@ def execute(job_json):
         run = functools.partial(contextvars.Context().run, shell.run_cell)
         _before_job["environ"], _before_job["cwd"] = dict(os.environ), os.getcwd()
     try:
-        result = run(job["code"], store_history=job["store_history"], silent=job["silent"])
+        result = run(code, store_history=job["store_history"], silent=job["silent"])
     finally:
         builtins.input, getpass.getpass = saved_input, saved_getpass
     # With the history database off, IPython still queues every cell's source for it, forever.
@@ -908,6 +1027,12 @@ def execute(job_json):
     if history is not None and not history.enabled:
         history.db_input_cache.clear()
         history.db_output_cache.clear()
+    if history is not None and history.input_hist_parsed:
+        # A transformed cell equal to the raw one (a non-ASCII cell, see transform_cell) is the
+        # raw one in `In` too: one copy of the cell in the history, not two.
+        parsed, raw = history.input_hist_parsed, history.input_hist_raw
+        if parsed[-1] is not raw[-1] and parsed[-1] == raw[-1]:
+            parsed[-1] = raw[-1]
 
     error = result.error_before_exec if result.error_before_exec is not None else result.error_in_exec
     if result.success and not getattr(shell, "_last_traceback_during_displayhook", False):

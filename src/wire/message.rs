@@ -28,25 +28,70 @@ pub struct Header {
 }
 
 /// One Jupyter message. `identities` are the ROUTER routing frames (or the iopub topic).
+///
+/// The content is a JSON tree (`Value`) by default. A received message keeps its content as the
+/// signed bytes it came as ([`Message::receive`]) until it is typed once ([`crate::wire::Request::parse`]),
+/// and the kernel may send content that borrows what it already holds (a cell's code echoed in
+/// `execute_input`): a 200 MB `execute_request` is never held as a tree nor copied to be echoed.
 #[derive(Debug, Clone)]
-pub struct Message {
+pub struct Message<C = Value> {
     pub identities: Vec<Bytes>,
     pub header: Header,
     /// `None` when the parent header is `{}`.
     pub parent_header: Option<Header>,
     pub metadata: Map<String, Value>,
-    pub content: Value,
+    pub content: C,
     pub buffers: Vec<Bytes>,
 }
 
-impl Message {
+impl<C> Message<C> {
     pub fn msg_type(&self) -> &str {
         &self.header.msg_type
     }
 
-    /// Splits, verifies and parses one multipart message. Nothing is parsed before the
+    /// The content, and the rest of the message (to reply to it, or parent output to it).
+    pub fn take_content(self) -> (Message<()>, C) {
+        let Message { identities, header, parent_header, metadata, content, buffers } = self;
+        (Message { identities, header, parent_header, metadata, content: (), buffers }, content)
+    }
+}
+
+impl<C: Serialize> Message<C> {
+    /// The multipart frames of this message, signed by `signer`.
+    pub fn encode(&self, signer: &Signer) -> Vec<Bytes> {
+        let header = to_json(&self.header);
+        let parent = self.parent_header.as_ref().map_or_else(|| b"{}".to_vec(), to_json);
+        let metadata = to_json(&self.metadata);
+        let content = to_json(&self.content);
+        let signature = signer.sign(&[&header, &parent, &metadata, &content]);
+        let mut frames = Vec::with_capacity(self.identities.len() + 6 + self.buffers.len());
+        frames.extend(self.identities.iter().cloned());
+        frames.push(Bytes::from_static(DELIMITER));
+        frames.push(Bytes::from(signature));
+        frames.extend([header, parent, metadata, content].map(Bytes::from));
+        frames.extend(self.buffers.iter().cloned());
+        frames
+    }
+}
+
+impl Message {
+    /// Splits, verifies and parses one multipart message, content included, into a JSON tree.
+    pub fn decode(frames: Vec<Bytes>, verifier: &mut Verifier) -> Result<Self, WireError> {
+        let (message, content) = Message::receive(frames, verifier)?.take_content();
+        let content: Value = parse(&content, "content")?;
+        if !content.is_object() {
+            return Err(WireError::ContentNotObject(message.header.msg_type));
+        }
+        let Message { identities, header, parent_header, metadata, buffers, .. } = message;
+        Ok(Message { identities, header, parent_header, metadata, content, buffers })
+    }
+}
+
+impl Message<Bytes> {
+    /// Splits, verifies and parses one multipart message, all but its content, which stays the
+    /// frame it came in (typed later, straight from its bytes). Nothing is parsed before the
     /// signature is checked.
-    pub fn decode(mut frames: Vec<Bytes>, verifier: &mut Verifier) -> Result<Self, WireError> {
+    pub fn receive(mut frames: Vec<Bytes>, verifier: &mut Verifier) -> Result<Self, WireError> {
         let delimiter = frames
             .iter()
             .position(|frame| frame.as_ref() == DELIMITER)
@@ -72,30 +117,7 @@ impl Message {
             ),
         };
         let metadata: Map<String, Value> = parse(&metadata, "metadata")?;
-        let content: Value = parse(&content, "content")?;
-        if !content.is_object() {
-            return Err(WireError::Content {
-                msg_type: header.msg_type,
-                source: serde::de::Error::custom("content is not a JSON object"),
-            });
-        }
         Ok(Self { identities, header, parent_header, metadata, content, buffers })
-    }
-
-    /// The multipart frames of this message, signed by `signer`.
-    pub fn encode(&self, signer: &Signer) -> Vec<Bytes> {
-        let header = to_json(&self.header);
-        let parent = self.parent_header.as_ref().map_or_else(|| b"{}".to_vec(), to_json);
-        let metadata = to_json(&self.metadata);
-        let content = to_json(&self.content);
-        let signature = signer.sign(&[&header, &parent, &metadata, &content]);
-        let mut frames = Vec::with_capacity(self.identities.len() + 6 + self.buffers.len());
-        frames.extend(self.identities.iter().cloned());
-        frames.push(Bytes::from_static(DELIMITER));
-        frames.push(Bytes::from(signature));
-        frames.extend([header, parent, metadata, content].map(Bytes::from));
-        frames.extend(self.buffers.iter().cloned());
-        frames
     }
 }
 
@@ -132,13 +154,13 @@ impl Session {
     }
 
     /// A new message whose parent is `parent` (if any), to be sent to `identities`.
-    pub fn message(
+    pub fn message<C>(
         &self,
         msg_type: &str,
-        content: Value,
+        content: C,
         parent: Option<&Header>,
         identities: Vec<Bytes>,
-    ) -> Message {
+    ) -> Message<C> {
         let mut header = self.header(msg_type);
         // Replies and outputs of a subshell request stay in that subshell (JEP 91).
         if let Some(subshell) = parent.and_then(|p| p.extra.get("subshell_id")) {
@@ -155,7 +177,7 @@ impl Session {
     }
 
     /// The reply to `request`: routed back to its sender, parented to it.
-    pub fn reply(&self, request: &Message, msg_type: &str, content: Value) -> Message {
+    pub fn reply<R, C>(&self, request: &Message<R>, msg_type: &str, content: C) -> Message<C> {
         self.message(msg_type, content, Some(&request.header), request.identities.clone())
     }
 }
@@ -252,7 +274,24 @@ mod tests {
         not_object[5] = Bytes::from_static(b"[1]");
         not_object[1] =
             Bytes::from(session.signer.sign(&[&not_object[2], &not_object[3], &not_object[4], &not_object[5]]));
-        assert!(matches!(Message::decode(not_object, &mut verifier()), Err(WireError::Content { .. })));
+        assert!(matches!(Message::decode(not_object, &mut verifier()), Err(WireError::ContentNotObject(_))));
+    }
+
+    #[test]
+    fn receive_keeps_the_content_frame_as_it_came() {
+        let session = session();
+        let message = session.message("execute_request", json!({"code": "x = 1"}), None, vec![]);
+        let frames = message.encode(&session.signer);
+        let content_frame = frames[5].clone();
+        let (received, content) = Message::receive(frames, &mut verifier()).unwrap().take_content();
+        assert_eq!(received.header, message.header);
+        assert_eq!(content, content_frame, "the very frame, not a copy of it");
+        assert_eq!(content.as_ptr(), content_frame.as_ptr());
+        // Not parsed at all: content that is not JSON is left to whoever types it.
+        let mut not_json = session.message("x", json!({}), None, vec![]).encode(&session.signer);
+        not_json[5] = Bytes::from_static(b"{not json");
+        not_json[1] = Bytes::from(session.signer.sign(&[&not_json[2], &not_json[3], &not_json[4], &not_json[5]]));
+        assert!(Message::receive(not_json, &mut verifier()).is_ok());
     }
 
     // Found by fuzz/fuzz_targets/wire_message.rs: serde_json's default float parser reads

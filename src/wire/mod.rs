@@ -50,6 +50,8 @@ pub enum WireError {
         #[source]
         source: serde_json::Error,
     },
+    #[error("the content of {0} is not a JSON object")]
+    ContentNotObject(String),
     #[error("{msg_type} content is not valid: {source}")]
     Content {
         msg_type: String,

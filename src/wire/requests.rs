@@ -1,6 +1,7 @@
 //! Typed content of the requests the kernel answers, and the one table that maps each
 //! `msg_type` to its type.
 
+use serde::de::IgnoredAny;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
@@ -115,13 +116,24 @@ macro_rules! requests {
         }
 
         impl Request {
-            /// Types the content of a message of type `msg_type`.
-            pub fn parse(msg_type: &str, content: &Value) -> Result<Self, WireError> {
-                let typed = match msg_type {
-                    $($msg_type => serde_json::from_value(content.clone()).map(Request::$variant),)*
-                    other => return Ok(Request::Unknown(other.to_owned())),
-                };
-                typed.map_err(|source| WireError::Content { msg_type: msg_type.to_owned(), source })
+            /// Types the content of a message of type `msg_type` straight from the bytes of its
+            /// frame: no JSON tree is built on the way (a cell's code is unescaped once, into
+            /// its `String`). Content that is not JSON is [`WireError::Json`], JSON that is not
+            /// an object [`WireError::ContentNotObject`], and an object whose fields do not fit
+            /// the type [`WireError::Content`].
+            pub fn parse(msg_type: &str, content: &[u8]) -> Result<Self, WireError> {
+                match msg_type {
+                    $($msg_type => typed(msg_type, content).map(Request::$variant),)*
+                    other => {
+                        // Content nobody reads is checked as any other, and not kept.
+                        serde_json::from_slice::<IgnoredAny>(content)
+                            .map_err(|source| content_error(msg_type, content, source))?;
+                        if !is_object(content) {
+                            return Err(WireError::ContentNotObject(other.to_owned()));
+                        }
+                        Ok(Request::Unknown(other.to_owned()))
+                    }
+                }
             }
 
             pub fn msg_type(&self) -> &str {
@@ -150,6 +162,26 @@ requests! {
     "input_reply" => InputReply(InputReply),
 }
 
+fn typed<T: serde::de::DeserializeOwned>(msg_type: &str, content: &[u8]) -> Result<T, WireError> {
+    serde_json::from_slice(content).map_err(|source| content_error(msg_type, content, source))
+}
+
+/// Which error `source` (from reading `content`) is: the whole frame is checked again only on
+/// this path, since typing stops at the first field that does not fit.
+fn content_error(msg_type: &str, content: &[u8], source: serde_json::Error) -> WireError {
+    if let Err(source) = serde_json::from_slice::<IgnoredAny>(content) {
+        return WireError::Json { part: "content", source };
+    }
+    if !is_object(content) {
+        return WireError::ContentNotObject(msg_type.to_owned());
+    }
+    WireError::Content { msg_type: msg_type.to_owned(), source }
+}
+
+fn is_object(content: &[u8]) -> bool {
+    content.iter().find(|byte| !byte.is_ascii_whitespace()) == Some(&b'{')
+}
+
 /// The reply type owed for `msg_type`, if it is a request (`x_request` → `x_reply`).
 pub fn reply_type(msg_type: &str) -> Option<String> {
     msg_type.strip_suffix("_request").map(|stem| format!("{stem}_reply"))
@@ -164,7 +196,7 @@ mod tests {
     #[test]
     fn execute_request_defaults_follow_the_protocol() {
         let Request::Execute(request) =
-            Request::parse("execute_request", &json!({"code": "1"})).unwrap()
+            Request::parse("execute_request", br#"{"code": "1"}"#).unwrap()
         else {
             panic!("not an execute request")
         };
@@ -176,15 +208,37 @@ mod tests {
 
     #[test]
     fn a_wrong_typed_field_is_an_error_that_names_the_message() {
-        let error = Request::parse("execute_request", &json!({"code": 5})).unwrap_err();
+        let error = Request::parse("execute_request", br#"{"code": 5}"#).unwrap_err();
         let text = error.to_string();
         assert!(text.starts_with("execute_request content is not valid"), "{text}");
         assert!(text.contains("expected a string"), "{text}");
     }
 
     #[test]
+    fn content_errors_say_whether_the_frame_is_json_an_object_or_the_wrong_fields() {
+        let json = |msg_type, content: &[u8]| Request::parse(msg_type, content).unwrap_err();
+        assert!(matches!(json("execute_request", b"{code:"), WireError::Json { part: "content", .. }));
+        // Typing stops at the wrong field; the syntax error after it still decides.
+        assert!(matches!(json("execute_request", br#"{"code": 5, oops"#), WireError::Json { .. }));
+        assert!(matches!(json("execute_request", b"[1]"), WireError::ContentNotObject(_)));
+        assert!(matches!(json("execute_request", br#" "text" "#), WireError::ContentNotObject(_)));
+        assert!(matches!(json("execute_request", br#"{"silent": true}"#), WireError::Content { .. }));
+        assert!(matches!(json("debug_request", b"{oops"), WireError::Json { .. }));
+        assert!(matches!(json("debug_request", b"[]"), WireError::ContentNotObject(_)));
+    }
+
+    #[test]
+    fn a_cell_is_unescaped_straight_from_the_frame() {
+        let content = serde_json::to_vec(&json!({"code": "s = 'é\\n'\nlen(s)\t\u{1F600}"})).unwrap();
+        let Request::Execute(request) = Request::parse("execute_request", &content).unwrap() else {
+            panic!("not an execute request")
+        };
+        assert_eq!(request.code, "s = 'é\\n'\nlen(s)\t\u{1F600}");
+    }
+
+    #[test]
     fn unknown_types_are_kept_by_name() {
-        let request = Request::parse("debug_request", &json!({})).unwrap();
+        let request = Request::parse("debug_request", b"{}").unwrap();
         assert!(matches!(&request, Request::Unknown(name) if name == "debug_request"));
         assert_eq!(request.msg_type(), "debug_request");
     }
@@ -198,6 +252,7 @@ mod tests {
                 "history_request" => json!({"hist_access_type": "tail", "n": 3}),
                 _ => json!({}),
             };
+            let content = serde_json::to_vec(&content).unwrap();
             assert_eq!(Request::parse(msg_type, &content).unwrap().msg_type(), msg_type);
         }
     }
