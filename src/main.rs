@@ -5,6 +5,7 @@
 //! the sockets and the kernel run on a tokio runtime in background threads, which block SIGINT
 //! so that a SIGINT sent to the process always reaches Python on the main thread.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::sync::mpsc;
 use std::time::Duration;
@@ -60,8 +61,8 @@ fn main() {
         }).map_err(anyhow::Error::from),
     };
     if let Err(error) = result {
-        tracing::error!("{error:#}");
-        eprintln!("parakernel: {error:#}");
+        // Once, to the original stderr (the Jupyter server's log): fd 2 may carry cell output.
+        let _ = writeln!(parakernel::fatal::original_stderr(), "parakernel: {error:#}");
         std::process::exit(1);
     }
 }

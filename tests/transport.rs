@@ -552,3 +552,78 @@ async fn ipc_sockets_are_private_files_removed_on_close() {
         assert!(!std::path::Path::new(&format!("{}-{port}", prefix.display())).exists());
     }
 }
+
+/// libzmq reports every connection to the socket's monitor; a monitor that was never read
+/// once filled its pipe after about 2,000 events and stopped libzmq's I/O thread, so every
+/// socket went silent. Connections come and go for as long as the kernel lives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousands_of_connections_come_and_go_and_the_socket_still_serves() {
+    let (endpoints, mut transport) = bind_free().await;
+    for _ in 0..1200 {
+        let stream = tokio::net::TcpStream::connect(("127.0.0.1", endpoints.control_port)).await.expect("connect");
+        drop(stream);
+    }
+    let mut client = dealer("after-many", endpoints.control_port).await;
+    client.send(message(&[b"<IDS|MSG>", b"still here"])).await.expect("send");
+    let incoming = next(&mut transport.control, "a request after 1,200 connections").await;
+    assert_eq!(incoming.frames[1..], frames(&[b"<IDS|MSG>", b"still here"]));
+}
+
+/// Peers that each send most of a large frame and stop cannot together make the kernel hold
+/// more than twice the maximum message size: the one that would go over is dropped, and once
+/// the others are gone a whole message gets through again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unfinished_messages_of_all_peers_share_one_budget() {
+    use tokio::io::AsyncWriteExt;
+    let options = transport::SocketOptions { max_message_size: 1000, curve: None };
+    let (endpoints, mut transport) = bind_free_with(&options).await;
+    let partial = || {
+        let mut bytes = greeting();
+        bytes.extend(ready_dealer());
+        bytes.push(0x02);
+        bytes.extend(950u64.to_be_bytes());
+        bytes.extend([b'p'; 900]);
+        bytes
+    };
+    let mut holders = Vec::new();
+    for _ in 0..2 {
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", endpoints.shell_port)).await.expect("connect");
+        stream.write_all(&partial()).await.expect("write");
+        holders.push(stream);
+    }
+    // 2 x ~975 bytes held; a third unfinished message would take it over 2,000.
+    refused(endpoints.shell_port, partial()).await;
+    drop(holders);
+    let mut client = dealer("after-budget", endpoints.shell_port).await;
+    client.send(message(&[b"<IDS|MSG>", b"whole"])).await.expect("send");
+    let incoming = next(&mut transport.shell, "a whole message once the budget is free").await;
+    assert_eq!(incoming.frames[1..], frames(&[b"<IDS|MSG>", b"whole"]));
+}
+
+/// libzmq unlinks whatever is at an ipc path before it binds: a file that is not a socket, or a
+/// socket another kernel serves, is refused instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipc_never_replaces_a_file_or_a_live_socket() {
+    let directory = tempfile::tempdir().expect("temporary directory");
+    let prefix = directory.path().join("kernel");
+    let endpoints = Endpoints {
+        transport: "ipc".to_owned(),
+        ip: prefix.display().to_string(),
+        shell_port: 1,
+        control_port: 2,
+        stdin_port: 3,
+        iopub_port: 4,
+        hb_port: 5,
+    };
+    let thesis = directory.path().join("kernel-3");
+    std::fs::write(&thesis, "my thesis").unwrap();
+    let error = transport::bind(&endpoints, &transport::SocketOptions::default()).await.err().expect("refused");
+    assert!(error.to_string().contains("is not a socket"), "{error}");
+    assert_eq!(std::fs::read_to_string(&thesis).unwrap(), "my thesis");
+    std::fs::remove_file(&thesis).unwrap();
+
+    let first = transport::bind(&endpoints, &transport::SocketOptions::default()).await.expect("bind");
+    let error = transport::bind(&endpoints, &transport::SocketOptions::default()).await.err().expect("refused");
+    assert!(error.to_string().contains("another process serves it"), "{error}");
+    drop(first);
+}

@@ -47,9 +47,11 @@ fn signed(mut frames: Vec<Bytes>, signer: &Signer) {
     if result.is_ok() {
         assert!(received.is_ok(), "decodes but the kernel's path refuses it: {received:?}");
     }
-    if let (Ok(message), Some(typed)) = (&result, &typed) {
+    // Typing straight from the frame is the stricter of the two: a field given twice is an
+    // error there, while the tree keeps the last. Whatever it accepts, the tree accepts too.
+    if let (Ok(message), Some(Ok(_))) = (&result, &typed) {
         let again = Request::parse(message.msg_type(), &serde_json::to_vec(&message.content).unwrap());
-        assert_eq!(typed.is_ok(), again.is_ok(), "typed from the frame: {typed:?}; from the tree: {again:?}");
+        assert!(again.is_ok(), "typed from the frame: {typed:?}; from the tree: {again:?}");
     }
     if !framed {
         assert_misframed(&result);

@@ -20,7 +20,7 @@ use serde_json::{json, Map, Value};
 use tokio::sync::mpsc::UnboundedReceiver;
 use tracing::{debug, error, info, warn};
 
-use crate::transport::{Channel, Incoming, Outgoing, Transport};
+use crate::transport::{Channel, Incoming, Outgoing, RateLimit, Transport};
 use crate::wire::{quoted, reply_type, ExecuteRequest, Header, Message, Request, Session, Verifier, WireError};
 use executor::{CellCode, Event, ExecuteJob, Executor, InterruptTarget, Job, Lane, Query, RequestId};
 use history::History;
@@ -42,6 +42,9 @@ const FLUSH_BOUND: Duration = Duration::from_secs(2);
 
 /// How long a completion, inspection or `is_complete` may wait for its lane; after that the
 /// client gets an empty answer (a busy lane must never hold the editor).
+/// The longest iopub topic answered with an `iopub_welcome` (printable ASCII only).
+const MAX_WELCOMED_TOPIC: usize = 64;
+
 pub const QUERY_BOUND_BUSY: Duration = Duration::from_secs(1);
 /// How long a query may wait for an idle lane: only a safety bound, since an idle lane answers
 /// as soon as it can (jedi's first completion can take seconds on a loaded machine, and an
@@ -109,6 +112,8 @@ pub struct Kernel<E: Executor> {
     waiters: Vec<Waiter>,
     /// Pending query answers, earliest deadline first.
     query_deadlines: VecDeque<(Instant, RequestId)>,
+    /// Limits the warnings about dropped and refused messages.
+    drop_warnings: RateLimit,
     execution_count: u64,
     streams: StreamBuffer,
     history: History,
@@ -138,6 +143,7 @@ impl<E: Executor> Kernel<E> {
             pool: VecDeque::new(),
             waiters: Vec::new(),
             query_deadlines: VecDeque::new(),
+            drop_warnings: RateLimit::new(),
             execution_count: 0,
             streams: StreamBuffer::default(),
             history: History::default(),
@@ -179,12 +185,23 @@ impl<E: Executor> Kernel<E> {
         }
     }
 
+    /// One log line for a message dropped or refused, as long as peers do not send them faster
+    /// than [`RateLimit`] allows (anyone who can reach a port can send unsigned garbage);
+    /// then one line that counts what was left out.
+    fn warn_dropped(&mut self, channel: Channel, error: &str, what: &str) {
+        let Some(suppressed) = self.drop_warnings.allow(std::time::Instant::now()) else { return };
+        if suppressed > 0 {
+            warn!(suppressed, "warnings about dropped messages were left out of the log");
+        }
+        warn!(?channel, error = %quoted(error).limit(LOGGED_ERROR_CHARS), "{what}");
+    }
+
     fn on_incoming(&mut self, incoming: Incoming) {
         let Incoming { channel, frames } = incoming;
         let (message, content) = match Message::receive(frames, &mut self.verifier) {
             Ok(message) => message.take_content(),
             Err(error) => {
-                warn!(?channel, error = %quoted(&error.to_string()).limit(LOGGED_ERROR_CHARS), "dropped a message");
+                self.warn_dropped(channel, &error.to_string(), "dropped a message");
                 return;
             }
         };
@@ -201,14 +218,14 @@ impl<E: Executor> Kernel<E> {
             Ok(request) => request,
             Err(error @ WireError::Content { .. }) => {
                 let error = error.to_string();
-                warn!(?channel, error = %quoted(&error).limit(LOGGED_ERROR_CHARS), "refused a request");
+                self.warn_dropped(channel, &error, "refused a request");
                 let id = self.begin(message, channel);
                 let reply = error_content("BadRequest", &error);
                 self.finish(id, Some(reply));
                 return;
             }
             Err(error) => {
-                warn!(?channel, error = %quoted(&error.to_string()).limit(LOGGED_ERROR_CHARS), "dropped a message");
+                self.warn_dropped(channel, &error.to_string(), "dropped a message");
                 return;
             }
         };
@@ -598,6 +615,13 @@ impl<E: Executor> Kernel<E> {
     }
 
     fn welcome(&mut self, topic: Bytes) {
+        // Every subscriber gets the welcome, so its topic must not carry a stranger's text to
+        // them: Jupyter clients subscribe to everything (an empty topic) or to a short name.
+        let plain = topic.len() <= MAX_WELCOMED_TOPIC && topic.iter().all(|byte| byte.is_ascii_graphic());
+        if !plain {
+            debug!(topic_length = topic.len(), "a subscription to an unusual topic is not welcomed");
+            return;
+        }
         let content = json!({"subscription": String::from_utf8_lossy(&topic)});
         let mut message = self.iopub_message("iopub_welcome", content, None);
         message.identities = if topic.is_empty() { Vec::new() } else { vec![topic] };

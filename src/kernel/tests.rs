@@ -484,6 +484,13 @@ async fn every_subscription_is_welcomed() {
     let welcome = h.next(Channel::Iopub).await;
     assert_eq!(welcome.msg_type(), "iopub_welcome");
     assert_eq!(welcome.content["subscription"], "");
+
+    // A stranger's topic is not echoed to every subscriber; a short plain one is welcomed.
+    h.peer.subscriptions.send(bytes::Bytes::from_static(b"<script>alert(0)</script> x")).await.unwrap();
+    h.peer.subscriptions.send(bytes::Bytes::from(vec![b'a'; 1000])).await.unwrap();
+    h.peer.subscriptions.send(bytes::Bytes::from_static(b"kernel.status")).await.unwrap();
+    let welcome = h.next(Channel::Iopub).await;
+    assert_eq!(welcome.content["subscription"], "kernel.status");
 }
 
 #[tokio::test]

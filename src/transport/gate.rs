@@ -8,6 +8,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -29,6 +30,84 @@ const LARGEST_BUFFER: usize = 256 * 1024;
 /// descriptors: the pending connection stays in the backlog until one is free).
 const ACCEPT_RETRY: Duration = Duration::from_millis(50);
 
+/// A peer that stops sending in the middle of a message for this long is dropped: libzmq holds
+/// what it sent of that message until the message is complete.
+const STALL: Duration = Duration::from_secs(30);
+
+/// How long the gate keeps trying to reach libzmq's Unix socket when its backlog is full.
+const UPSTREAM_PATIENCE: Duration = Duration::from_secs(2);
+
+/// Largest message a peer may send to iopub (subscriptions) or heartbeat (pings): clients
+/// subscribe to a topic of a few bytes and ping with a few bytes. libzmq's subscription trie
+/// costs tens of bytes per topic byte, so a large topic would be a large cost.
+const SMALL_MESSAGE: u64 = 1024;
+
+/// All an iopub peer may send over its connection's life (greeting, handshake, subscriptions).
+const IOPUB_LIFETIME: u64 = 64 * 1024;
+
+/// What the peers of one socket may send.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Limits {
+    max_message_size: u64,
+    max_frames: usize,
+    lifetime: Option<u64>,
+}
+
+impl Limits {
+    /// Shell, control and stdin carry requests of up to `max_message_size` bytes (the ROUTER
+    /// adds an identity frame, so one frame fewer than the socket task takes); iopub and
+    /// heartbeat carry a few bytes.
+    pub(super) fn of(socket: &str, max_message_size: u64) -> Self {
+        match socket {
+            "iopub" => Self { max_message_size: SMALL_MESSAGE, max_frames: 4, lifetime: Some(IOPUB_LIFETIME) },
+            "heartbeat" => Self { max_message_size: SMALL_MESSAGE, max_frames: 4, lifetime: None },
+            _ => Self { max_message_size, max_frames: MAX_FRAMES - 1, lifetime: None },
+        }
+    }
+}
+
+/// Bytes of unfinished messages that libzmq holds for all peers of all sockets together: a
+/// peer whose bytes would take it over its limit is dropped, so that many peers each sending
+/// most of a maximum-size message cannot exhaust memory between them.
+pub(super) struct Budget {
+    held: AtomicU64,
+    limit: u64,
+}
+
+impl Budget {
+    pub(super) fn new(limit: u64) -> Arc<Self> {
+        Arc::new(Self { held: AtomicU64::new(0), limit })
+    }
+}
+
+/// One connection's share of the [`Budget`], given back when dropped.
+struct Share {
+    budget: Arc<Budget>,
+    amount: u64,
+}
+
+impl Share {
+    /// Sets this connection's share to `amount`; `false` if that takes the budget over.
+    fn set(&mut self, amount: u64) -> bool {
+        if amount > self.amount {
+            let more = amount - self.amount;
+            let before = self.budget.held.fetch_add(more, Ordering::AcqRel);
+            self.amount = amount;
+            before.saturating_add(more) <= self.budget.limit
+        } else {
+            self.budget.held.fetch_sub(self.amount - amount, Ordering::AcqRel);
+            self.amount = amount;
+            true
+        }
+    }
+}
+
+impl Drop for Share {
+    fn drop(&mut self) {
+        self.budget.held.fetch_sub(self.amount, Ordering::AcqRel);
+    }
+}
+
 /// One socket's gate, bound but not yet serving.
 pub(super) struct Gate {
     pub(super) name: &'static str,
@@ -47,13 +126,15 @@ const DRAIN: Duration = Duration::from_secs(2);
 /// connection has ended, or [`DRAIN`] after that.
 pub(super) fn start(gates: Vec<Gate>, max_message_size: u64, alive: watch::Receiver<()>) -> io::Result<JoinHandle<()>> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let budget = Budget::new(max_message_size.saturating_mul(2));
     let mut listeners = Vec::new();
     for gate in gates {
         gate.listener.set_nonblocking(true)?;
         let shared = Arc::new(Shared {
             name: gate.name,
             upstream: gate.upstream,
-            max_message_size,
+            limits: Limits::of(gate.name, max_message_size),
+            budget: Arc::clone(&budget),
             warnings: Mutex::new(RateLimit::new()),
         });
         listeners.push((gate.listener, shared));
@@ -82,7 +163,8 @@ pub(super) fn start(gates: Vec<Gate>, max_message_size: u64, alive: watch::Recei
 struct Shared {
     name: &'static str,
     upstream: PathBuf,
-    max_message_size: u64,
+    limits: Limits,
+    budget: Arc<Budget>,
     warnings: Mutex<RateLimit>,
 }
 
@@ -124,11 +206,25 @@ async fn accept(listener: TcpListener, shared: Arc<Shared>, mut alive: watch::Re
     tracing::debug!(socket = shared.name, "transport dropped; gate stops accepting");
 }
 
+/// Connects to libzmq's Unix socket, retrying while its listen backlog is full (a flood of
+/// connections must not cost a real client its connection).
+async fn connect_upstream(path: &std::path::Path) -> io::Result<UnixStream> {
+    let deadline = Instant::now() + UPSTREAM_PATIENCE;
+    loop {
+        match UnixStream::connect(path).await {
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            connected => return connected,
+        }
+    }
+}
+
 async fn relay(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     // Every Jupyter message is a request or a reply that someone waits for (libzmq sets the
     // same on its own TCP sockets).
     let _ = tcp.set_nodelay(true);
-    let unix = match UnixStream::connect(&shared.upstream).await {
+    let unix = match connect_upstream(&shared.upstream).await {
         Ok(unix) => unix,
         Err(error) => {
             shared.warn(Some(peer), &format_args!("cannot reach the socket behind the gate: {error}"));
@@ -137,16 +233,37 @@ async fn relay(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     };
     let (mut from_peer, mut to_peer) = tcp.into_split();
     let (mut from_kernel, mut to_kernel) = unix.into_split();
+    let limits = shared.limits;
     let inbound = async {
-        let mut check = FrameCheck::new(shared.max_message_size, MAX_FRAMES);
+        let mut check = FrameCheck::new(limits.max_message_size, limits.max_frames);
+        let mut share = Share { budget: Arc::clone(&shared.budget), amount: 0 };
+        let mut received = 0u64;
         let mut buffer = vec![0u8; FIRST_BUFFER];
         loop {
-            let count = from_peer.read(&mut buffer).await?;
+            let read = from_peer.read(&mut buffer);
+            let count = if check.unfinished() > 0 {
+                match tokio::time::timeout(STALL, read).await {
+                    Ok(count) => count?,
+                    Err(_) => return Ok(Some(format!("no byte for {STALL:?} in the middle of a message"))),
+                }
+            } else {
+                read.await?
+            };
             if count == 0 {
                 return Ok(None);
             }
             if let Err(refusal) = check.feed(&buffer[..count]) {
-                return Ok(Some(refusal));
+                return Ok(Some(refusal.to_string()));
+            }
+            received += count as u64;
+            if let Some(lifetime) = limits.lifetime.filter(|&lifetime| received > lifetime) {
+                return Ok(Some(format!("sent more than the {lifetime} bytes a {} peer may send", shared.name)));
+            }
+            if !share.set(check.unfinished()) {
+                return Ok(Some(format!(
+                    "unfinished messages from all peers would exceed {} bytes",
+                    shared.budget.limit
+                )));
             }
             to_kernel.write_all(&buffer[..count]).await?;
             if count == buffer.len() && buffer.len() < LARGEST_BUFFER {

@@ -35,6 +35,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, watch};
 
+pub use monitor::RateLimit;
 pub use options::{CurveKeys, SocketOptions, DEFAULT_MAX_MESSAGE_SIZE};
 
 /// How many incoming messages each receive queue holds before its socket stops reading (the
@@ -275,6 +276,18 @@ pub enum TransportError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "cannot bind the {socket} socket behind its gate to {path} (a Unix socket path must be \
+         shorter than 108 bytes: set XDG_RUNTIME_DIR or TMPDIR to a shorter directory)"
+    )]
+    PrivateSocket {
+        socket: &'static str,
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("will not bind an ipc socket at {path}: {why}")]
+    IpcPathTaken { path: String, why: &'static str },
     #[error("cannot make a private directory for the sockets behind the gates")]
     PrivateDirectory(#[source] std::io::Error),
     #[error("cannot set up the {socket} socket ({what})")]
@@ -355,7 +368,11 @@ pub fn bind_sockets(endpoints: &Endpoints, options: &SocketOptions) -> Result<Bo
         let address = endpoints.address(name, port)?;
         let path = match &private_directory {
             Some(directory) => directory.join(name),
-            None => endpoints.ipc_path(port),
+            None => {
+                let path = endpoints.ipc_path(port);
+                options::check_ipc_path(&path)?;
+                path
+            }
         };
         if private_directory.is_some() {
             let host = endpoints.ip.trim_start_matches('[').trim_end_matches(']');
@@ -365,10 +382,12 @@ pub fn bind_sockets(endpoints: &Endpoints, options: &SocketOptions) -> Result<Bo
             gates.push(gate::Gate { name, listener, upstream: path.clone() });
         }
         let private = options::PrivateFiles::while_binding();
-        socket.bind(&format!("ipc://{}", path.display())).map_err(|source| TransportError::Bind {
-            socket: name,
-            address: address.clone(),
-            source: source.into(),
+        socket.bind(&format!("ipc://{}", path.display())).map_err(|source| {
+            if private_directory.is_some() {
+                TransportError::PrivateSocket { socket: name, path: path.display().to_string(), source: source.into() }
+            } else {
+                TransportError::Bind { socket: name, address: address.clone(), source: source.into() }
+            }
         })?;
         drop(private);
         options::make_private(&path)?;

@@ -52,13 +52,18 @@ impl Monitor {
         watched.monitor(&address, i32::from(wanted)).map_err(setup("monitor"))?;
         let reader = context.socket(zmq::PAIR).map_err(setup("monitor reader"))?;
         reader.set_linger(0).map_err(setup("monitor reader"))?;
+        // libzmq sends monitor events from its I/O thread and blocks when the pipe is full,
+        // which would stop every socket of the context: no limit on this side makes the inproc
+        // pipe unbounded (events are a few dozen bytes; the reader drains them at every turn).
+        reader.set_rcvhwm(0).map_err(setup("monitor reader"))?;
         reader.connect(&address).map_err(setup("monitor reader"))?;
         let events = WatchedSocket::new(reader)
             .map_err(|source| TransportError::Watch { socket: socket_name, source })?;
         Ok(Self { socket_name, events, limit: RateLimit::new() })
     }
 
-    /// Waits until there may be events to log.
+    /// Waits until there may be events to log. Call [`Monitor::log_events`] before every wait:
+    /// libzmq signals `ZMQ_FD` only to a reader that has looked at its events since.
     pub(super) fn changed(&self) -> impl std::future::Future<Output = ()> + Send + '_ {
         self.events.changed()
     }
@@ -106,7 +111,8 @@ impl Monitor {
                     HANDSHAKE_FAILED_PROTOCOL => tracing::warn!(
                         socket,
                         code = format_args!("{value:#x}"),
-                        "refused a connection: it broke the ZMTP handshake"
+                        "refused a connection: {}",
+                        protocol_error(value)
                     ),
                     HANDSHAKE_FAILED_NO_DETAIL => tracing::warn!(
                         socket,
@@ -126,6 +132,16 @@ impl Monitor {
     }
 }
 
+/// What libzmq's protocol error code (zmq.h, `ZMQ_PROTOCOL_ERROR_*`) means for a person.
+fn protocol_error(code: u32) -> &'static str {
+    match code {
+        0x1100_0001 => "CurveZMQ authentication failed (the peer does not hold the server's key)",
+        0x1100_0002 => "the peer's security mechanism is not the kernel's (CurveZMQ on one side only)",
+        0x1000_0000..=0x10FF_FFFF => "it broke the ZMTP handshake (a malformed or unexpected command)",
+        _ => "it broke the ZMTP handshake",
+    }
+}
+
 /// A monitor event's first frame: the event number and its value, little-endian.
 fn parse(frame: &[u8]) -> Option<(u16, u32)> {
     let event = u16::from_le_bytes(frame.get(0..2)?.try_into().ok()?);
@@ -133,20 +149,22 @@ fn parse(frame: &[u8]) -> Option<(u16, u32)> {
     Some((event, value))
 }
 
-/// At most [`WARNINGS_PER_WINDOW`] warnings per [`WINDOW`].
-pub(super) struct RateLimit {
+/// At most [`WARNINGS_PER_WINDOW`] warnings per [`WINDOW`]: what a peer can make the kernel log
+/// must not flood the log.
+#[derive(Debug)]
+pub struct RateLimit {
     window_start: Instant,
     logged: u32,
     suppressed: u64,
 }
 
 impl RateLimit {
-    pub(super) fn new() -> Self {
+    pub fn new() -> Self {
         Self { window_start: Instant::now(), logged: 0, suppressed: 0 }
     }
 
     /// `Some(n)` if this warning may be logged, `n` being how many were suppressed before it.
-    pub(super) fn allow(&mut self, now: Instant) -> Option<u64> {
+    pub fn allow(&mut self, now: Instant) -> Option<u64> {
         if now.duration_since(self.window_start) >= WINDOW {
             self.window_start = now;
             self.logged = 0;

@@ -24,6 +24,9 @@ const HANDSHAKE_MS: i32 = 10_000;
 /// bounds what one unverified peer can make the kernel hold.
 const RECEIVE_HIGH_WATER_MARK: i32 = 64;
 
+/// Connections that may wait to be accepted by a libzmq socket.
+const LISTEN_BACKLOG: i32 = 1024;
+
 /// How the sockets guard themselves; the same for all five.
 #[derive(Clone)]
 pub struct SocketOptions {
@@ -143,6 +146,9 @@ impl FiveSockets {
             socket.set_handshake_ivl(HANDSHAKE_MS).map_err(setup("handshake time"))?;
             socket.set_rcvhwm(RECEIVE_HIGH_WATER_MARK).map_err(setup("receive high-water mark"))?;
             socket.set_linger(LINGER_MS).map_err(setup("linger"))?;
+            // The gate connects once per peer: a burst of connections must wait in the
+            // backlog, not be refused.
+            socket.set_backlog(LISTEN_BACKLOG).map_err(setup("backlog"))?;
             if let Some(keys) = &options.curve {
                 socket.set_curve_server(true).map_err(setup("CurveZMQ server"))?;
                 socket.set_curve_secretkey(keys.secret.as_bytes()).map_err(setup("CurveZMQ secret key"))?;
@@ -196,11 +202,67 @@ pub(super) fn private_directory() -> std::io::Result<PathBuf> {
         .map(PathBuf::from)
         .filter(|base| base.is_dir())
         .unwrap_or_else(std::env::temp_dir);
-    // Unix socket paths are limited to about 100 bytes: keep the name short.
+    sweep_dead_directories(&base);
+    // Unix socket paths are limited to about 100 bytes: keep the name short. The pid lets a
+    // later kernel remove what a killed one left.
     let unique = uuid::Uuid::new_v4().simple().to_string();
-    let directory = base.join(format!("parakernel-{}", &unique[..12]));
+    let directory = base.join(format!("parakernel-{}-{}", std::process::id(), &unique[..8]));
     std::fs::DirBuilder::new().mode(0o700).create(&directory)?;
     Ok(directory)
+}
+
+/// Removes the socket directories of kernels that are gone (killed with SIGKILL, say, which
+/// leaves no chance to clean up): `parakernel-PID-*` of this user whose process no longer
+/// exists, holding nothing but sockets.
+fn sweep_dead_directories(base: &Path) {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let Ok(entries) = std::fs::read_dir(base) else { return };
+    // SAFETY: no Python interpreter is involved; getuid only reads the process's user id.
+    let user = unsafe { libc::getuid() };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|name| name.strip_prefix("parakernel-"))
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let path = entry.path();
+        let Ok(metadata) = std::fs::symlink_metadata(&path) else { continue };
+        if !metadata.is_dir() || metadata.uid() != user {
+            continue;
+        }
+        // SAFETY: as above; signal 0 only asks whether the process exists.
+        let gone = unsafe { libc::kill(pid, 0) } != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
+        if !gone {
+            continue;
+        }
+        let Ok(files) = std::fs::read_dir(&path) else { continue };
+        let files: Vec<_> = files.flatten().collect();
+        if files.iter().all(|file| file.file_type().is_ok_and(|kind| kind.is_socket())) {
+            for file in files {
+                let _ = std::fs::remove_file(file.path());
+            }
+            let _ = std::fs::remove_dir(&path);
+        }
+    }
+}
+
+/// Refuses to let libzmq replace what is at an ipc socket path (libzmq unlinks the path before
+/// it binds): a file that is not a socket, or a socket another process still serves.
+pub(super) fn check_ipc_path(path: &Path) -> Result<(), TransportError> {
+    use std::os::unix::fs::FileTypeExt;
+    let Ok(metadata) = std::fs::symlink_metadata(path) else { return Ok(()) };
+    let shown = path.display().to_string();
+    if !metadata.file_type().is_socket() {
+        return Err(TransportError::IpcPathTaken { path: shown, why: "it exists and is not a socket" });
+    }
+    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        return Err(TransportError::IpcPathTaken { path: shown, why: "another process serves it" });
+    }
+    Ok(())
 }
 
 /// Raises this process's soft limit of open descriptors to its hard limit.
@@ -264,6 +326,24 @@ fn remove(path: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn directories_of_dead_kernels_are_swept_and_nothing_else() {
+        let base = tempfile::tempdir().unwrap();
+        // No process has this pid (above Linux's largest).
+        let dead = base.path().join("parakernel-999999999-abcdef01");
+        std::fs::create_dir(&dead).unwrap();
+        let _socket = std::os::unix::net::UnixListener::bind(dead.join("shell")).unwrap();
+        let live = base.path().join(format!("parakernel-{}-abcdef02", std::process::id()));
+        std::fs::create_dir(&live).unwrap();
+        let kept = base.path().join("parakernel-999999998-abcdef03");
+        std::fs::create_dir(&kept).unwrap();
+        std::fs::write(kept.join("notes"), "not a socket").unwrap();
+        sweep_dead_directories(base.path());
+        assert!(!dead.exists(), "a dead kernel's sockets are removed");
+        assert!(live.exists(), "a live kernel's directory stays");
+        assert!(kept.join("notes").exists(), "a directory with other files stays");
+    }
 
     #[test]
     fn curve_keys_must_be_a_matching_pair() {

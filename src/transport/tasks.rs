@@ -69,6 +69,10 @@ impl SocketIo {
         let mut waiting: Option<T> = None;
         let mut queue_open = true;
         loop {
+            // Before every wait: libzmq wakes `ZMQ_FD` only for a reader that has looked at
+            // its events since the last signal (a monitor never read wedged libzmq's I/O
+            // thread after about 2,000 connection events).
+            self.monitor.log_events();
             let mut more_to_read = false;
             if waiting.is_none() {
                 more_to_read = self.read_batch(&queue, &mut waiting, &mut queue_open, &accept);

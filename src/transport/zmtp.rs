@@ -68,8 +68,8 @@ enum State {
     Flags,
     /// Reading a frame's size: bytes still to come, the value so far, the frame's flags.
     Size { left: u8, size: u64, flags: u8 },
-    /// Skipping a frame's body.
-    Body { left: u64 },
+    /// Skipping a frame's body; `last`: it ends a message (or is a command).
+    Body { left: u64, last: bool },
     Refused,
 }
 
@@ -84,6 +84,8 @@ pub struct FrameCheck {
     /// Frames and bytes of the message being received (reset after a frame without MORE).
     frames: usize,
     total: u64,
+    /// Bytes received of the message or command not yet complete: what libzmq holds for it.
+    unfinished: u64,
 }
 
 impl FrameCheck {
@@ -95,7 +97,14 @@ impl FrameCheck {
             greeting: [0; GREETING],
             frames: 0,
             total: 0,
+            unfinished: 0,
         }
+    }
+
+    /// Bytes received of the message (or command) still being received: libzmq holds them
+    /// until it is complete.
+    pub fn unfinished(&self) -> u64 {
+        self.unfinished
     }
 
     /// Checks the next bytes of the stream. After a refusal every later call refuses too.
@@ -133,6 +142,7 @@ impl FrameCheck {
                 State::Flags => {
                     let flags = bytes[0];
                     bytes = &bytes[1..];
+                    self.unfinished += 1;
                     if flags & FLAG_RESERVED != 0 {
                         return self.refuse(Refusal::ReservedFlags(flags));
                     }
@@ -145,19 +155,32 @@ impl FrameCheck {
                 State::Size { left, size, flags } => {
                     let size = (size << 8) | u64::from(bytes[0]);
                     bytes = &bytes[1..];
+                    self.unfinished += 1;
                     if left > 1 {
                         self.state = State::Size { left: left - 1, size, flags };
                         continue;
                     }
                     self.frame(size, flags)?;
-                    self.state = if size == 0 { State::Flags } else { State::Body { left: size } };
+                    let last = flags & FLAG_COMMAND != 0 || flags & FLAG_MORE == 0;
+                    self.state = if size == 0 {
+                        self.end_of_frame(last);
+                        State::Flags
+                    } else {
+                        State::Body { left: size, last }
+                    };
                 }
-                State::Body { left } => {
+                State::Body { left, last } => {
                     let available = u64::try_from(bytes.len()).unwrap_or(u64::MAX);
                     let take = left.min(available);
                     // `take` is at most `bytes.len()`.
                     bytes = &bytes[usize::try_from(take).unwrap_or(bytes.len())..];
-                    self.state = if take == left { State::Flags } else { State::Body { left: left - take } };
+                    self.unfinished += take;
+                    self.state = if take == left {
+                        self.end_of_frame(last);
+                        State::Flags
+                    } else {
+                        State::Body { left: left - take, last }
+                    };
                 }
             }
         }
@@ -192,6 +215,12 @@ impl FrameCheck {
             self.total = 0;
         }
         Ok(())
+    }
+
+    fn end_of_frame(&mut self, last: bool) {
+        if last {
+            self.unfinished = 0;
+        }
     }
 
     fn refuse(&mut self, refusal: Refusal) -> Result<(), Refusal> {
@@ -240,6 +269,7 @@ mod tests {
                 check.feed(piece).expect("a well-formed stream");
             }
             assert_eq!(check.state, State::Flags);
+            assert_eq!(check.unfinished(), 0);
         }
     }
 
@@ -279,6 +309,22 @@ mod tests {
             check.feed(&short(FLAG_MORE, &[0; 40])).unwrap();
             check.feed(&short(0, &[0; 40])).unwrap();
         }
+    }
+
+    #[test]
+    fn unfinished_counts_the_bytes_of_the_message_being_received() {
+        let mut check = FrameCheck::new(1000, 8);
+        check.feed(&greeting(b"NULL")).unwrap();
+        assert_eq!(check.unfinished(), 0);
+        check.feed(&short(FLAG_MORE, b"abc")).unwrap();
+        assert_eq!(check.unfinished(), 5);
+        check.feed(&long_header(0, 100)).unwrap();
+        check.feed(&[0; 60]).unwrap();
+        assert_eq!(check.unfinished(), 5 + 9 + 60);
+        check.feed(&[0; 40]).unwrap();
+        assert_eq!(check.unfinished(), 0, "the message is complete");
+        check.feed(&short(FLAG_COMMAND, b"\x04PING")).unwrap();
+        assert_eq!(check.unfinished(), 0, "a command is complete by itself");
     }
 
     #[test]

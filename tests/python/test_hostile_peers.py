@@ -10,6 +10,7 @@ a failure can be replayed (the seed is in the test's id).
 from __future__ import annotations
 
 import json
+import os
 import random
 import resource
 import socket
@@ -169,6 +170,31 @@ def test_endless_multipart_messages_are_cut_off(kernel, baseline):
             except OSError:
                 pass  # dropped by the kernel, as it should be
     assert_serving(kernel, baseline)
+
+
+@pytest.mark.parakernel_only("libzmq keeps tens of bytes per subscribed topic byte: ipykernel holds them")
+def test_huge_and_many_subscriptions_are_refused(kernel, baseline):
+    # libzmq's subscription trie costs tens of bytes per topic byte: 4 x 16 MiB topics once
+    # held 2 GB. iopub peers send subscriptions of a few bytes and little else.
+    for _ in range(4):
+        topic = b"\x01" + b"t" * (16 << 20)
+        data = greeting() + ready(b"SUB") + long_header(len(topic)) + topic
+        send_and_close(kernel, "iopub", data)
+    many = b"".join(short_frame(b"\x01" + os.urandom(100)) for _ in range(2000))
+    send_and_close(kernel, "iopub", greeting() + ready(b"SUB") + many)
+    assert_serving(kernel, baseline)
+
+
+def test_connections_come_and_go_for_the_kernels_whole_life(kernel, baseline):
+    # libzmq reports each connection to a monitor: one never read stopped every socket after
+    # about 2,000 events (about 667 connections to one socket).
+    for _ in range(1000):
+        socket.create_connection((kernel.km.ip, port_of(kernel, "control")), timeout=5).close()
+    assert_serving(kernel, baseline)
+    reply = kernel.kc.control_channel
+    msg = kernel.kc.session.msg("kernel_info_request", {})
+    reply.send(msg)
+    assert kernel.reply(msg["header"]["msg_id"], "control")["content"]["status"] == "ok"
 
 
 def test_a_flood_of_half_open_connections(kernel, baseline):
