@@ -41,7 +41,7 @@ enum Command {
         /// The largest frame a peer may send, in bytes (suffixes K, M, G); a larger declared
         /// frame drops that connection before any of it is allocated. Also
         /// `PARAKERNEL_MAX_MESSAGE_SIZE`.
-        #[arg(long, env = "PARAKERNEL_MAX_MESSAGE_SIZE", value_parser = parse_size, default_value = "1G")]
+        #[arg(long, env = "PARAKERNEL_MAX_MESSAGE_SIZE", value_parser = parse_size, default_value = "512M")]
         max_message_size: u64,
     },
     /// Install the kernelspec.

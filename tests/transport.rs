@@ -627,3 +627,24 @@ async fn ipc_never_replaces_a_file_or_a_live_socket() {
     assert!(error.to_string().contains("another process serves it"), "{error}");
     drop(first);
 }
+
+/// What the kernel has not yet let go of counts: past one maximum-size message per socket the
+/// socket reads nothing more until the kernel drops a message, so whole messages sent faster
+/// than the kernel checks them cannot pile up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_socket_stops_reading_while_the_kernel_holds_its_share() {
+    let options = transport::SocketOptions { max_message_size: 1000, curve: None };
+    let (endpoints, mut transport) = bind_free_with(&options).await;
+    let mut client = dealer("piling", endpoints.shell_port).await;
+    for _ in 0..3 {
+        client.send(ZmqMessage::try_from(vec![Bytes::from(vec![b'm'; 600])]).unwrap()).await.expect("send");
+    }
+    let first = next(&mut transport.shell, "the first message").await;
+    let second = next(&mut transport.shell, "the second message").await;
+    // 1,200 bytes held by the kernel: over the share, the third stays in libzmq.
+    assert!(transport.shell.try_recv().is_err(), "a third message was read past the share");
+    drop(first);
+    let third = next(&mut transport.shell, "the third, once the kernel let go of one").await;
+    assert_eq!(third.frames[1].len(), 600);
+    drop(second);
+}

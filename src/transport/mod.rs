@@ -403,10 +403,12 @@ impl Bound {
     /// tokio runtime.
     pub fn start(self) -> Result<Transport, TransportError> {
         let options::FiveSockets { context, shell, control, stdin, iopub, heartbeat } = self.sockets;
-        let (shell_incoming, shell_queue) = tasks::start_router(Channel::Shell, shell, &context)?;
-        let (control_incoming, control_queue) = tasks::start_router(Channel::Control, control, &context)?;
-        let (stdin_incoming, stdin_queue) = tasks::start_router(Channel::Stdin, stdin, &context)?;
-        let (subscriptions, iopub_queue) = tasks::start_iopub(iopub, &context)?;
+        // Each socket may hand the kernel one maximum-size message beyond what it holds.
+        let queued = self.max_message_size;
+        let (shell_incoming, shell_queue) = tasks::start_router(Channel::Shell, shell, &context, queued)?;
+        let (control_incoming, control_queue) = tasks::start_router(Channel::Control, control, &context, queued)?;
+        let (stdin_incoming, stdin_queue) = tasks::start_router(Channel::Stdin, stdin, &context, queued)?;
+        let (subscriptions, iopub_queue) = tasks::start_iopub(iopub, &context, queued)?;
 
         // The dispatcher holds `alive`; the heartbeat and the gates stop when it ends.
         let (alive, heartbeat_alive) = watch::channel(());

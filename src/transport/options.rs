@@ -7,10 +7,11 @@ use std::sync::{Mutex, Once, PoisonError};
 
 use super::TransportError;
 
-/// The default largest frame a peer may send: a larger declared frame drops the connection
-/// before any of it is allocated. Generous enough for a notebook's biggest legal request
-/// (a cell or widget message of a few hundred MB); `--max-message-size` changes it.
-pub const DEFAULT_MAX_MESSAGE_SIZE: u64 = 1 << 30;
+/// The default largest message a peer may send: a larger declared frame drops the connection
+/// before any of it is allocated. Generous enough for a notebook's biggest legal request (a
+/// cell or widget message of a few hundred MB); `--max-message-size` changes it. What strangers
+/// can make the kernel hold is a few times this (see the README's security section).
+pub const DEFAULT_MAX_MESSAGE_SIZE: u64 = 512 << 20;
 
 /// How long a closing socket keeps trying to write what it holds (as ipykernel's 1 s).
 pub(super) const LINGER_MS: i32 = 1000;

@@ -3,8 +3,11 @@
 //! it, and logs its connection events. Never looks inside a frame, apart from iopub's
 //! subscribe byte.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
 use bytes::Bytes;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 
 use super::dispatch::{SocketCommand, SocketQueue};
 use super::monitor::Monitor;
@@ -14,6 +17,59 @@ use super::{Channel, Incoming, TransportError, INCOMING_QUEUE_CAPACITY};
 /// Messages read in one turn before the task lets the others run.
 const READ_BATCH: usize = 32;
 
+/// Bytes of the messages a socket has handed to the kernel that the kernel still holds
+/// (their frames are alive). Past the limit the socket reads nothing more until the kernel
+/// lets go of some: a stranger who sends whole messages faster than the kernel checks their
+/// signatures cannot pile them up (libzmq then holds at most its high-water mark per
+/// connection, and stops reading those connections).
+pub(super) struct Queued {
+    bytes: AtomicU64,
+    limit: u64,
+    freed: Notify,
+}
+
+impl Queued {
+    pub(super) fn new(limit: u64) -> Arc<Self> {
+        Arc::new(Self { bytes: AtomicU64::new(0), limit, freed: Notify::new() })
+    }
+
+    fn over(&self) -> bool {
+        self.bytes.load(Ordering::Acquire) > self.limit
+    }
+}
+
+/// The last frame of a message handed to the kernel: counts the message's bytes in
+/// [`Queued`] until the kernel drops it.
+struct Counted {
+    frame: Bytes,
+    size: u64,
+    queued: Arc<Queued>,
+}
+
+impl AsRef<[u8]> for Counted {
+    fn as_ref(&self) -> &[u8] {
+        &self.frame
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.queued.bytes.fetch_sub(self.size, Ordering::AcqRel);
+        // Stores a wake-up if the task is not waiting yet: none is lost.
+        self.queued.freed.notify_one();
+    }
+}
+
+/// Makes the message's last frame count its bytes until the message is dropped.
+fn count(mut frames: Vec<Bytes>, queued: &Arc<Queued>) -> Vec<Bytes> {
+    let size: u64 = frames.iter().map(|frame| frame.len() as u64).sum();
+    if let Some(last) = frames.pop() {
+        queued.bytes.fetch_add(size, Ordering::AcqRel);
+        frames.push(Bytes::from_owner(Counted { frame: last, size, queued: Arc::clone(queued) }));
+    }
+    frames
+}
+
 const SUBSCRIBE: u8 = 1;
 const UNSUBSCRIBE: u8 = 0;
 
@@ -22,10 +78,11 @@ pub(super) fn start_router(
     channel: Channel,
     socket: zmq::Socket,
     context: &zmq::Context,
+    queued_limit: u64,
 ) -> Result<(mpsc::Receiver<Incoming>, SocketQueue), TransportError> {
     let (incoming, incoming_queue) = mpsc::channel(INCOMING_QUEUE_CAPACITY);
     let (commands, command_queue) = mpsc::unbounded_channel();
-    let io = SocketIo::new(channel.name(), socket, context)?;
+    let io = SocketIo::new(channel.name(), socket, context, queued_limit)?;
     tokio::spawn(io.serve(command_queue, incoming, move |frames| Some(Incoming { channel, frames })));
     Ok((incoming_queue, commands))
 }
@@ -34,10 +91,11 @@ pub(super) fn start_router(
 pub(super) fn start_iopub(
     socket: zmq::Socket,
     context: &zmq::Context,
+    queued_limit: u64,
 ) -> Result<(mpsc::Receiver<Bytes>, SocketQueue), TransportError> {
     let (subscriptions, subscription_queue) = mpsc::channel(INCOMING_QUEUE_CAPACITY);
     let (commands, command_queue) = mpsc::unbounded_channel();
-    let io = SocketIo::new("iopub", socket, context)?;
+    let io = SocketIo::new("iopub", socket, context, queued_limit)?;
     tokio::spawn(io.serve(command_queue, subscriptions, subscription));
     Ok((subscription_queue, commands))
 }
@@ -46,13 +104,14 @@ struct SocketIo {
     name: &'static str,
     socket: WatchedSocket,
     monitor: Monitor,
+    queued: Arc<Queued>,
 }
 
 impl SocketIo {
-    fn new(name: &'static str, socket: zmq::Socket, context: &zmq::Context) -> Result<Self, TransportError> {
+    fn new(name: &'static str, socket: zmq::Socket, context: &zmq::Context, queued_limit: u64) -> Result<Self, TransportError> {
         let monitor = Monitor::attach(name, &socket, context)?;
         let socket = WatchedSocket::new(socket).map_err(|source| TransportError::Watch { socket: name, source })?;
-        Ok(Self { name, socket, monitor })
+        Ok(Self { name, socket, monitor, queued: Queued::new(queued_limit) })
     }
 
     /// Serves until every sender of `commands` is gone. `accept` turns a received message into
@@ -74,9 +133,12 @@ impl SocketIo {
             // thread after about 2,000 connection events).
             self.monitor.log_events();
             let mut more_to_read = false;
-            if waiting.is_none() {
+            if waiting.is_none() && !self.queued.over() {
                 more_to_read = self.read_batch(&queue, &mut waiting, &mut queue_open, &accept);
             }
+            // Judged after reading: the batch may have just gone over, with messages left in
+            // libzmq that no new signal will announce.
+            let over = self.queued.over();
             tokio::select! {
                 biased;
                 command = commands.recv() => match command {
@@ -96,6 +158,7 @@ impl SocketIo {
                 },
                 () = self.monitor.changed() => self.monitor.log_events(),
                 () = self.socket.changed() => {}
+                () = self.queued.freed.notified(), if over => {}
                 () = tokio::task::yield_now(), if more_to_read => {}
             }
         }
@@ -113,6 +176,9 @@ impl SocketIo {
         accept: &impl Fn(Vec<Bytes>) -> Option<T>,
     ) -> bool {
         for _ in 0..READ_BATCH {
+            if self.queued.over() {
+                return false;
+            }
             if !self.socket.has_message() {
                 return false;
             }
@@ -132,7 +198,7 @@ impl SocketIo {
                 // The kernel no longer reads this socket: read and drop, so libzmq holds nothing.
                 continue;
             }
-            let Some(item) = accept(frames) else { continue };
+            let Some(item) = accept(count(frames, &self.queued)) else { continue };
             match queue.try_send(item) {
                 Ok(()) => {}
                 Err(mpsc::error::TrySendError::Full(item)) => {
