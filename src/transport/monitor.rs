@@ -158,6 +158,12 @@ pub struct RateLimit {
     suppressed: u64,
 }
 
+impl Default for RateLimit {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl RateLimit {
     pub fn new() -> Self {
         Self { window_start: Instant::now(), logged: 0, suppressed: 0 }
