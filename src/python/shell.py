@@ -329,7 +329,8 @@ def _guard_extension_loader():
 
 def _guard_process_features():
     """signal.signal, os.fork (so multiprocessing's default start method) and daemon threads
-    are refused in isolated subinterpreters: say what to do instead."""
+    are refused in isolated subinterpreters: say what to do instead. os._exit is refused too:
+    in a lane it would end the whole process, every other lane with it."""
     import signal
 
     original_signal = signal.signal
@@ -364,6 +365,19 @@ def _guard_process_features():
 
         fork.__doc__ = original_fork.__doc__
         os.fork = fork
+
+    original_exit = os._exit
+
+    def _exit(status):
+        raise RuntimeError(
+            f"os._exit({status!r}) in lane {_lane!r} would end the whole kernel process: every "
+            "lane, the main lane and all their state, without a reply. To end this cell, raise "
+            f"SystemExit or return; to end the lane, run `%lane stop {_lane}` (or `%lane restart "
+            f"{_lane}`) from another cell; to end the kernel, restart it from the client."
+        )
+
+    _exit.__doc__ = original_exit.__doc__
+    os._exit = _exit
 
     def explain(error):
         return RuntimeError(

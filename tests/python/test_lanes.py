@@ -708,6 +708,18 @@ def test_input_in_a_lane_without_stdin_is_refused(kernel: Kernel):
     assert not kernel.messages("stdin", execution.msg_id)
 
 
+def test_os_exit_in_a_lane_is_refused_and_the_kernel_goes_on(fresh_kernel: Kernel):
+    # In a lane, os._exit would end the whole process (every lane, the main lane) with no reply.
+    fresh_kernel.execute(lane("exiter", "kept = 'still here'")).ok()
+    for code in (lane("exiter", "import os\nos._exit(3)"), "%%parallel\nimport os\nos._exit(0)"):
+        execution = fresh_kernel.execute(code)
+        assert execution.status == "error", describe(execution)
+        assert execution.content["ename"] == "RuntimeError", describe(execution)
+        assert "would end the whole kernel process" in execution.content["evalue"], describe(execution)
+    assert fresh_kernel.execute(lane("exiter", "print(kept)")).ok().stdout == "still here\n"
+    fresh_kernel.assert_alive()
+
+
 # ---------------------------------------------------------------------------------------
 # Interrupt and lane control
 # ---------------------------------------------------------------------------------------
