@@ -510,13 +510,9 @@ async fn oversize_frames_and_endless_messages_drop_their_connection_only() {
     assert_eq!(incoming.frames[1..], frames(&[b"<IDS|MSG>", b"ok"]));
 }
 
-/// Under ipc the sockets are files at `{ip}-{port}`, private to the user and gone after close.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ipc_sockets_are_private_files_removed_on_close() {
-    use std::os::unix::fs::PermissionsExt;
-    let directory = tempfile::tempdir().expect("temporary directory");
-    let prefix = directory.path().join("kernel-ipc");
-    let endpoints = Endpoints {
+/// The ipc endpoints `{prefix}-1` to `{prefix}-5`.
+fn ipc_endpoints(prefix: &std::path::Path) -> Endpoints {
+    Endpoints {
         transport: "ipc".to_owned(),
         ip: prefix.display().to_string(),
         shell_port: 1,
@@ -524,7 +520,16 @@ async fn ipc_sockets_are_private_files_removed_on_close() {
         stdin_port: 3,
         iopub_port: 4,
         hb_port: 5,
-    };
+    }
+}
+
+/// Under ipc the sockets are files at `{ip}-{port}`, private to the user and gone after close.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipc_sockets_are_private_files_removed_on_close() {
+    use std::os::unix::fs::PermissionsExt;
+    let directory = tempfile::tempdir().expect("temporary directory");
+    let prefix = directory.path().join("kernel-ipc");
+    let endpoints = ipc_endpoints(&prefix);
     let mut transport = transport::bind(&endpoints, &transport::SocketOptions::default()).await.expect("bind");
     let shell = format!("{}-1", prefix.display());
     for port in 1..=5 {
@@ -606,15 +611,7 @@ async fn unfinished_messages_of_all_peers_share_one_budget() {
 async fn ipc_never_replaces_a_file_or_a_live_socket() {
     let directory = tempfile::tempdir().expect("temporary directory");
     let prefix = directory.path().join("kernel");
-    let endpoints = Endpoints {
-        transport: "ipc".to_owned(),
-        ip: prefix.display().to_string(),
-        shell_port: 1,
-        control_port: 2,
-        stdin_port: 3,
-        iopub_port: 4,
-        hb_port: 5,
-    };
+    let endpoints = ipc_endpoints(&prefix);
     let thesis = directory.path().join("kernel-3");
     std::fs::write(&thesis, "my thesis").unwrap();
     let error = transport::bind(&endpoints, &transport::SocketOptions::default()).await.err().expect("refused");

@@ -6,8 +6,14 @@
 pub mod executor;
 mod history;
 mod lanes;
+mod queries;
 pub mod routing;
 mod streams;
+
+pub use queries::{QUERY_BOUND_BUSY, QUERY_BOUND_IDLE};
+
+/// The longest iopub topic answered with an `iopub_welcome` (printable ASCII only).
+const MAX_WELCOMED_TOPIC: usize = 64;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::Duration;
@@ -40,16 +46,6 @@ const REMEMBERED_FINISHED: usize = 1024;
 /// How long the last messages may take to leave once the kernel stops serving.
 const FLUSH_BOUND: Duration = Duration::from_secs(2);
 
-/// How long a completion, inspection or `is_complete` may wait for its lane; after that the
-/// client gets an empty answer (a busy lane must never hold the editor).
-/// The longest iopub topic answered with an `iopub_welcome` (printable ASCII only).
-const MAX_WELCOMED_TOPIC: usize = 64;
-
-pub const QUERY_BOUND_BUSY: Duration = Duration::from_secs(1);
-/// How long a query may wait for an idle lane: only a safety bound, since an idle lane answers
-/// as soon as it can (jedi's first completion can take seconds on a loaded machine, and an
-/// empty answer then would be wrong).
-pub const QUERY_BOUND_IDLE: Duration = Duration::from_secs(15);
 
 /// How many characters of an error about a peer's message a log line shows: enough for our own
 /// words around the peer's value that the error quotes.
@@ -361,50 +357,6 @@ impl<E: Executor> Kernel<E> {
             "debugger": false,
             "supported_features": [],
         })
-    }
-
-    /// Sends a query to a lane; if the answer is not in within its bound (shorter for a busy lane), `fallback`
-    /// is sent instead.
-    fn query(&mut self, id: RequestId, lane: &Lane, query: Query, fallback: Value, offset: usize) {
-        let flight = self.in_flight.get_mut(&id).expect("begun");
-        flight.fallback = Some(fallback);
-        flight.query_offset = offset;
-        let busy = self.lanes.get(lane).is_some_and(|queue| queue.running.is_some());
-        let deadline = Instant::now() + if busy { QUERY_BOUND_BUSY } else { QUERY_BOUND_IDLE };
-        // Kept in deadline order: the two bounds differ, so arrival order is not enough.
-        let at = self.query_deadlines.partition_point(|&(other, _)| other <= deadline);
-        self.query_deadlines.insert(at, (deadline, id));
-        self.executor.query(lane, id, query);
-    }
-
-    fn on_answered(&mut self, id: RequestId, mut reply: Value) {
-        let Some(flight) = self.in_flight.get(&id) else {
-            debug!(id, "an answer came after its bound; dropped");
-            return;
-        };
-        // Positions in the reply are in the code the lane saw: shift them back over the
-        // `%%lane` line the kernel removed.
-        let offset = flight.query_offset;
-        for key in ["cursor_start", "cursor_end"] {
-            if let Some(position) = reply[key].as_u64() {
-                reply[key] = json!(position + offset as u64);
-            }
-        }
-        self.finish(id, Some(reply));
-    }
-
-    fn expire_queries(&mut self) {
-        let now = Instant::now();
-        while let Some(&(deadline, id)) = self.query_deadlines.front() {
-            if deadline > now {
-                break;
-            }
-            self.query_deadlines.pop_front();
-            if let Some(fallback) = self.in_flight.get_mut(&id).and_then(|flight| flight.fallback.take()) {
-                debug!(id, "a lane did not answer a query in time; answered empty");
-                self.finish(id, Some(fallback));
-            }
-        }
     }
 
     /// Queues `job` behind its lane's running job; the lane gets it when it is free.

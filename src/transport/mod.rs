@@ -366,27 +366,31 @@ pub fn bind_sockets(endpoints: &Endpoints, options: &SocketOptions) -> Result<Bo
         ("heartbeat", &sockets.heartbeat, endpoints.hb_port),
     ] {
         let address = endpoints.address(name, port)?;
+        // Under tcp, the gate takes the port and libzmq a Unix socket behind it; under ipc,
+        // libzmq binds the connection file's path itself.
         let path = match &private_directory {
-            Some(directory) => directory.join(name),
+            Some(directory) => {
+                let host = endpoints.ip.trim_start_matches('[').trim_end_matches(']');
+                let host = if host == "*" { "0.0.0.0" } else { host };
+                let listener = std::net::TcpListener::bind((host, port))
+                    .map_err(|source| TransportError::Bind { socket: name, address: address.clone(), source })?;
+                let path = directory.join(name);
+                gates.push(gate::Gate { name, listener, upstream: path.clone() });
+                path
+            }
             None => {
                 let path = endpoints.ipc_path(port);
                 options::check_ipc_path(&path)?;
                 path
             }
         };
-        if private_directory.is_some() {
-            let host = endpoints.ip.trim_start_matches('[').trim_end_matches(']');
-            let host = if host == "*" { "0.0.0.0" } else { host };
-            let listener = std::net::TcpListener::bind((host, port))
-                .map_err(|source| TransportError::Bind { socket: name, address: address.clone(), source })?;
-            gates.push(gate::Gate { name, listener, upstream: path.clone() });
-        }
         let private = options::PrivateFiles::while_binding();
         socket.bind(&format!("ipc://{}", path.display())).map_err(|source| {
-            if private_directory.is_some() {
-                TransportError::PrivateSocket { socket: name, path: path.display().to_string(), source: source.into() }
+            let source = source.into();
+            if tcp {
+                TransportError::PrivateSocket { socket: name, path: path.display().to_string(), source }
             } else {
-                TransportError::Bind { socket: name, address: address.clone(), source: source.into() }
+                TransportError::Bind { socket: name, address: address.clone(), source }
             }
         })?;
         drop(private);

@@ -117,8 +117,8 @@ impl WatchedSocket {
         Ok(Received::Message(frames))
     }
 
-    /// Hands one multipart message to libzmq without waiting. Returns `false` when libzmq
-    /// refused it (a subscriber or peer over its high-water mark): that message is dropped.
+    /// Hands one multipart message to libzmq without waiting. An error means libzmq refused it
+    /// (a subscriber or peer over its high-water mark): that message is dropped.
     pub(super) fn send(&self, frames: Vec<Bytes>) -> Result<(), zmq::Error> {
         let last = frames.len().saturating_sub(1);
         for (index, frame) in frames.into_iter().enumerate() {
