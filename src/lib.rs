@@ -15,11 +15,13 @@
 //! - [`native`]: the `_parakernel` extension module every interpreter imports (multi-phase
 //!   init, per-interpreter GIL): stream writers, display publishing, `input()`.
 //! - [`install`]: writes the kernelspec.
+//! - [`children`]: the processes cells started, ended with the kernel (SIGTERM, then SIGKILL).
 //! - [`fatal`]: the original stderr, and the panic hook and fatal-signal handlers that get a
 //!   dying kernel's last words (its own, Rust's, CPython's) into the log through it.
 //!
 //! Arrows point one way: `wire <- transport <- kernel -> Executor <- python -> native`.
 
+pub mod children;
 pub mod fatal;
 pub mod install;
 pub mod kernel;

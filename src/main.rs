@@ -84,6 +84,7 @@ fn watch_parent() {
     let spawned = std::thread::Builder::new().name("parakernel-parent".into()).spawn(move || loop {
         if nix::unistd::getppid().as_raw() != parent {
             tracing::warn!(parent, "the process that started the kernel has exited; exiting");
+            parakernel::children::kill_descendants();
             std::process::exit(1);
         }
         std::thread::sleep(PARENT_POLL);
@@ -193,6 +194,7 @@ fn run_kernel(connection_file: &std::path::Path, python: Option<PathBuf>, max_me
             // The shutdown reply is out; a lane stuck in C code must not keep us alive.
             std::thread::sleep(SHUTDOWN_BOUND);
             tracing::warn!("a lane did not stop within {SHUTDOWN_BOUND:?} of shutdown; exiting");
+            parakernel::children::kill_descendants();
             std::process::exit(0);
         })
         .context("cannot start the kernel thread")?;
@@ -203,5 +205,6 @@ fn run_kernel(connection_file: &std::path::Path, python: Option<PathBuf>, max_me
     // The main lane ends after the executor's shutdown; wait (bounded) for the kernel to send
     // its last messages.
     let _ = kernel_ended.recv_timeout(SHUTDOWN_BOUND);
+    parakernel::children::kill_descendants();
     std::process::exit(0);
 }

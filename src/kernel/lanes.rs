@@ -2,13 +2,20 @@
 //! lanes make (`%lanes`, `%wait`, `%lane interrupt|restart|stop`). Pure bookkeeping: the
 //! executor does the work.
 
+use std::time::Duration;
+
 use serde_json::{json, Value};
+use tokio::time::Instant;
 use tracing::debug;
 
 use super::executor::{CellCode, Executor, InterruptTarget, Job, Lane, LaneCall, RequestId};
 use super::routing::{self, Route};
-use super::{Kernel, Waiter};
+use super::{Kernel, SetAside, Waiter};
 use crate::wire::quoted;
+
+/// How long a job whose lane was restarted or stopped has to return (an interrupted job ends in
+/// milliseconds) before the kernel answers it and sets its interpreter aside.
+const SET_ASIDE_GRACE: Duration = Duration::from_secs(2);
 
 impl<E: Executor> Kernel<E> {
     /// The lane of a cell (`None`: any fresh lane) and its code without the magic line (sharing
@@ -34,8 +41,7 @@ impl<E: Executor> Kernel<E> {
 
     /// A cell that cannot run: an `error` output the user sees under the cell, and an error
     /// reply. Nothing runs.
-    pub(super) fn refuse_cell(&mut self, id: RequestId, message: &str) {
-        let ename = "LaneError";
+    pub(super) fn refuse_cell(&mut self, id: RequestId, ename: &str, message: &str) {
         let error = json!({"ename": ename, "evalue": message, "traceback": [format!("{ename}: {message}")]});
         self.publish(id, "error", error.clone());
         let count = self.in_flight.get(&id).map_or(0, |flight| flight.execution_count);
@@ -193,15 +199,48 @@ impl<E: Executor> Kernel<E> {
             self.abort(job);
         }
         self.executor.end_lane(&lane, restart);
-        if !restart {
-            let idle = self.lanes.get(&lane).is_some_and(|queue| queue.running.is_none());
-            if idle {
-                self.lanes.remove(&lane);
-            } else if let Some(queue) = self.lanes.get_mut(&lane) {
-                queue.stopping = true;
+        // The running job is interrupted and leaves the lane: the name serves new cells at once,
+        // whether or not the job can be interrupted.
+        if let Some(queue) = self.lanes.get_mut(&lane) {
+            if let Some(running) = queue.running.take() {
+                let aside = SetAside {
+                    lane: lane.clone(),
+                    label: queue.running_label.take(),
+                    since: Instant::now(),
+                    answer_by: Some(Instant::now() + SET_ASIDE_GRACE),
+                    restart,
+                };
+                self.set_aside.insert(running, aside);
             }
         }
+        if !restart {
+            self.lanes.remove(&lane);
+        }
         Ok(json!({"lane": name, "restarted": restart, "stopped": !restart, "aborted": queued.len()}))
+    }
+
+    /// Answers the set-aside jobs that have not returned within [`SET_ASIDE_GRACE`]: an error
+    /// under the cell that says where its interpreter went. Their lanes are serving new cells.
+    pub(super) fn answer_set_aside(&mut self) {
+        let now = Instant::now();
+        let due: Vec<RequestId> = self
+            .set_aside
+            .iter()
+            .filter(|(_, job)| job.answer_by.is_some_and(|by| by <= now))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
+            let Some(job) = self.set_aside.get_mut(&id) else { continue };
+            job.answer_by = None;
+            let verb = if job.restart { "restarted" } else { "stopped" };
+            let message = format!(
+                "lane {} was {verb} while this cell was blocked in a call that cannot be interrupted (C code that \
+                 does not return to Python); the lane's name serves new cells in a new interpreter, and the old \
+                 interpreter is set aside (shown by %lanes) until the call returns, then ended",
+                job.lane.name()
+            );
+            self.refuse_cell(id, "LaneSetAside", &message);
+        }
     }
 
     /// One row per lane for `%lanes` (the lane adds CPU time, which only it can measure).
@@ -215,11 +254,7 @@ impl<E: Executor> Kernel<E> {
                     Lane::Named(_) => "named",
                     Lane::Fresh(_) => "fresh",
                 };
-                let state = match (&queue.running, queue.stopping) {
-                    (_, true) => "stopping",
-                    (Some(_), _) => "running",
-                    (None, _) => "idle",
-                };
+                let state = if queue.running.is_some() { "running" } else { "idle" };
                 json!({
                     "name": lane.name(), "kind": kind, "state": state,
                     "running": queue.running_label, "queued": queue.waiting.len(),
@@ -227,6 +262,14 @@ impl<E: Executor> Kernel<E> {
                 })
             })
             .collect();
+        for job in self.set_aside.values() {
+            let verb = if job.restart { "restarted" } else { "stopped" };
+            rows.push(json!({
+                "name": format!("{} (set aside)", job.lane.name()), "kind": "named",
+                "state": format!("{verb} {:.0} s ago; ends when its cell returns", job.since.elapsed().as_secs_f64()),
+                "running": job.label, "queued": 0, "cells_run": 0,
+            }));
+        }
         if !self.pool.is_empty() {
             rows.push(json!({
                 "name": "fresh pool", "kind": "pool", "state": "waiting for a free fresh lane",

@@ -76,8 +76,20 @@ struct LaneQueue {
     running_label: Option<String>,
     waiting: VecDeque<Job>,
     cells_run: u64,
-    /// `%lane stop` was asked: the lane is forgotten once its running job is done.
-    stopping: bool,
+}
+
+/// A job whose lane was restarted or stopped while it ran. The lane's name went to a new
+/// interpreter at once; the old one was interrupted and ends once the job returns. A job that
+/// has not returned by `answer_by` (a call CPython cannot interrupt, e.g. C code through ctypes)
+/// is answered by the kernel; `%lanes` shows the job until it returns.
+#[derive(Debug)]
+struct SetAside {
+    lane: Lane,
+    label: Option<String>,
+    since: Instant,
+    /// `None` once the kernel answered the job.
+    answer_by: Option<Instant>,
+    restart: bool,
 }
 
 /// A `%wait` not answered yet.
@@ -105,6 +117,7 @@ pub struct Kernel<E: Executor> {
     lanes: BTreeMap<Lane, LaneQueue>,
     /// Fresh jobs waiting for a free fresh lane.
     pool: VecDeque<Job>,
+    set_aside: BTreeMap<RequestId, SetAside>,
     waiters: Vec<Waiter>,
     /// Pending query answers, earliest deadline first.
     query_deadlines: VecDeque<(Instant, RequestId)>,
@@ -137,6 +150,7 @@ impl<E: Executor> Kernel<E> {
             finished_order: VecDeque::new(),
             lanes,
             pool: VecDeque::new(),
+            set_aside: BTreeMap::new(),
             waiters: Vec::new(),
             query_deadlines: VecDeque::new(),
             drop_warnings: RateLimit::new(),
@@ -156,6 +170,7 @@ impl<E: Executor> Kernel<E> {
         while !self.shutting_down {
             let deadline = self.streams.deadline();
             let query_deadline = self.query_deadlines.front().map(|(deadline, _)| *deadline);
+            let set_aside_deadline = self.set_aside.values().filter_map(|job| job.answer_by).min();
             tokio::select! {
                 biased;
                 Some(incoming) = transport.control.recv() => self.on_incoming(incoming),
@@ -168,6 +183,7 @@ impl<E: Executor> Kernel<E> {
                 },
                 () = sleep_until(deadline), if deadline.is_some() => self.flush_streams(),
                 () = sleep_until(query_deadline), if query_deadline.is_some() => self.expire_queries(),
+                () = sleep_until(set_aside_deadline), if set_aside_deadline.is_some() => self.answer_set_aside(),
                 Some(incoming) = transport.shell.recv() => self.on_incoming(incoming),
                 Some(incoming) = transport.stdin.recv() => self.on_incoming(incoming),
                 Some(topic) = transport.subscriptions.recv() => self.welcome(topic),
@@ -322,7 +338,7 @@ impl<E: Executor> Kernel<E> {
         let (lane, code) = match self.route(&code, &tags) {
             Ok(routed) => routed,
             Err(message) => {
-                self.refuse_cell(id, &message);
+                self.refuse_cell(id, "LaneError", &message);
                 return;
             }
         };
@@ -363,8 +379,6 @@ impl<E: Executor> Kernel<E> {
     fn enqueue(&mut self, lane: Lane, job: Job) {
         self.in_flight.get_mut(&job.request()).expect("begun").lane = Some(lane.clone());
         let queue = self.lanes.entry(lane.clone()).or_default();
-        // A cell for a lane being stopped brings it back (the executor makes a new interpreter).
-        queue.stopping = false;
         queue.waiting.push_back(job);
         self.start_next(&lane);
     }
@@ -432,6 +446,14 @@ impl<E: Executor> Kernel<E> {
     }
 
     fn on_finished(&mut self, id: RequestId, reply: Option<Value>) {
+        if let Some(job) = self.set_aside.remove(&id) {
+            // Its lane has moved on: nothing queued there depends on this job any more.
+            debug!(id, lane = %quoted(&job.lane.name()), "a set-aside job returned");
+            if job.answer_by.is_some() {
+                self.finish(id, reply);
+            }
+            return;
+        }
         let Some(lane) = self.in_flight.get(&id).and_then(|flight| flight.lane.clone()) else {
             warn!(id, "a lane finished a request the kernel does not know");
             return;
@@ -444,9 +466,6 @@ impl<E: Executor> Kernel<E> {
                 queue.running = None;
                 queue.running_label = None;
                 queue.cells_run += u64::from(executed);
-            }
-            if queue.stopping && queue.running.is_none() && queue.waiting.is_empty() {
-                self.lanes.remove(&lane);
             }
         }
         self.finish(id, reply);

@@ -23,6 +23,8 @@ pub struct Routed<'a> {
 pub enum RouteError {
     #[error("{0:?} is not a lane name: use 1-64 letters, digits, '_' or '-' (e.g. %%lane sweep_1)")]
     BadName(String),
+    #[error("{0:?} is the kernel's own name for one of its fresh lanes (`%%parallel` cells); choose another name, e.g. %%lane my-{0}")]
+    Reserved(String),
     #[error("%%lane needs a lane: write `%%lane NAME`, `%%lane main` or `%%lane --fresh`")]
     MissingName,
     #[error("unknown option {0:?}: write `%%lane NAME`, `%%lane main`, `%%lane --fresh` or `%%parallel`")]
@@ -39,9 +41,17 @@ pub fn valid_name(name: &str) -> bool {
         && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
+/// Whether `name` is how the kernel names its fresh lanes (`fresh-N`): a user's lane of that
+/// name could not be told apart from them in `%lanes` or `%lane restart`.
+pub fn reserved_name(name: &str) -> bool {
+    name.strip_prefix("fresh-").is_some_and(|slot| !slot.is_empty() && slot.bytes().all(|b| b.is_ascii_digit()))
+}
+
 fn named(name: &str) -> Result<Route, RouteError> {
     if name == "main" {
         Ok(Route::Main)
+    } else if reserved_name(name) {
+        Err(RouteError::Reserved(name.to_owned()))
     } else if valid_name(name) {
         Ok(Route::Named(name.to_owned()))
     } else {
@@ -152,5 +162,10 @@ mod tests {
         assert!(!valid_name(""));
         assert!(!valid_name("a b"));
         assert!(!valid_name("é"));
+        assert!(reserved_name("fresh-0") && reserved_name("fresh-12"));
+        assert!(!reserved_name("fresh-") && !reserved_name("fresh-a") && !reserved_name("fresh"));
+        let refused = route("%%lane fresh-0\nx", &[]).unwrap_err().to_string();
+        assert!(refused.contains("fresh lanes") && refused.contains("my-fresh-0"), "{refused}");
+        assert!(route("x", &tags(&["lane:fresh-1"])).is_err());
     }
 }

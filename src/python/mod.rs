@@ -372,6 +372,14 @@ impl Executor for PythonExecutor {
     fn shutdown(&mut self) {
         self.interrupt_main();
         self.lanes.shut_down();
+        // A lane waiting for a process returns once it has ended; done beside the lanes'
+        // ending, so the shutdown reply does not wait for it.
+        let spawned = std::thread::Builder::new()
+            .name("pk-end-children".into())
+            .spawn(|| crate::children::end_descendants(crate::children::TERMINATE_GRACE));
+        if let Err(error) = spawned {
+            tracing::warn!("cannot end the processes the cells started: {error}");
+        }
         let _ = self.commands.send(Command::Shutdown);
     }
 }
