@@ -239,7 +239,7 @@ impl Kernel {
             "query answer",
             |event| matches!(event, Event::Answered { request: r, .. } if *r == request),
         ) {
-            Event::Answered { reply, .. } => reply,
+            Event::Answered { reply, .. } => reply.expect("the lane answers"),
             _ => unreachable!(),
         }
     }
@@ -1221,22 +1221,15 @@ fn check_lane_queries(kernel: &mut Kernel) {
         matches!(event, Event::Stream { text, request: Some(r), .. } if text.contains("spinning") && *r == spinning)
     });
     let complete = Query::Complete { code: "lane_only_v".into(), cursor_pos: 11 };
-    // The first completion in an interpreter imports Jedi (0.6-0.9 s here); on a slower machine
-    // it may take longer than a query may wait, and the answer is then empty: ask again.
-    let mut found = 0;
-    for round in 0..6 {
+    // The first completion in an interpreter imports Jedi (0.6-0.9 s here, seconds under load):
+    // the executor answers in full however long it takes (the kernel keeps the deadline).
+    for round in 0..2 {
         let asked = Instant::now();
         let reply = kernel.query_on(&a, complete.clone());
         say!("  completion {round} in a lane's namespace (another lane busy): {:?}", asked.elapsed());
         assert_eq!(reply["status"], "ok", "{reply}");
-        if reply["matches"].as_array().unwrap().contains(&json!("lane_only_variable")) {
-            found += 1;
-            if found == 2 {
-                break;
-            }
-        }
+        assert!(reply["matches"].as_array().unwrap().contains(&json!("lane_only_variable")), "{reply}");
     }
-    assert_eq!(found, 2, "completion in the lane's namespace");
     let asked = Instant::now();
     let reply = kernel.query_on(&b, Query::Complete { code: "lane_only_v".into(), cursor_pos: 11 });
     say!("  completion in a lane that spins: {:?}", asked.elapsed());
@@ -1251,11 +1244,12 @@ fn check_lane_queries(kernel: &mut Kernel) {
     kernel.executor.interrupt(&InterruptTarget::Lane(b.clone()));
     assert_eq!(kernel.finish(spinning, GUARD).ename(), "KeyboardInterrupt");
 
-    // A cell that holds its GIL (here: C code called through ctypes.PyDLL, which keeps it) does
-    // not hold the reply: an empty answer comes after a moment.
+    // A cell that holds its GIL (here: C code called through ctypes.PyDLL, which keeps it) holds
+    // the answer until it lets go; the answer is then full. Sparing the editor the wait is the
+    // kernel's deadline (kernel::queries), not the executor's.
     let holding = kernel.start_on(
         &b,
-        "import ctypes\nprint('holding', flush=True)\nctypes.PyDLL(None).sleep(3)",
+        "import ctypes\nprint('holding', flush=True)\nctypes.PyDLL(None).sleep(1)",
         false,
         3,
     );
@@ -1264,10 +1258,9 @@ fn check_lane_queries(kernel: &mut Kernel) {
     });
     let asked = Instant::now();
     let reply = kernel.query_on(&b, Query::Complete { code: "lane_only_v".into(), cursor_pos: 11 });
-    let waited = asked.elapsed();
-    say!("  completion in a lane that holds its GIL: {waited:?} (empty answer)");
-    assert_eq!(reply, json!({ "status": "ok", "matches": [], "cursor_start": 11, "cursor_end": 11, "metadata": {} }));
-    assert!(waited < Duration::from_millis(2500), "{waited:?}");
+    say!("  completion in a lane that holds its GIL: {:?} (answered once it let go)", asked.elapsed());
+    assert_eq!(reply["status"], "ok", "{reply}");
+    assert!(!reply["matches"].as_array().unwrap().contains(&json!("lane_only_variable")), "{reply}");
     assert_eq!(kernel.finish(holding, GUARD).status(), "ok");
 }
 

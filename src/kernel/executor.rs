@@ -218,8 +218,9 @@ pub enum Event {
     /// The job is done. `reply` is the reply content (`execute_reply` for an execute job; `None`
     /// for comm jobs, which owe no reply).
     Finished { request: RequestId, reply: Option<Value> },
-    /// The answer to a [`Query`] sent with [`Executor::query`].
-    Answered { request: RequestId, reply: Value },
+    /// The answer to a [`Query`] sent with [`Executor::query`]; `None` when the lane cannot
+    /// answer (the kernel then sends its empty answer at once).
+    Answered { request: RequestId, reply: Option<Value> },
     /// A lane asks the kernel something; `id` is the lane's own number for the call, echoed by
     /// [`Executor::call_reply`] so a lane can ignore the answer to a call it gave up
     /// (interrupted).

@@ -13,10 +13,11 @@ use super::Kernel;
 /// How long a completion, inspection or `is_complete` may wait for its lane; after that the
 /// client gets an empty answer (a busy lane must never hold the editor).
 pub const QUERY_BOUND_BUSY: Duration = Duration::from_secs(1);
-/// How long a query may wait for an idle lane: only a safety bound, since an idle lane answers
-/// as soon as it can (jedi's first completion can take seconds on a loaded machine, and an
-/// empty answer then would be wrong).
-pub const QUERY_BOUND_IDLE: Duration = Duration::from_secs(15);
+/// How long a query may wait for an idle lane: only a safety bound against a query that never
+/// returns (an object whose property blocks, under inspection), since an idle lane answers in
+/// full however long it takes (jedi's first completion takes seconds on a loaded machine, and
+/// an empty answer then would be wrong).
+pub const QUERY_BOUND_IDLE: Duration = Duration::from_secs(60);
 
 impl<E: Executor> Kernel<E> {
     /// Sends a query to a lane; if the answer is not in within its bound (shorter for a busy lane), `fallback`
@@ -33,9 +34,12 @@ impl<E: Executor> Kernel<E> {
         self.executor.query(lane, id, query);
     }
 
-    pub(super) fn on_answered(&mut self, id: RequestId, mut reply: Value) {
-        let Some(flight) = self.in_flight.get(&id) else {
+    pub(super) fn on_answered(&mut self, id: RequestId, reply: Option<Value>) {
+        let Some(flight) = self.in_flight.get_mut(&id) else {
             debug!(id, "an answer came after its bound; dropped");
+            return;
+        };
+        let Some(mut reply) = reply.or_else(|| flight.fallback.take()) else {
             return;
         };
         // Positions in the reply are in the code the lane saw: shift them back over the

@@ -382,11 +382,8 @@ impl Lanes {
         let link = sub.link();
         match (&link.queries, link.phase) {
             (Some(queries), Phase::Idle | Phase::Running(_)) => {
-                self.answers.expect(request, &query, matches!(link.phase, Phase::Running(_)));
-                if let Err(mpsc::SendError(ControlCommand::Query(_, query))) =
-                    queries.send(ControlCommand::Query(request, query))
-                {
-                    self.answers.answer(request, super::answers::fallback(&query));
+                if queries.send(ControlCommand::Query(request, query)).is_err() {
+                    self.answers.unanswerable(request);
                 }
                 Ok(())
             }

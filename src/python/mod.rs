@@ -154,7 +154,7 @@ pub fn start(
     let (queries, query_inbox) = mpsc::channel();
     let state = Arc::new(LaneState::new(Lane::Main, events.clone()));
     let control = Arc::new(MainControl::default());
-    let answers = Answers::start(events.clone());
+    let answers = Answers::new(events.clone());
     let fresh_lanes = fresh_lane_count();
     let lanes = Arc::new(Lanes::new(events.clone(), Arc::clone(&answers), fresh_lanes));
     let executor = PythonExecutor {
@@ -266,15 +266,10 @@ impl std::fmt::Debug for PythonExecutor {
 
 impl PythonExecutor {
     fn query_main(&self, request: RequestId, query: Query) {
-        self.answers.expect(request, &query, self.state.is_busy());
         if let Err(mpsc::SendError(QueryCommand::Answer(request, _))) =
             self.queries.send(QueryCommand::Answer(request, query))
         {
-            let reply = json!({
-                "status": "error", "ename": "RuntimeError",
-                "evalue": "the main lane has stopped", "traceback": [],
-            });
-            self.answers.answer(request, reply);
+            self.answers.unanswerable(request);
         }
     }
 

@@ -217,7 +217,7 @@ async fn completion_in_a_lane_cell_asks_that_lane_and_positions_come_back_shifte
     assert_eq!((code.as_str(), cursor_pos), ("val", 3));
     h.event(Event::Answered {
         request: id,
-        reply: json!({"status": "ok", "matches": ["value"], "cursor_start": 0, "cursor_end": 3, "metadata": {}}),
+        reply: Some(json!({"status": "ok", "matches": ["value"], "cursor_start": 0, "cursor_end": 3, "metadata": {}})),
     });
     let reply = h.next(Channel::Shell).await;
     assert_eq!((reply.content["cursor_start"].as_u64(), reply.content["cursor_end"].as_u64()), (Some(9), Some(12)));
@@ -236,9 +236,34 @@ async fn a_lane_that_does_not_answer_a_query_gets_an_empty_answer_in_time() {
     assert_eq!(reply.content["cursor_start"], 3);
     h.expect_status("idle", &complete).await;
     // A late answer is dropped, not sent twice.
-    h.event(Event::Answered { request: id, reply: json!({"status": "ok", "matches": ["print"]}) });
+    h.event(Event::Answered { request: id, reply: Some(json!({"status": "ok", "matches": ["print"]})) });
     let info = h.request("kernel_info_request", json!({}));
     h.send(Channel::Shell, &info).await;
     h.expect_status("busy", &info).await;
     assert_eq!(h.next(Channel::Shell).await.msg_type(), "kernel_info_reply");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_idle_lane_is_waited_for_and_a_lane_that_cannot_answer_is_answered_at_once() {
+    let mut h = Harness::start().await;
+    let complete = h.request("complete_request", json!({"code": "pri", "cursor_pos": 3}));
+    h.send(Channel::Shell, &complete).await;
+    h.expect_status("busy", &complete).await;
+    let Call::Query(id, _) = h.call().await else { panic!("not a query") };
+    // The lane is idle: jedi may take far longer than a busy lane's bound under load.
+    tokio::time::sleep(crate::kernel::QUERY_BOUND_BUSY * 20).await;
+    h.event(Event::Answered { request: id, reply: Some(json!({"status": "ok", "matches": ["print"]})) });
+    let reply = h.next(Channel::Shell).await;
+    assert_eq!(reply.content["matches"], json!(["print"]), "an idle lane's answer is sent in full");
+    h.expect_status("idle", &complete).await;
+
+    let inspect = h.request("inspect_request", json!({"code": "print", "cursor_pos": 3}));
+    h.send(Channel::Shell, &inspect).await;
+    h.expect_status("busy", &inspect).await;
+    let Call::Query(id, _) = h.call().await else { panic!("not a query") };
+    let asked = tokio::time::Instant::now();
+    h.event(Event::Answered { request: id, reply: None });
+    let reply = h.next(Channel::Shell).await;
+    assert_eq!(reply.content, json!({"status": "ok", "found": false, "data": {}, "metadata": {}}));
+    assert_eq!(asked.elapsed(), std::time::Duration::ZERO, "answered without waiting for the deadline");
 }

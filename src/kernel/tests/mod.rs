@@ -369,7 +369,7 @@ async fn completion_is_a_query_answered_beside_the_running_cell() {
     h.expect_status("busy", &complete).await;
     let Call::Query(id, Query::Complete { code, cursor_pos }) = h.call().await else { panic!("not a query") };
     assert_eq!((code.as_str(), cursor_pos), ("pri", 3));
-    h.event(Event::Answered { request: id, reply: json!({"status": "ok", "matches": ["print"]}) });
+    h.event(Event::Answered { request: id, reply: Some(json!({"status": "ok", "matches": ["print"]})) });
     let reply = h.next(Channel::Shell).await;
     assert_eq!(reply.content["matches"], json!(["print"]));
 }
