@@ -199,6 +199,7 @@ impl<E: Executor> Kernel<E> {
             self.abort(job);
         }
         self.executor.end_lane(&lane, restart);
+        self.close_comms_of(&lane);
         // The running job is interrupted and leaves the lane: the name serves new cells at once,
         // whether or not the job can be interrupted.
         if let Some(queue) = self.lanes.get_mut(&lane) {

@@ -3,6 +3,7 @@
 //! history, input routing, interrupt and shutdown. Never touches sockets or Python: frames come
 //! and go through [`Transport`]'s queues, and Python runs behind [`Executor`].
 
+mod comms;
 pub mod executor;
 mod history;
 mod lanes;
@@ -112,12 +113,14 @@ pub struct Kernel<E: Executor> {
     info: KernelInfo,
     next_request: RequestId,
     in_flight: BTreeMap<RequestId, InFlight>,
-    finished: HashMap<RequestId, Header>,
+    /// Finished requests' headers, and the lane each ran in.
+    finished: HashMap<RequestId, (Header, Option<Lane>)>,
     finished_order: VecDeque<RequestId>,
     lanes: BTreeMap<Lane, LaneQueue>,
     /// Fresh jobs waiting for a free fresh lane.
     pool: VecDeque<Job>,
     set_aside: BTreeMap<RequestId, SetAside>,
+    comms: comms::Comms,
     waiters: Vec<Waiter>,
     /// Pending query answers, earliest deadline first.
     query_deadlines: VecDeque<(Instant, RequestId)>,
@@ -151,6 +154,7 @@ impl<E: Executor> Kernel<E> {
             lanes,
             pool: VecDeque::new(),
             set_aside: BTreeMap::new(),
+            comms: comms::Comms::default(),
             waiters: Vec::new(),
             query_deadlines: VecDeque::new(),
             drop_warnings: RateLimit::new(),
@@ -274,9 +278,8 @@ impl<E: Executor> Kernel<E> {
                 self.query(id, &Lane::Main, Query::IsComplete { code: is_complete.code }, fallback, 0);
             }
             Request::CommInfo(comm_info) => {
-                let fallback = json!({"status": "ok", "comms": {}});
-                let query = Query::CommInfo { target_name: comm_info.target_name };
-                self.query(id, &Lane::Main, query, fallback, 0);
+                let reply = self.comms.info(comm_info.target_name.as_deref());
+                self.finish(id, Some(reply));
             }
             Request::History(history) => {
                 let reply = self.history.reply(&history);
@@ -284,17 +287,22 @@ impl<E: Executor> Kernel<E> {
             }
             Request::CommOpen(comm) | Request::CommMsg(comm) | Request::CommClose(comm) => {
                 let flight = &self.in_flight[&id];
+                // The frontend opens comms with targets the main lane registered; messages
+                // for a comm go to the lane it lives in.
+                let lane = self.comms.lane_of(&comm.comm_id);
                 let mut content = comm.rest;
                 content.insert("comm_id".to_owned(), Value::String(comm.comm_id));
+                let content = Value::Object(content);
+                self.comms.note(flight.message.msg_type(), &content, &lane);
                 let job = Job::Comm {
                     request: id,
                     msg_type: flight.message.msg_type().to_owned(),
-                    content: Value::Object(content),
+                    content,
                     metadata: flight.message.metadata.clone(),
                     buffers: flight.message.buffers.iter().map(|buffer| buffer.to_vec()).collect(),
                     parent_header: header_json(&flight.message.header),
                 };
-                self.enqueue(Lane::Main, job);
+                self.enqueue(lane, job);
             }
             Request::Interrupt(_) => {
                 self.executor.interrupt(&InterruptTarget::All);
@@ -417,6 +425,10 @@ impl<E: Executor> Kernel<E> {
                 self.flush_streams();
                 if msg_type == "execute_result" {
                     self.record_result(request, &content);
+                }
+                if msg_type.starts_with("comm_") {
+                    let lane = self.lane_of_request(request);
+                    self.comms.note(&msg_type, &content, &lane);
                 }
                 let parent = request.and_then(|id| self.header_of(id)).cloned();
                 let mut message = self.iopub_message(&msg_type, content, parent.as_ref());
@@ -555,14 +567,15 @@ impl<E: Executor> Kernel<E> {
             let header = still_running.message.header.clone();
             self.publish_status("busy", Some(&header));
         }
-        self.remember_finished(id, flight.message.header);
-        if flight.lane.is_some() || flight.pooled {
+        let ran_in_a_lane = flight.lane.is_some() || flight.pooled;
+        self.remember_finished(id, flight.message.header, flight.lane);
+        if ran_in_a_lane {
             self.answer_waiters();
         }
     }
 
-    fn remember_finished(&mut self, id: RequestId, header: Header) {
-        self.finished.insert(id, header);
+    fn remember_finished(&mut self, id: RequestId, header: Header, lane: Option<Lane>) {
+        self.finished.insert(id, (header, lane));
         self.finished_order.push_back(id);
         if self.finished_order.len() > REMEMBERED_FINISHED {
             if let Some(oldest) = self.finished_order.pop_front() {
@@ -572,7 +585,11 @@ impl<E: Executor> Kernel<E> {
     }
 
     fn header_of(&self, id: RequestId) -> Option<&Header> {
-        self.in_flight.get(&id).map(|flight| &flight.message.header).or_else(|| self.finished.get(&id))
+        self.in_flight.get(&id).map(|flight| &flight.message.header).or_else(|| self.finished.get(&id).map(|(header, _)| header))
+    }
+
+    fn finished_lane(&self, id: RequestId) -> Option<Lane> {
+        self.finished.get(&id).and_then(|(_, lane)| lane.clone())
     }
 
     fn record_result(&mut self, request: Option<RequestId>, content: &Value) {

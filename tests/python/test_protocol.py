@@ -25,6 +25,8 @@ from kernel_helpers import (
     Kernel,
     Message,
     RawShell,
+    is_ipykernel,
+    kernel_name_under_test,
     parent_id,
     strip_ansi,
 )
@@ -655,7 +657,11 @@ def test_ipywidgets_slider(fresh_kernel: Kernel):
 
     reply, _ = fresh_kernel.request("comm_info_request", {"target_name": "jupyter.widget"})
     assert reply["content"]["status"] == "ok"
-    assert reply["content"]["comms"][comm_id] == {"target_name": "jupyter.widget"}
+    # ipykernel lists {"target_name": ...}; parakernel adds the comm's lane.
+    expected = {"target_name": "jupyter.widget"}
+    if not is_ipykernel(kernel_name_under_test()):
+        expected["lane"] = "main"
+    assert reply["content"]["comms"][comm_id] == expected
 
     # The front end moves the slider; the kernel applies it while handling the comm_msg
     # (whose observer output is parented to it) and before the next cell.
@@ -690,7 +696,10 @@ def test_comm_opened_by_the_client(fresh_kernel: Kernel):
     assert greeting["content"] == {"comm_id": comm_id, "data": {"opened_with": {"hi": 1}}}
 
     reply, _ = fresh_kernel.request("comm_info_request", {})
-    assert reply["content"]["comms"].get(comm_id) == {"target_name": "pk.echo"}
+    expected = {"target_name": "pk.echo"}
+    if not is_ipykernel(kernel_name_under_test()):
+        expected["lane"] = "main"
+    assert reply["content"]["comms"].get(comm_id) == expected
 
     sent = fresh_kernel.send("shell", "comm_msg", {"comm_id": comm_id, "data": {"n": 42}})
     fresh_kernel.iopub_until_idle(sent)
