@@ -79,8 +79,9 @@ pub struct LaneState {
 /// The calling thread's `PyThread_get_thread_ident`, the id `PyThreadState_SetAsyncExc` takes.
 fn current_thread_ident() -> u64 {
     // SAFETY: PyThread_get_thread_ident only names the calling thread; it needs no GIL.
+    let ident = unsafe { ffi::PyThread_get_thread_ident() };
     #[allow(clippy::useless_conversion)] // a c_ulong, u32 on some targets
-    u64::from(unsafe { ffi::PyThread_get_thread_ident() })
+    u64::from(ident)
 }
 
 impl Drop for LaneState {
