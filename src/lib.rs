@@ -11,9 +11,12 @@
 //!   execution counter, per-lane queues, `stop_on_error`, stream coalescing, history, interrupt
 //!   and shutdown. Talks to Python only through the [`kernel::executor::Executor`] trait.
 //! - [`python`]: embeds CPython, runs the main lane on the process's main thread and answers
-//!   the executor contract. All FFI outside `native` lives here.
+//!   the executor contract. All FFI outside `native` lives here. `python/shell/` is the Python
+//!   package every lane's shell runs (`_parakernel_shell`), shipped inside the binary.
 //! - [`native`]: the `_parakernel` extension module every interpreter imports (multi-phase
-//!   init, per-interpreter GIL): stream writers, display publishing, `input()`.
+//!   init, per-interpreter GIL): its definition, its functions (stream writers, display
+//!   publishing, `input()`, lane calls), each lane's state and waits, output coalescing, CPU
+//!   time per lane, and the registry of lanes by interpreter.
 //! - [`install`]: writes the kernelspec.
 //! - [`children`]: the processes cells started, ended with the kernel (SIGTERM, then SIGKILL).
 //! - [`fatal`]: the original stderr, and the panic hook and fatal-signal handlers that get a

@@ -12,8 +12,23 @@ use super::PythonError;
 use crate::kernel::executor::{Event, ExecuteJob, Job, Lane, Query};
 use crate::native::{self, LaneState};
 
-/// The shell helper's source, executed in every lane as `_parakernel_shell`.
-const SHELL_SOURCE: &str = include_str!("shell.py");
+/// The shell helper, a Python package shipped inside the binary and imported in every lane as
+/// `_parakernel_shell`: each part's name and source. Nothing of it is read from disk.
+const SHELL_PARTS: &[(&str, &str)] = &[
+    ("__init__", include_str!("shell/__init__.py")),
+    ("entry", include_str!("shell/entry.py")),
+    ("lane", include_str!("shell/lane.py")),
+    ("messages", include_str!("shell/messages.py")),
+    ("streams", include_str!("shell/streams.py")),
+    ("wakeable", include_str!("shell/wakeable.py")),
+    ("subinterpreter", include_str!("shell/subinterpreter.py")),
+    ("magics", include_str!("shell/magics.py")),
+    ("shell", include_str!("shell/shell.py")),
+    ("queries", include_str!("shell/queries.py")),
+    ("fresh", include_str!("shell/fresh.py")),
+];
+/// Runs first, as `_parakernel_shell.loader`: makes the parts importable (see the file).
+const SHELL_LOADER: &str = include_str!("shell/loader.py");
 const SHELL_MODULE: &CStr = c"_parakernel_shell";
 
 /// A lane's loaded shell, bound to the interpreter whose GIL `'py` stands for.
@@ -53,9 +68,7 @@ impl<'py> LaneRuntime<'py> {
             |context: &'static str| move |exception| PythonError::Setup { context, exception };
         gil.import(native::MODULE_NAME)
             .map_err(setup("import _parakernel"))?;
-        let module = gil
-            .exec_module(SHELL_MODULE, c"<parakernel shell>", SHELL_SOURCE)
-            .map_err(setup("load the shell helper"))?;
+        let module = load_shell(gil).map_err(setup("load the shell helper"))?;
         // The main interpreter gets signals, the inline plot backend and startup files; a fresh
         // lane runs each cell in a new context and is restored after it.
         let options = json!({
@@ -237,6 +250,21 @@ impl<'py> LaneRuntime<'py> {
             }
         }
     }
+}
+
+/// Loads the shell helper into the interpreter whose GIL `gil` stands for: runs its loader, hands
+/// it every part, and imports the package (which imports its parts).
+fn load_shell(gil: Gil<'_>) -> Result<Owned<'_>, PythonException> {
+    let loader = gil.exec_module(
+        c"_parakernel_shell.loader",
+        c"<parakernel shell/loader.py>",
+        SHELL_LOADER,
+    )?;
+    let add = loader.getattr(c"add")?;
+    for (part, source) in SHELL_PARTS {
+        add.call(&[&gil.str(part)?, &gil.str(source)?])?;
+    }
+    gil.import(SHELL_MODULE)
 }
 
 impl Drop for LaneRuntime<'_> {

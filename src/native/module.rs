@@ -1,0 +1,196 @@
+//! The module definition: the method table, the slots (multi-phase init, per-interpreter GIL)
+//! and the per-module state, which holds one strong reference to the importing interpreter's
+//! [`LaneState`].
+
+use std::ffi::{c_int, c_void, CStr};
+use std::ptr;
+use std::sync::Arc;
+
+use pyo3_ffi as ffi;
+
+use super::functions::{
+    allow_stdin, call, cpu_times_json, flush, input, publish, sleep, write_stderr, write_stdout,
+};
+use super::registry::lookup;
+use super::LaneState;
+
+/// The name every interpreter imports the module under.
+pub const MODULE_NAME: &CStr = c"_parakernel";
+
+/// Per-module state: one strong reference to the lane's state, from `Arc::into_raw`.
+#[repr(C)]
+struct ModuleState {
+    lane: *const LaneState,
+}
+
+/// Static FFI tables that the interpreter reads (and, for the module definition, initializes once
+/// in `PyModuleDef_Init`) under the import lock; nothing in Rust touches
+/// them after their construction.
+struct FfiTable<T>(std::cell::UnsafeCell<T>);
+
+// SAFETY: the tables are only handed to CPython as pointers; see `FfiTable`.
+unsafe impl<T> Sync for FfiTable<T> {}
+
+impl<T> FfiTable<T> {
+    fn get(&self) -> *mut T {
+        self.0.get()
+    }
+}
+
+static METHODS: FfiTable<[ffi::PyMethodDef; 10]> = FfiTable(std::cell::UnsafeCell::new([
+    ffi::PyMethodDef {
+        ml_name: c"write_stdout".as_ptr(),
+        ml_meth: ffi::PyMethodDefPointer { PyCFunction: write_stdout },
+        ml_flags: ffi::METH_O,
+        ml_doc: c"write_stdout(text, /)\n--\n\nWrite text to the cell's stdout; returns its length.".as_ptr(),
+    },
+    ffi::PyMethodDef {
+        ml_name: c"write_stderr".as_ptr(),
+        ml_meth: ffi::PyMethodDefPointer { PyCFunction: write_stderr },
+        ml_flags: ffi::METH_O,
+        ml_doc: c"write_stderr(text, /)\n--\n\nWrite text to the cell's stderr; returns its length.".as_ptr(),
+    },
+    ffi::PyMethodDef {
+        ml_name: c"publish".as_ptr(),
+        ml_meth: ffi::PyMethodDefPointer { PyCFunctionFast: publish },
+        ml_flags: ffi::METH_FASTCALL,
+        ml_doc: c"publish(msg_type, content_json, metadata_json, buffers, /)\n--\n\nPublish an iopub message for the lane's current request.".as_ptr(),
+    },
+    ffi::PyMethodDef {
+        ml_name: c"input".as_ptr(),
+        ml_meth: ffi::PyMethodDefPointer { PyCFunctionFast: input },
+        ml_flags: ffi::METH_FASTCALL,
+        ml_doc: c"input(prompt, password, /)\n--\n\nAsk the client for a line of input; raises KeyboardInterrupt when interrupted.".as_ptr(),
+    },
+    ffi::PyMethodDef {
+        ml_name: c"sleep".as_ptr(),
+        ml_meth: ffi::PyMethodDefPointer { PyCFunction: sleep },
+        ml_flags: ffi::METH_O,
+        ml_doc: c"sleep(seconds, /)\n--\n\nSleep; an interrupt of the lane wakes the lane thread with KeyboardInterrupt.".as_ptr(),
+    },
+    ffi::PyMethodDef {
+        ml_name: c"call".as_ptr(),
+        ml_meth: ffi::PyMethodDefPointer { PyCFunctionFast: call },
+        ml_flags: ffi::METH_FASTCALL,
+        ml_doc: c"call(op, args_json, /)\n--\n\nAsk the kernel (lanes, wait, interrupt, restart, stop); returns (ok, reply_json_or_message). Interruptible.".as_ptr(),
+    },
+    ffi::PyMethodDef {
+        ml_name: c"cpu_times".as_ptr(),
+        ml_meth: ffi::PyMethodDefPointer { PyCFunction: cpu_times_json },
+        ml_flags: ffi::METH_NOARGS,
+        ml_doc: c"cpu_times()\n--\n\nJSON object: CPU seconds each lane's thread spent running cells.".as_ptr(),
+    },
+    ffi::PyMethodDef {
+        ml_name: c"allow_stdin".as_ptr(),
+        ml_meth: ffi::PyMethodDefPointer { PyCFunction: allow_stdin },
+        ml_flags: ffi::METH_NOARGS,
+        ml_doc: c"allow_stdin()\n--\n\nWhether the running request's client accepts input requests.".as_ptr(),
+    },
+    ffi::PyMethodDef {
+        ml_name: c"flush".as_ptr(),
+        ml_meth: ffi::PyMethodDefPointer { PyCFunction: flush },
+        ml_flags: ffi::METH_NOARGS,
+        ml_doc: c"flush()\n--\n\nSend the lane's buffered stream text now.".as_ptr(),
+    },
+    ffi::PyMethodDef::zeroed(),
+]));
+
+static SLOTS: FfiTable<[ffi::PyModuleDef_Slot; 3]> = FfiTable(std::cell::UnsafeCell::new([
+    ffi::PyModuleDef_Slot {
+        slot: ffi::Py_mod_exec,
+        value: module_exec as *mut c_void,
+    },
+    ffi::PyModuleDef_Slot {
+        slot: ffi::Py_mod_multiple_interpreters,
+        value: ffi::Py_MOD_PER_INTERPRETER_GIL_SUPPORTED,
+    },
+    ffi::PyModuleDef_Slot {
+        slot: 0,
+        value: ptr::null_mut(),
+    },
+]));
+
+static MODULE: FfiTable<ffi::PyModuleDef> =
+    FfiTable(std::cell::UnsafeCell::new(ffi::PyModuleDef {
+    m_base: ffi::PyModuleDef_HEAD_INIT,
+    m_name: MODULE_NAME.as_ptr(),
+    m_doc: c"parakernel's per-lane bridge to the kernel: output, display, input, sleep and lane calls.".as_ptr(),
+    #[allow(clippy::cast_possible_wrap)] // a pointer-sized struct
+    m_size: std::mem::size_of::<ModuleState>() as ffi::Py_ssize_t,
+    m_methods: ptr::null_mut(),
+    m_slots: ptr::null_mut(),
+    m_traverse: None,
+    m_clear: None,
+    m_free: Some(module_free),
+}));
+
+/// The init function for `PyImport_AppendInittab`: returns the module definition, and Python
+/// creates one module per interpreter from it (multi-phase init).
+///
+/// # Safety
+/// Called by the interpreter during import (pass it to `PyImport_AppendInittab`), with the
+/// importing interpreter's GIL held.
+pub unsafe extern "C" fn init_module() -> *mut ffi::PyObject {
+    let def = MODULE.get();
+    // SAFETY: CPython calls this with the importing interpreter's GIL held and the import lock
+    // taken, so no other thread touches the static tables; they live for the whole process.
+    unsafe {
+        (*def).m_methods = METHODS.get().cast();
+        (*def).m_slots = SLOTS.get().cast();
+        ffi::PyModuleDef_Init(def)
+    }
+}
+
+unsafe extern "C" fn module_exec(module: *mut ffi::PyObject) -> c_int {
+    // SAFETY: CPython runs the exec slot with the importing interpreter's GIL held; `module` is
+    // the new module, whose state CPython allocated (zeroed) with `m_size` bytes.
+    unsafe {
+        let id = ffi::PyInterpreterState_GetID(ffi::PyInterpreterState_Get());
+        let Some(lane) = lookup(id) else {
+            ffi::PyErr_SetString(
+                ffi::PyExc_ImportError,
+                c"_parakernel can only be imported inside a parakernel lane".as_ptr(),
+            );
+            return -1;
+        };
+        let state = ffi::PyModule_GetState(module).cast::<ModuleState>();
+        if state.is_null() {
+            return -1;
+        }
+        (*state).lane = Arc::into_raw(lane);
+    }
+    0
+}
+
+unsafe extern "C" fn module_free(module: *mut c_void) {
+    // SAFETY: CPython frees the module with its interpreter's GIL held; the state is ours and
+    // `lane`, when set, came from `Arc::into_raw` in `module_exec` and is released only here.
+    unsafe {
+        let state = ffi::PyModule_GetState(module.cast()).cast::<ModuleState>();
+        if !state.is_null() && !(*state).lane.is_null() {
+            drop(Arc::from_raw((*state).lane));
+            (*state).lane = ptr::null();
+        }
+    }
+}
+
+/// The lane state behind `module`.
+///
+/// # Safety
+/// The caller holds the GIL of the module's interpreter and `module` is a live `_parakernel`
+/// module (the `self` of one of its functions). The reference is valid while `module` is.
+pub(super) unsafe fn lane_of<'m>(module: *mut ffi::PyObject) -> Option<&'m LaneState> {
+    // SAFETY: as the caller promises; the pointer was set by `module_exec` and is freed only by
+    // `module_free`, after the module is gone.
+    unsafe {
+        let state = ffi::PyModule_GetState(module).cast::<ModuleState>();
+        if state.is_null() || (*state).lane.is_null() {
+            ffi::PyErr_SetString(
+                ffi::PyExc_RuntimeError,
+                c"_parakernel is not initialized".as_ptr(),
+            );
+            return None;
+        }
+        Some(&*(*state).lane)
+    }
+}

@@ -1,0 +1,32 @@
+"""What every part of the shell knows of this interpreter's lane; `entry.start` sets it once."""
+
+# The lane's name ("main", a lane name, or "fresh-N") and whether it is a fresh lane (each cell in
+# a new contextvars.Context, warm state restored after each job).
+name = "main"
+fresh = False
+# The lane's IPython shell and comm manager, once start() made them.
+shell = None
+comm_manager = None
+
+# How to move a cell to the main lane, for every error that says "this works only there".
+TO_MAIN = (
+    "make `%%lane main` the cell's first line (or remove the cell's `lane:`/`parallel` tag)"
+)
+
+
+class Kernel:
+    """What `get_ipython().kernel` offers to libraries: ipywidgets' `Output` widget asks it for
+    the request being run (`get_parent()`) to capture that request's output."""
+
+    def __init__(self):
+        self.parent = {}
+
+    def get_parent(self, channel=None):
+        return self.parent
+
+    @property
+    def _parent_header(self):
+        return self.parent
+
+
+kernel = Kernel()
