@@ -28,6 +28,7 @@ pub mod children;
 pub mod fatal;
 pub mod install;
 pub mod kernel;
+pub mod lanes;
 pub mod native;
 pub mod python;
 pub mod transport;

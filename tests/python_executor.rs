@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::sync::{Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
-use parakernel::kernel::executor::{
+use parakernel::lanes::{
     Event, ExecuteJob, Executor, InterruptTarget, Job, Lane, Query, RequestId, StreamName,
 };
 use parakernel::python::{self, PythonExecutor, PythonOptions};
@@ -65,13 +65,14 @@ impl Outcome {
             .collect()
     }
 
-    fn published(&self, wanted: &str) -> Vec<&Value> {
+    /// The content of every output of type `wanted`, as it goes on the wire.
+    fn published(&self, wanted: &str) -> Vec<Value> {
         self.events
             .iter()
             .filter_map(|event| match event {
-                Event::Publish {
-                    msg_type, content, ..
-                } if msg_type == wanted => Some(content),
+                Event::Output { output, .. } if output.msg_type() == wanted => {
+                    Some(serde_json::to_value(output).expect("outputs are JSON"))
+                }
                 _ => None,
             })
             .collect()
@@ -159,7 +160,7 @@ impl Kernel {
     fn request_of(event: &Event) -> Option<RequestId> {
         match event {
             Event::Stream { request, .. }
-            | Event::Publish { request, .. }
+            | Event::Output { request, .. }
             | Event::Call { request, .. } => *request,
             Event::InputRequest { request, .. }
             | Event::Finished { request, .. }
@@ -184,9 +185,9 @@ impl Kernel {
                     kept.extend(pending);
                     self.stash = kept;
                     self.in_flight.remove(&request);
-                    return Outcome { events, reply: reply.unwrap_or(Value::Null) };
+                    return Outcome { events, reply: reply.map_or(Value::Null, |reply| reply.to_value()) };
                 }
-                Event::Stream { .. } | Event::Publish { .. } | Event::InputRequest { .. }
+                Event::Stream { .. } | Event::Output { .. } | Event::InputRequest { .. }
                     if owner == Some(request) =>
                 {
                     events.push(event);
@@ -328,7 +329,7 @@ fn check_display(kernel: &mut Kernel) {
         .events
         .iter()
         .filter_map(|event| match event {
-            Event::Publish { msg_type, .. } => Some(msg_type.as_str()),
+            Event::Output { output, .. } => Some(output.msg_type()),
             _ => None,
         })
         .collect();
@@ -341,10 +342,10 @@ fn check_display(kernel: &mut Kernel) {
             "clear_output"
         ]
     );
-    let first = outcome.published("display_data")[0];
+    let first = outcome.published("display_data")[0].clone();
     assert_eq!(first["data"]["text/plain"], "'first'");
     assert_eq!(first["transient"]["display_id"], "d1");
-    let update = outcome.published("update_display_data")[0];
+    let update = outcome.published("update_display_data")[0].clone();
     assert_eq!(update["data"]["text/plain"], "'second'");
     assert_eq!(update["transient"]["display_id"], "d1");
     assert_eq!(
@@ -1265,7 +1266,7 @@ fn check_lane_queries(kernel: &mut Kernel) {
 }
 
 /// Waits for the lane call of `request` and returns its id and what it asks.
-fn next_call(kernel: &mut Kernel, request: RequestId) -> (Lane, u64, parakernel::kernel::executor::LaneCall) {
+fn next_call(kernel: &mut Kernel, request: RequestId) -> (Lane, u64, parakernel::lanes::LaneCall) {
     match kernel.wait_for(GUARD, "a lane call", |event| {
         matches!(event, Event::Call { request: Some(r), .. } if *r == request)
     }) {
@@ -1275,7 +1276,7 @@ fn next_call(kernel: &mut Kernel, request: RequestId) -> (Lane, u64, parakernel:
 }
 
 fn check_lane_calls(kernel: &mut Kernel) {
-    use parakernel::kernel::executor::LaneCall;
+    use parakernel::lanes::LaneCall;
     let a = named("alpha");
     // %lanes: the kernel answers the rows, the lane adds CPU time and shows a table.
     let request = kernel.start_on(&a, "%lanes", false, 1);
@@ -1288,7 +1289,7 @@ fn check_lane_calls(kernel: &mut Kernel) {
     kernel.executor.call_reply(&a, id, Ok(rows));
     let outcome = kernel.finish(request, GUARD);
     assert_eq!(outcome.status(), "ok", "{}", outcome.reply);
-    let table = outcome.published("display_data")[0];
+    let table = outcome.published("display_data")[0].clone();
     let text = table["data"]["text/plain"].as_str().unwrap();
     let html = table["data"]["text/html"].as_str().unwrap();
     say!("  %lanes:\n{text}");

@@ -8,7 +8,8 @@ use std::collections::BTreeMap;
 
 use serde_json::{json, Map, Value};
 
-use super::executor::{Executor, Lane, RequestId};
+use crate::lanes::{Executor, Lane, RequestId};
+use crate::wire::content::CommKind;
 use super::Kernel;
 
 /// How many open comms the kernel keeps track of; past that the oldest owner entries are
@@ -46,19 +47,19 @@ impl Comms {
         self.open.get(comm_id).map_or(Lane::Main, |comm| comm.lane.clone())
     }
 
-    /// A `comm_open`, `comm_close` (or other message) about to be published by `lane`, or
-    /// received from the frontend for `lane`.
-    pub(super) fn note(&mut self, msg_type: &str, content: &Value, lane: &Lane) {
+    /// A comm message about to be published by `lane`, or received from the frontend for
+    /// `lane`: opens and closes change what is open.
+    pub(super) fn note(&mut self, kind: CommKind, content: &Map<String, Value>, lane: &Lane) {
         let Some(comm_id) = content.get("comm_id").and_then(Value::as_str) else { return };
-        match msg_type {
-            "comm_open" => {
+        match kind {
+            CommKind::Open => {
                 let target = content.get("target_name").and_then(Value::as_str).unwrap_or("");
                 self.opened(comm_id, lane.clone(), target);
             }
-            "comm_close" => {
+            CommKind::Close => {
                 self.open.remove(comm_id);
             }
-            _ => {}
+            CommKind::Msg => {}
         }
     }
 
@@ -111,8 +112,9 @@ mod tests {
     fn comms_are_tracked_by_lane_and_target() {
         let mut comms = Comms::default();
         let lane = Lane::Named("w".into());
-        comms.note("comm_open", &json!({"comm_id": "a", "target_name": "jupyter.widget"}), &lane);
-        comms.note("comm_open", &json!({"comm_id": "b", "target_name": "other"}), &Lane::Main);
+        let map = |value: Value| value.as_object().cloned().unwrap();
+        comms.note(CommKind::Open, &map(json!({"comm_id": "a", "target_name": "jupyter.widget"})), &lane);
+        comms.note(CommKind::Open, &map(json!({"comm_id": "b", "target_name": "other"})), &Lane::Main);
         assert_eq!(comms.lane_of("a"), lane);
         assert_eq!(comms.lane_of("unknown"), Lane::Main);
         assert_eq!(
@@ -121,7 +123,7 @@ mod tests {
         );
         assert_eq!(comms.info(None)["comms"].as_object().unwrap().len(), 2);
         assert_eq!(comms.close_lane(&lane), vec!["a".to_owned()]);
-        comms.note("comm_close", &json!({"comm_id": "b"}), &Lane::Main);
+        comms.note(CommKind::Close, &map(json!({"comm_id": "b"})), &Lane::Main);
         assert_eq!(comms.info(None), json!({"status": "ok", "comms": {}}));
     }
 }

@@ -3,7 +3,7 @@
 
 use serde_json::{json, Value};
 
-use super::executor::CellCode;
+use crate::lanes::CellCode;
 use crate::wire::{HistoryAccess, HistoryRequest};
 
 /// The session number this kernel's entries carry (IPython numbers sessions from 1).

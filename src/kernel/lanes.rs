@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 use tokio::time::Instant;
 use tracing::debug;
 
-use super::executor::{CellCode, Executor, InterruptTarget, Job, Lane, LaneCall, RequestId};
+use crate::lanes::{CellCode, ErrorContent, ExecuteReply, Executor, InterruptTarget, Job, Lane, LaneCall, RequestId};
 use super::routing::{self, Route};
 use super::{Kernel, SetAside, Waiter};
 use crate::wire::quoted;
@@ -42,14 +42,10 @@ impl<E: Executor> Kernel<E> {
     /// A cell that cannot run: an `error` output the user sees under the cell, and an error
     /// reply. Nothing runs.
     pub(super) fn refuse_cell(&mut self, id: RequestId, ename: &str, message: &str) {
-        let error = json!({"ename": ename, "evalue": message, "traceback": [format!("{ename}: {message}")]});
-        self.publish(id, "error", error.clone());
+        let error = ErrorContent::new(ename, message);
+        self.publish(id, "error", &error);
         let count = self.in_flight.get(&id).map_or(0, |flight| flight.execution_count);
-        let mut reply = error;
-        reply["status"] = json!("error");
-        reply["execution_count"] = json!(count);
-        reply["user_expressions"] = json!({});
-        reply["payload"] = json!([]);
+        let reply = ExecuteReply::error(count, error).to_value();
         self.finish(id, Some(reply));
     }
 

@@ -4,7 +4,6 @@
 //! and go through [`Transport`]'s queues, and Python runs behind [`Executor`].
 
 mod comms;
-pub mod executor;
 mod history;
 mod lanes;
 mod queries;
@@ -29,7 +28,8 @@ use tracing::{debug, error, info, warn};
 
 use crate::transport::{Channel, Incoming, Outgoing, RateLimit, Transport};
 use crate::wire::{quoted, reply_type, ExecuteRequest, Header, Message, Request, Session, Verifier, WireError};
-use executor::{CellCode, Event, ExecuteJob, Executor, InterruptTarget, Job, Lane, Query, RequestId};
+use crate::lanes::{CellCode, ErrorContent, Event, ExecuteJob, ExecuteReply, Executor, InterruptTarget, Job, Lane, Output, Query, RequestId};
+use crate::wire::content::{CommKind, ExecuteResult};
 use history::History;
 use streams::{Flushed, StreamBuffer};
 
@@ -287,13 +287,18 @@ impl<E: Executor> Kernel<E> {
             }
             Request::CommOpen(comm) | Request::CommMsg(comm) | Request::CommClose(comm) => {
                 let flight = &self.in_flight[&id];
+                let kind = match flight.message.msg_type() {
+                    "comm_open" => CommKind::Open,
+                    "comm_close" => CommKind::Close,
+                    _ => CommKind::Msg,
+                };
                 // The frontend opens comms with targets the main lane registered; messages
                 // for a comm go to the lane it lives in.
                 let lane = self.comms.lane_of(&comm.comm_id);
                 let mut content = comm.rest;
                 content.insert("comm_id".to_owned(), Value::String(comm.comm_id));
+                self.comms.note(kind, &content, &lane);
                 let content = Value::Object(content);
-                self.comms.note(flight.message.msg_type(), &content, &lane);
                 let job = Job::Comm {
                     request: id,
                     msg_type: flight.message.msg_type().to_owned(),
@@ -421,17 +426,18 @@ impl<E: Executor> Kernel<E> {
                     self.publish_stream(ready);
                 }
             }
-            Event::Publish { request, msg_type, content, metadata, buffers } => {
+            Event::Output { request, output, metadata, buffers } => {
                 self.flush_streams();
-                if msg_type == "execute_result" {
-                    self.record_result(request, &content);
-                }
-                if msg_type.starts_with("comm_") {
-                    let lane = self.lane_of_request(request);
-                    self.comms.note(&msg_type, &content, &lane);
+                match &output {
+                    Output::ExecuteResult(result) => self.record_result(request, result),
+                    Output::Comm(kind, content) => {
+                        let lane = self.lane_of_request(request);
+                        self.comms.note(*kind, content, &lane);
+                    }
+                    _ => {}
                 }
                 let parent = request.and_then(|id| self.header_of(id)).cloned();
-                let mut message = self.iopub_message(&msg_type, content, parent.as_ref());
+                let mut message = self.iopub_message(output.msg_type(), output, parent.as_ref());
                 message.metadata = metadata;
                 message.buffers = buffers.into_iter().map(Bytes::from).collect();
                 self.send(Channel::Iopub, &message);
@@ -457,12 +463,12 @@ impl<E: Executor> Kernel<E> {
         }
     }
 
-    fn on_finished(&mut self, id: RequestId, reply: Option<Value>) {
+    fn on_finished(&mut self, id: RequestId, reply: Option<ExecuteReply>) {
         if let Some(job) = self.set_aside.remove(&id) {
             // Its lane has moved on: nothing queued there depends on this job any more.
             debug!(id, lane = %quoted(&job.lane.name()), "a set-aside job returned");
             if job.answer_by.is_some() {
-                self.finish(id, reply);
+                self.finish(id, reply.map(|reply| reply.to_value()));
             }
             return;
         }
@@ -470,7 +476,7 @@ impl<E: Executor> Kernel<E> {
             warn!(id, "a lane finished a request the kernel does not know");
             return;
         };
-        let failed = reply.as_ref().is_some_and(|reply| reply["status"] == "error");
+        let failed = reply.as_ref().is_some_and(ExecuteReply::is_error);
         let abort = failed && self.in_flight[&id].stop_on_error;
         let executed = reply.is_some();
         if let Some(queue) = self.lanes.get_mut(&lane) {
@@ -480,7 +486,7 @@ impl<E: Executor> Kernel<E> {
                 queue.cells_run += u64::from(executed);
             }
         }
-        self.finish(id, reply);
+        self.finish(id, reply.map(|reply| reply.to_value()));
         if abort {
             self.abort_queued(&lane);
         }
@@ -507,9 +513,7 @@ impl<E: Executor> Kernel<E> {
     /// Answers a job that will not run: `aborted` for a cell, nothing owed for a comm message.
     fn abort(&mut self, job: &Job) {
         let count = self.in_flight.get(&job.request()).map_or(0, |flight| flight.execution_count);
-        let reply = matches!(job, Job::Execute(_)).then(|| {
-            json!({"status": "aborted", "execution_count": count, "user_expressions": {}, "payload": []})
-        });
+        let reply = matches!(job, Job::Execute(_)).then(|| ExecuteReply::aborted(count).to_value());
         self.finish(job.request(), reply);
     }
 
@@ -592,8 +596,8 @@ impl<E: Executor> Kernel<E> {
         self.finished.get(&id).and_then(|(_, lane)| lane.clone())
     }
 
-    fn record_result(&mut self, request: Option<RequestId>, content: &Value) {
-        let (Some(count), Some(text)) = (content["execution_count"].as_u64(), content["data"]["text/plain"].as_str())
+    fn record_result(&mut self, request: Option<RequestId>, result: &ExecuteResult) {
+        let (Some(count), Some(text)) = (result.execution_count, result.data.get("text/plain").and_then(Value::as_str))
         else {
             return;
         };
@@ -688,12 +692,7 @@ fn header_json(header: &Header) -> Value {
 }
 
 fn error_content(ename: &str, evalue: &str) -> Value {
-    let mut content = Map::new();
-    content.insert("status".into(), json!("error"));
-    content.insert("ename".into(), json!(ename));
-    content.insert("evalue".into(), json!(evalue));
-    content.insert("traceback".into(), json!([format!("{ename}: {evalue}")]));
-    Value::Object(content)
+    ErrorContent::new(ename, evalue).reply()
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 use tokio::time::Instant;
 use tracing::debug;
 
-use super::executor::{Executor, Lane, Query, RequestId};
+use crate::lanes::{Executor, Lane, Query, RequestId};
 use super::Kernel;
 
 /// How long a completion, inspection or `is_complete` may wait for its lane; after that the

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::executor::{RequestId, StreamName};
+use crate::lanes::{RequestId, StreamName};
 
 /// How long text may wait for more text before it is sent.
 pub const FLUSH_INTERVAL: Duration = Duration::from_millis(50);

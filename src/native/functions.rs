@@ -14,7 +14,7 @@ use super::arguments::{buffers_of, fastcall_args, parse_json, raise, text_of};
 use super::cpu::cpu_times;
 use super::lane_state::{InputSlot, WaitEnd};
 use super::module::lane_of;
-use crate::kernel::executor::{Event, LaneCall, StreamName};
+use crate::lanes::{Event, LaneCall, Output, StreamName};
 
 /// Lane call ids are unique in the process, so a reply meant for an interpreter that was
 /// replaced can never be taken for one of its successor's calls.
@@ -74,10 +74,16 @@ pub(super) unsafe extern "C" fn publish(
     unsafe {
         let lane = or_null!(lane_of(module));
         let args = or_null!(fastcall_args(args, nargs, 4, "publish"));
-        let msg_type = or_null!(text_of(args[0], "msg_type").map(Cow::into_owned));
+        let msg_type = or_null!(text_of(args[0], "msg_type"));
         let content = or_null!(text_of(args[1], "content"));
         let metadata = or_null!(text_of(args[2], "metadata"));
-        let content = or_null!(parse_json(&content, "content"));
+        let output = match Output::parse(&msg_type, content.as_bytes()) {
+            Ok(output) => output,
+            Err(error) => {
+                raise(ffi::PyExc_ValueError, &error);
+                return ptr::null_mut();
+            }
+        };
         let metadata = match parse_json(&metadata, "metadata") {
             Some(Value::Object(map)) => map,
             Some(Value::Null) => Map::new(),
@@ -88,13 +94,7 @@ pub(super) unsafe extern "C" fn publish(
             None => return ptr::null_mut(),
         };
         let buffers = or_null!(buffers_of(args[3]));
-        lane.send(Event::Publish {
-            request: lane.request(),
-            msg_type,
-            content,
-            metadata,
-            buffers,
-        });
+        lane.send(Event::Output { request: lane.request(), output, metadata, buffers });
         ffi::Py_NewRef(ffi::Py_None())
     }
 }

@@ -14,7 +14,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use super::cpu::{cpu_meter, CpuMeter};
 use super::outlet::Outlet;
 use super::threads::spawn_without_sigint;
-use crate::kernel::executor::{Event, Lane, RequestId, StreamName};
+use crate::lanes::{Event, Lane, RequestId, StreamName};
 
 /// What a lane's `input()` is doing.
 #[derive(Debug, Default)]

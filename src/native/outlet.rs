@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc::UnboundedSender;
 
-use crate::kernel::executor::{Event, RequestId, StreamName};
+use crate::lanes::{Event, RequestId, StreamName};
 
 /// Stream text waits here at most this long for more text.
 const STREAM_FLUSH_INTERVAL: Duration = Duration::from_millis(10);

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use serde_json::Value;
 use tokio::sync::mpsc::UnboundedSender;
 
-use crate::kernel::executor::{Event, RequestId};
+use crate::lanes::{Event, RequestId};
 
 pub(crate) struct Answers {
     events: UnboundedSender<Event>,

@@ -10,7 +10,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::fatal;
-use crate::kernel::executor::StreamName;
+use crate::lanes::StreamName;
 use crate::native::{self, LaneState};
 
 /// The read ends of the two pipes and what is left of a UTF-8 sequence split between reads.

@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 
 use super::ffi::{AsyncException, Gil, InterpreterHandle, Owned, PythonException};
 use super::PythonError;
-use crate::kernel::executor::{Event, ExecuteJob, Job, Lane, Query};
+use crate::lanes::{ErrorContent, Event, ExecuteJob, ExecuteReply, Job, Lane, Output, Query};
 use crate::native::{self, LaneState};
 
 /// The shell helper, a Python package shipped inside the binary and imported in every lane as
@@ -102,7 +102,7 @@ impl<'py> LaneRuntime<'py> {
 
     /// Runs one job of the lane, counting its CPU time; returns the reply content
     /// (`execute_reply` for an execute job, none for a comm job).
-    pub(crate) fn run(&self, job: &Job) -> Option<Value> {
+    pub(crate) fn run(&self, job: &Job) -> Option<ExecuteReply> {
         self.state.begin_job();
         let reply = match job {
             Job::Execute(execute) => {
@@ -122,7 +122,7 @@ impl<'py> LaneRuntime<'py> {
     }
 
     /// Runs one `execute_request`; returns the `execute_reply` content.
-    fn execute(&self, job: &ExecuteJob) -> Value {
+    fn execute(&self, job: &ExecuteJob) -> ExecuteReply {
         // The code goes as a `str` of its own, made once from the job's text (the one copy
         // Python needs), never inside the JSON of the rest: IPython keeps that very object as
         // the cell's input (`In`, `_i`).
@@ -142,13 +142,13 @@ impl<'py> LaneRuntime<'py> {
                 self.execute.call(&[&request, &code])
             })
             .and_then(|reply| reply.text());
-        match reply.map(|text| serde_json::from_str::<Value>(&text)) {
+        match reply.map(|text| serde_json::from_str::<ExecuteReply>(&text)) {
             Ok(Ok(reply)) => reply,
             Ok(Err(error)) => self.internal_error(
                 job,
                 &PythonException {
                     name: "ValueError".into(),
-                    message: format!("the shell's reply is not JSON: {error}"),
+                    message: format!("the shell's reply is not an execute_reply: {error}"),
                     traceback: Vec::new(),
                 },
             ),
@@ -157,29 +157,24 @@ impl<'py> LaneRuntime<'py> {
     }
 
     /// The shell itself failed (not the user's code): show it in the cell, answer `error`.
-    fn internal_error(&self, job: &ExecuteJob, exception: &PythonException) -> Value {
+    fn internal_error(&self, job: &ExecuteJob, exception: &PythonException) -> ExecuteReply {
         tracing::error!(
             request = job.request,
             "the lane's shell failed: {exception}\n{}",
             exception.traceback.concat()
         );
-        let traceback = exception.traceback.clone();
-        self.state.send(Event::Publish {
+        let error = ErrorContent {
+            ename: exception.name.clone(),
+            evalue: exception.message.clone(),
+            traceback: exception.traceback.clone(),
+        };
+        self.state.send(Event::Output {
             request: self.state.request(),
-            msg_type: "error".into(),
-            content: json!({ "ename": exception.name, "evalue": exception.message, "traceback": traceback }),
+            output: Output::Error(error.clone()),
             metadata: serde_json::Map::new(),
             buffers: Vec::new(),
         });
-        json!({
-            "status": "error",
-            "execution_count": job.execution_count,
-            "ename": exception.name,
-            "evalue": exception.message,
-            "traceback": traceback,
-            "user_expressions": {},
-            "payload": [],
-        })
+        ExecuteReply::error(job.execution_count, error)
     }
 
     /// Feeds a `comm_open` / `comm_msg` / `comm_close` (with its metadata, buffers and header)
@@ -299,15 +294,13 @@ pub(crate) fn answer(gil: Gil<'_>, query: &Query) -> Value {
         .and_then(|reply| reply.text());
     match reply.map(|text| serde_json::from_str::<Value>(&text)) {
         Ok(Ok(reply)) => reply,
-        Ok(Err(error)) => {
-            json!({ "status": "error", "ename": "ValueError", "evalue": error.to_string(), "traceback": [] })
-        }
+        Ok(Err(error)) => ErrorContent::new("ValueError", &format!("the shell's answer is not JSON: {error}")).reply(),
         Err(exception) => {
             tracing::warn!(
                 "query failed: {exception}\n{}",
                 exception.traceback.concat()
             );
-            json!({ "status": "error", "ename": exception.name, "evalue": exception.message, "traceback": exception.traceback })
+            ErrorContent { ename: exception.name, evalue: exception.message, traceback: exception.traceback }.reply()
         }
     }
 }

@@ -15,13 +15,13 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
+use serde_json::Value;
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::answers::Answers;
 use super::ffi::{AsyncException, Gil, InterpreterHandle, OwnInterpreter, ThreadState};
 use super::lane::{self, LaneRuntime};
-use crate::kernel::executor::{Event, Job, Lane, Query, RequestId};
+use crate::lanes::{ErrorContent, Event, Job, Lane, Query, RequestId};
 use crate::native::{self, LaneState};
 
 /// How long an ending interpreter's threads (those its cells started) get to stop after
@@ -111,32 +111,9 @@ enum ControlCommand {
     Stop(Sender<()>),
 }
 
-/// The events that answer a job no lane runs with an error: its `error` output (execute jobs
-/// only) and its `Finished`.
-fn refusal(job: &Job, ename: &str, evalue: &str) -> (Option<Event>, Event) {
-    let request = job.request();
-    let traceback = vec![format!("{ename}: {evalue}")];
-    let Job::Execute(execute) = job else {
-        return (None, Event::Finished { request, reply: None });
-    };
-    let reply = json!({
-        "status": "error", "execution_count": execute.execution_count, "ename": ename,
-        "evalue": evalue, "traceback": traceback, "user_expressions": {}, "payload": [],
-    });
-    let error = Event::Publish {
-        request: Some(request),
-        msg_type: "error".into(),
-        content: json!({ "ename": ename, "evalue": evalue, "traceback": traceback }),
-        metadata: serde_json::Map::new(),
-        buffers: Vec::new(),
-    };
-    (Some(error), Event::Finished { request, reply: Some(reply) })
-}
-
 /// Answers `job` with an error (an `error` output for execute jobs, then `Finished`).
 pub(crate) fn refuse(events: &UnboundedSender<Event>, job: &Job, ename: &str, evalue: &str) {
-    let (error, finished) = refusal(job, ename, evalue);
-    for event in error.into_iter().chain([finished]) {
+    for event in Event::refusal(job, ErrorContent::new(ename, evalue)) {
         let _ = events.send(event);
     }
 }
@@ -663,9 +640,10 @@ fn run_job(gil: Gil<'_>, runtime: &LaneRuntime<'_>, sub: &SubLane, job: &Job) ->
     };
     if interrupted {
         sub.set_phase(gil, Phase::Idle);
-        let (error, finished) = refusal(job, "KeyboardInterrupt", "interrupted before the cell started");
-        if let Some(error) = error {
-            state.send(error);
+        let mut events = Event::refusal(job, ErrorContent::new("KeyboardInterrupt", "interrupted before the cell started"));
+        let finished = events.pop().expect("a refusal ends with Finished");
+        for event in events {
+            state.send(event);
         }
         return finished;
     }

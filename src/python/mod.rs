@@ -30,7 +30,7 @@ use tokio::sync::mpsc::UnboundedSender;
 
 pub use ffi::PythonException;
 
-use crate::kernel::executor::{Event, Executor, InterruptTarget, Job, Lane, Query, RequestId};
+use crate::lanes::{ErrorContent, Event, Executor, InterruptTarget, Job, Lane, Query, RequestId};
 use crate::native::{self, LaneState};
 use answers::Answers;
 use capture::FdCapture;
@@ -536,11 +536,9 @@ impl MainLane {
         if let PythonError::Setup { exception, .. } = &error {
             traceback.extend(exception.traceback.iter().cloned());
         }
-        let reply = json!({
-            "status": "error", "ename": "ParakernelError", "evalue": message, "traceback": traceback,
-        });
+        let error_content = ErrorContent { ename: "ParakernelError".into(), evalue: message, traceback };
         if let Some(inbox) = self.query_inbox.take() {
-            let (answers, reply) = (Arc::clone(&self.answers), reply.clone());
+            let (answers, reply) = (Arc::clone(&self.answers), error_content.reply());
             native::spawn_without_sigint("parakernel-query", move || {
                 while let Ok(QueryCommand::Answer(request, _)) = inbox.recv() {
                     answers.answer(request, reply.clone());
@@ -549,28 +547,12 @@ impl MainLane {
         }
         if let Some(inbox) = self.command_inbox.take() {
             while let Ok(Command::Run(job)) = inbox.recv() {
-                let reply = match &job {
-                    Job::Execute(execute) => {
-                        let mut reply = reply.clone();
-                        reply["execution_count"] = json!(execute.execution_count);
-                        reply["user_expressions"] = json!({});
-                        reply["payload"] = json!([]);
-                        self.state.set_request(execute.request);
-                        self.state.send(Event::Publish {
-                            request: Some(execute.request),
-                            msg_type: "error".into(),
-                            content: json!({ "ename": reply["ename"], "evalue": reply["evalue"], "traceback": reply["traceback"] }),
-                            metadata: serde_json::Map::new(),
-                            buffers: Vec::new(),
-                        });
-                        Some(reply)
-                    }
-                    Job::Comm { .. } => None,
-                };
-                self.state.send(Event::Finished {
-                    request: job.request(),
-                    reply,
-                });
+                if let Job::Execute(execute) = &job {
+                    self.state.set_request(execute.request);
+                }
+                for event in Event::refusal(&job, error_content.clone()) {
+                    self.state.send(event);
+                }
             }
         }
         let _ = self.queries.send(QueryCommand::Stop);

@@ -3,6 +3,7 @@
 //! kernel answers, and how a log line quotes a peer's string. No I/O happens here.
 
 mod connection;
+pub mod content;
 mod message;
 mod quoted;
 mod requests;

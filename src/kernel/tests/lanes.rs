@@ -13,7 +13,7 @@ impl Harness {
     }
 
     /// Reads execute_input and the job, which must go to `lane`.
-    async fn started_on(&mut self, request: &Message, lane: Lane) -> crate::kernel::executor::ExecuteJob {
+    async fn started_on(&mut self, request: &Message, lane: Lane) -> crate::lanes::ExecuteJob {
         let input = self.next(Channel::Iopub).await;
         assert_eq!(input.msg_type(), "execute_input");
         assert_eq!(input.parent_header.unwrap().msg_id, request.header.msg_id);
@@ -27,7 +27,7 @@ impl Harness {
     }
 
     /// Finishes a job ok and reads its reply and idle (and any follow-up busy).
-    async fn finish_ok(&mut self, job: &crate::kernel::executor::ExecuteJob, request: &Message) {
+    async fn finish_ok(&mut self, job: &crate::lanes::ExecuteJob, request: &Message) {
         self.event(Event::Finished { request: job.request, reply: ok_reply(job.execution_count) });
         let reply = self.next(Channel::Shell).await;
         assert_eq!(reply.parent_header.unwrap().msg_id, request.header.msg_id);
@@ -114,7 +114,7 @@ async fn stop_on_error_aborts_only_the_failing_lanes_queue() {
     let job_b1 = h.started_on(&b1, Lane::Named("b".into())).await;
     h.event(Event::Finished {
         request: job_a1.request,
-        reply: Some(json!({"status": "error", "ename": "ZeroDivisionError", "evalue": "", "traceback": []})),
+        reply: Some(crate::lanes::ExecuteReply::error(1, crate::lanes::ErrorContent::new("ZeroDivisionError", ""))),
     });
     assert_eq!(h.next(Channel::Shell).await.content["status"], "error");
     h.expect_status("idle", &a1).await;

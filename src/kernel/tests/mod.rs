@@ -4,7 +4,7 @@
 use serde_json::{json, Value};
 use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
 
-use super::executor::{Event, Executor, InterruptTarget, Job, Lane, LaneCall, Query, RequestId, StreamName};
+use crate::lanes::{Event, Executor, InterruptTarget, Job, Lane, LaneCall, Query, RequestId, StreamName};
 use super::{Kernel, KernelInfo};
 use crate::transport::{Channel, Incoming, Peer, Transport};
 use crate::wire::{Message, Session, Signer, Verifier, QUOTED_CHARS};
@@ -130,7 +130,7 @@ impl Harness {
         self.calls.recv().await.expect("the kernel dropped the executor")
     }
 
-    async fn run_call(&mut self) -> super::executor::ExecuteJob {
+    async fn run_call(&mut self) -> crate::lanes::ExecuteJob {
         match self.call().await {
             Call::Run(_, Job::Execute(job)) => job,
             other => panic!("expected an execute job, got {other:?}"),
@@ -150,7 +150,7 @@ impl Harness {
     }
 
     /// Reads the execute_input that precedes a job, then the job itself.
-    async fn started(&mut self, request: &Message) -> super::executor::ExecuteJob {
+    async fn started(&mut self, request: &Message) -> crate::lanes::ExecuteJob {
         let input = self.next(Channel::Iopub).await;
         assert_eq!(input.msg_type(), "execute_input");
         assert_eq!(input.parent_header.unwrap().msg_id, request.header.msg_id);
@@ -158,8 +158,8 @@ impl Harness {
     }
 }
 
-fn ok_reply(count: u64) -> Option<Value> {
-    Some(json!({"status": "ok", "execution_count": count, "user_expressions": {}, "payload": []}))
+fn ok_reply(count: u64) -> Option<crate::lanes::ExecuteReply> {
+    Some(crate::lanes::ExecuteReply::Ok { execution_count: count, user_expressions: serde_json::Map::new(), payload: Vec::new() })
 }
 
 #[tokio::test]
@@ -206,7 +206,7 @@ async fn stop_on_error_aborts_only_what_is_queued_behind_the_failure() {
     let third = h.execute("b").await;
     h.event(Event::Finished {
         request: job.request,
-        reply: Some(json!({"status": "error", "ename": "ZeroDivisionError", "evalue": "", "traceback": []})),
+        reply: Some(crate::lanes::ExecuteReply::error(1, crate::lanes::ErrorContent::new("ZeroDivisionError", ""))),
     });
     let reply = h.next(Channel::Shell).await;
     assert_eq!(reply.content["status"], "error");
@@ -397,10 +397,9 @@ async fn output_after_the_cell_finished_keeps_its_parent() {
     h.event(Event::Finished { request: job.request, reply: ok_reply(1) });
     h.next(Channel::Shell).await;
     h.expect_status("idle", &cell).await;
-    h.event(Event::Publish {
+    h.event(Event::Output {
         request: Some(job.request),
-        msg_type: "display_data".into(),
-        content: json!({"data": {"text/plain": "late"}, "metadata": {}, "transient": {}}),
+        output: crate::lanes::Output::parse("display_data", br#"{"data": {"text/plain": "late"}, "metadata": {}, "transient": {}}"#).unwrap(),
         metadata: serde_json::Map::new(),
         buffers: vec![],
     });

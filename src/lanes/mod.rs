@@ -5,6 +5,24 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
+pub use crate::wire::content::{ErrorContent, ExecuteReply, Output};
+
+impl Event {
+    /// The events that show `error` under a cell and answer it with an error reply: a cell no
+    /// lane runs (a lane that cannot start, a kernel shutting down).
+    pub fn refusal(job: &Job, error: ErrorContent) -> Vec<Event> {
+        let request = job.request();
+        let Job::Execute(execute) = job else {
+            return vec![Event::Finished { request, reply: None }];
+        };
+        let reply = ExecuteReply::error(execute.execution_count, error.clone());
+        vec![
+            Event::Output { request: Some(request), output: Output::Error(error), metadata: Map::new(), buffers: Vec::new() },
+            Event::Finished { request, reply: Some(reply) },
+        ]
+    }
+}
+
 /// The kernel's handle on one request while it is in flight; every event names the request it
 /// belongs to, so output is parented to the right cell.
 pub type RequestId = u64;
@@ -203,21 +221,20 @@ impl StreamName {
 pub enum Event {
     /// Text written to `sys.stdout` / `sys.stderr`; the kernel coalesces these.
     Stream { request: Option<RequestId>, name: StreamName, text: String },
-    /// Any other iopub message (`display_data`, `update_display_data`, `execute_result`,
-    /// `error`, `clear_output`, `comm_open`, `comm_msg`, `comm_close`, ...).
-    Publish {
+    /// Any other iopub output (display data and its updates, results, errors, clear_output,
+    /// comm messages), with the message's metadata and binary buffers.
+    Output {
         request: Option<RequestId>,
-        msg_type: String,
-        content: Value,
+        output: Output,
         metadata: Map<String, Value>,
         buffers: Vec<Vec<u8>>,
     },
     /// `input()` / `getpass` in a cell: the kernel sends `input_request` on stdin to the client
     /// that sent `request` and later calls [`Executor::input_reply`] for that lane.
     InputRequest { request: RequestId, prompt: String, password: bool },
-    /// The job is done. `reply` is the reply content (`execute_reply` for an execute job; `None`
-    /// for comm jobs, which owe no reply).
-    Finished { request: RequestId, reply: Option<Value> },
+    /// The job is done. `reply` is the `execute_reply` of an execute job; `None` for comm jobs,
+    /// which owe no reply.
+    Finished { request: RequestId, reply: Option<ExecuteReply> },
     /// The answer to a [`Query`] sent with [`Executor::query`]; `None` when the lane cannot
     /// answer (the kernel then sends its empty answer at once).
     Answered { request: RequestId, reply: Option<Value> },
