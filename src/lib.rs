@@ -4,25 +4,42 @@
 //! # Layout
 //!
 //! - [`wire`]: connection file, message envelope and typed request content, multipart framing,
-//!   HMAC-SHA256 signing and verification. Bytes in, typed messages out; no I/O.
-//! - [`transport`]: the five ZeroMQ sockets on tokio (shell, control, stdin, iopub, heartbeat).
-//!   Moves multipart frames; never looks inside them.
+//!   HMAC-SHA256 signing and verification, and the typed content of what the kernel sends
+//!   (`wire::content`: execute replies, error replies, outputs). Bytes in, typed messages out;
+//!   no I/O.
+//! - [`transport`]: the five ZeroMQ sockets (libzmq behind a ZMTP gate) on tokio. Moves
+//!   multipart frames; never looks inside them.
+//! - [`lanes`]: the lane contract every kind of lane speaks: `Lane`, `Job`, `Query`,
+//!   `LaneCall`, the typed `Event`s a lane sends, and the [`lanes::Executor`] trait the kernel
+//!   drives lanes through.
 //! - [`kernel`]: the meaning of each request: one dispatch table, busy/idle in one place, the
-//!   execution counter, per-lane queues, `stop_on_error`, stream coalescing, history, interrupt
-//!   and shutdown. Talks to Python only through the [`kernel::executor::Executor`] trait.
-//! - [`python`]: embeds CPython, runs the main lane on the process's main thread and answers
-//!   the executor contract. All FFI outside `native` lives here. `python/shell/` is the Python
-//!   package every lane's shell runs (`_parakernel_shell`), shipped inside the binary.
+//!   execution counter, per-lane queues, `stop_on_error`, stream coalescing, history, comms and
+//!   their lanes, queries and their deadline, interrupt and shutdown. Knows lanes only through
+//!   the contract.
+//! - [`python`]: embeds CPython and implements the contract: one lane runtime (serve loop, job
+//!   runner, control threads) for every kind of lane, a backend per kind (the main lane on the
+//!   process's main thread, subinterpreter lanes on their own threads). All FFI outside
+//!   `native` lives here. `python/shell/` is the Python package every lane's shell runs
+//!   (`_parakernel_shell`), shipped inside the binary.
 //! - [`native`]: the `_parakernel` extension module every interpreter imports (multi-phase
 //!   init, per-interpreter GIL): its definition, its functions (stream writers, display
 //!   publishing, `input()`, lane calls), each lane's state and waits, output coalescing, CPU
 //!   time per lane, and the registry of lanes by interpreter.
-//! - [`install`]: writes the kernelspec.
 //! - [`children`]: the processes cells started, ended with the kernel (SIGTERM, then SIGKILL).
+//! - [`install`]: writes the kernelspec.
 //! - [`fatal`]: the original stderr, and the panic hook and fatal-signal handlers that get a
 //!   dying kernel's last words (its own, Rust's, CPython's) into the log through it.
 //!
-//! Arrows point one way: `wire <- transport <- kernel -> Executor <- python -> native`.
+//! Arrows point one way (checked against the `use` lines):
+//!
+//! ```text
+//! kernel -> transport, wire, lanes
+//! lanes  -> wire
+//! python -> lanes, native, children, fatal
+//! native -> lanes
+//! ```
+//! `main.rs` joins them: it binds the transport, starts `python` and hands its executor to the
+//! `kernel`.
 
 pub mod children;
 pub mod fatal;

@@ -1,5 +1,5 @@
 //! Query answers, from the thread that answers a lane's queries to the kernel. The kernel alone
-//! keeps the deadline ([`crate::kernel::QUERY_BOUND_BUSY`]): a busy lane's editor gets an empty
+//! keeps the deadline (`kernel::QUERY_BOUND_BUSY`): a busy lane's editor gets an empty
 //! answer in time, an idle lane's answer is waited for however long jedi takes; an answer that
 //! comes after its deadline is dropped there.
 

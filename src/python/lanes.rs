@@ -11,7 +11,7 @@
 //! the interpreter (`CPython` aborts otherwise: "not the last thread").
 
 use std::collections::BTreeMap;
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -19,8 +19,10 @@ use serde_json::Value;
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::answers::Answers;
-use super::ffi::{AsyncException, Gil, InterpreterHandle, OwnInterpreter, ThreadState};
-use super::lane::{self, LaneRuntime};
+use super::backend::LaneBackend;
+use super::ffi::{AsyncException, Gil, InterpreterHandle, OwnInterpreter};
+use super::lane::LaneRuntime;
+use super::runtime::{self, ControlCommand, LaneCommand, LaneKind};
 use crate::lanes::{ErrorContent, Event, Job, Lane, Query, RequestId};
 use crate::native::{self, LaneState};
 
@@ -96,19 +98,6 @@ enum Phase {
     Idle,
     Running(RequestId),
     Ending,
-}
-
-enum LaneCommand {
-    Run(Job),
-    End,
-}
-
-enum ControlCommand {
-    /// Interrupt the job for `RequestId` if it still runs.
-    Interrupt(RequestId),
-    Query(RequestId, Query),
-    /// Delete the thread state, report, exit.
-    Stop(Sender<()>),
 }
 
 /// Answers `job` with an error (an `error` output for execute jobs, then `Finished`).
@@ -205,7 +194,11 @@ impl Lanes {
             return;
         }
         let sub = match lane {
-            Lane::Main => unreachable!("the main lane runs on the main thread"),
+            Lane::Main => {
+                drop(registry);
+                refuse(&self.events, &job, "RuntimeError", "the main lane is not a subinterpreter lane");
+                return;
+            }
             Lane::Named(name) => {
                 if let Some(sub) = registry.named.get(name) {
                     Arc::clone(sub)
@@ -262,7 +255,8 @@ impl Lanes {
                 registry.named.insert(name.clone(), Arc::clone(&sub));
             }
             Lane::Fresh(slot) => registry.fresh[*slot] = Some(Arc::clone(&sub)),
-            Lane::Main => unreachable!("the main lane runs on the main thread"),
+            // `run` refuses the main lane; `warm_pool` and `end_lane` name fresh and named ones.
+            Lane::Main => unreachable!("only subinterpreter lanes are installed"),
         }
         sub
     }
@@ -468,6 +462,19 @@ impl SubLane {
     fn set_phase(&self, _gil: Gil<'_>, phase: Phase) {
         self.link().phase = phase;
     }
+
+    /// Raises `KeyboardInterrupt` in the job for `request` if it still runs: wakes its wait, or
+    /// raises asynchronously in the lane thread. With `gil` (this interpreter's, held by a
+    /// control thread) the lane thread runs no Python: its phase and its waits cannot change.
+    fn interrupt_running(&self, gil: Gil<'_>, request: RequestId) -> bool {
+        if self.link().phase != Phase::Running(request) {
+            return false;
+        }
+        if self.state.interrupt_lane_thread() {
+            return true;
+        }
+        self.state.lane_thread().is_some_and(|thread| gil.set_async_exc(thread, AsyncException::KeyboardInterrupt))
+    }
 }
 
 /// The body of a lane thread: creates the interpreter, serves jobs until told to end, ends it.
@@ -531,7 +538,7 @@ fn serve(
     sub: &Arc<SubLane>,
     gil: Gil<'_>,
     interpreter: InterpreterHandle,
-    mut commands: Receiver<LaneCommand>,
+    commands: Receiver<LaneCommand>,
     started: Instant,
 ) -> bool {
     let runtime = match LaneRuntime::start(gil, Arc::clone(&sub.state)) {
@@ -549,15 +556,17 @@ fn serve(
     tracing::debug!(lane = sub.lane.name(), elapsed = ?started.elapsed(), "lane ready");
     let spawn_control = |role: &str| {
         let (sender, inbox) = mpsc::channel();
-        let (sub, answers) = (Arc::clone(sub), Arc::clone(&lanes.answers));
-        let thread = native::spawn_python_thread(
+        let interrupted = Arc::clone(sub);
+        let thread = runtime::spawn_control_thread(
             &format!("pk-{role}-{}", sub.lane.name()),
-            Some(native::PYTHON_STACK),
-            move || control_thread(interpreter, &sub, &answers, &inbox),
+            interpreter,
+            Arc::clone(&lanes.answers),
+            inbox,
+            move |gil, request| interrupted.interrupt_running(gil, request),
         );
         (sender, thread)
     };
-    let controls = [spawn_control("ctl"), spawn_control("query")];
+    let controls = vec![spawn_control("ctl"), spawn_control("query")];
     {
         let mut link = sub.link();
         link.control = Some(controls[0].0.clone());
@@ -566,32 +575,7 @@ fn serve(
     }
     gil.detach(|| lanes.warm_pool());
 
-    loop {
-        // The inbox moves into the detached closure and back: a `&Receiver` is not `Send`.
-        let (command, inbox) = gil.detach(move || (commands.recv(), commands));
-        commands = inbox;
-        match command {
-            Ok(LaneCommand::Run(job)) => {
-                let finished = run_job(gil, &runtime, sub, &job);
-                // A fresh lane is restored before its job is finished: what the restore prints
-                // (`__del__` of the cell's objects) is still the cell's output, published before
-                // its idle. The kernel sends the slot nothing new before this `Finished`.
-                if let Lane::Fresh(slot) = sub.lane {
-                    let restored = Instant::now();
-                    let trusted = runtime.restore();
-                    tracing::trace!(slot, elapsed = ?restored.elapsed(), trusted, "fresh lane restored");
-                    if !trusted {
-                        let inbox = commands;
-                        gil.detach(move || lanes.replace_fresh(sub, slot, &inbox));
-                        sub.state.send(finished);
-                        break;
-                    }
-                }
-                sub.state.send(finished);
-            }
-            Ok(LaneCommand::End) | Err(_) => break,
-        }
-    }
+    runtime::serve(gil, &runtime, &sub.state, &SubKind { lanes, sub }, commands);
 
     sub.set_phase(gil, Phase::Ending);
     {
@@ -599,107 +583,92 @@ fn serve(
         link.control = None;
         link.queries = None;
     }
-    // Both control threads delete their thread states before the interpreter may end. A thread
-    // that already left drops its `Stop` (and its sender) unanswered: Disconnected.
-    let (stopped, stopped_inbox) = mpsc::channel();
-    let mut threads = Vec::new();
-    for (sender, thread) in controls {
-        let _ = sender.send(ControlCommand::Stop(stopped.clone()));
-        threads.push(thread);
-    }
-    drop(stopped);
-    let control_stopped = gil.detach(move || {
-        let deadline = Instant::now() + END_TIMEOUT;
-        for _ in 0..threads.len() {
-            match stopped_inbox.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                Ok(()) => {}
-                Err(RecvTimeoutError::Disconnected) => break,
-                Err(RecvTimeoutError::Timeout) => return false,
-            }
-        }
-        for thread in threads {
-            let _ = thread.join();
-        }
-        true
-    });
+    // Both control threads delete their thread states before the interpreter may end.
+    let control_stopped = runtime::stop_control_threads(gil, controls, END_TIMEOUT);
     let threads_stopped = runtime.end_threads(END_TIMEOUT.as_secs_f64());
     drop(runtime);
     control_stopped && threads_stopped
 }
 
-/// Runs one job on the lane thread; returns its `Finished`, for the caller to send.
-fn run_job(gil: Gil<'_>, runtime: &LaneRuntime<'_>, sub: &SubLane, job: &Job) -> Event {
-    let request = job.request();
-    let state = &sub.state;
-    state.set_request(request);
-    let interrupted = {
-        let mut link = sub.link();
-        link.sent = None;
-        link.phase = Phase::Running(request);
-        link.interrupted.take() == Some(request)
-    };
-    if interrupted {
-        sub.set_phase(gil, Phase::Idle);
-        let mut events = Event::refusal(job, ErrorContent::new("KeyboardInterrupt", "interrupted before the cell started"));
-        let finished = events.pop().expect("a refusal ends with Finished");
-        for event in events {
-            state.send(event);
-        }
-        return finished;
-    }
-    let reply = runtime.run(job);
-    sub.set_phase(gil, Phase::Idle);
-    // An interrupt that reached the lane as the job ended must not hit what runs next. The
-    // control thread raises only while holding this GIL and seeing `Running(request)`.
-    if let Some(thread) = state.lane_thread() {
-        gil.set_async_exc(thread, AsyncException::Clear);
-    }
-    Event::Finished { request, reply }
+/// What a subinterpreter lane does around each job: the phase its control thread reads (an
+/// interrupt raises only in the job it was meant for), an interrupt that came before the job
+/// started, and a fresh lane's restore.
+struct SubKind<'a> {
+    lanes: &'a Arc<Lanes>,
+    sub: &'a Arc<SubLane>,
 }
 
-/// A control thread of one interpreter, with its own thread state: one per lane serves
-/// interrupts, another queries (the same loop; each gets only its own commands).
-fn control_thread(
-    interpreter: InterpreterHandle,
-    sub: &SubLane,
-    answers: &Answers,
-    inbox: &Receiver<ControlCommand>,
-) {
-    // SAFETY: the lane thread ends the interpreter only after this thread reported (through
-    // `Stop`) that its thread state is deleted, or never.
-    let Some(thread_state) = (unsafe { ThreadState::new(interpreter) }) else {
-        tracing::error!(lane = sub.lane.name(), "could not create the lane's control thread state");
-        return;
-    };
-    while let Ok(command) = inbox.recv() {
-        match command {
-            ControlCommand::Interrupt(request) => {
-                let asked = Instant::now();
-                let raised = thread_state.with(|gil| {
-                    // With this GIL held the lane thread runs no Python: its phase and its waits
-                    // cannot change under us.
-                    if sub.link().phase != Phase::Running(request) {
-                        return false;
-                    }
-                    if sub.state.interrupt_lane_thread() {
-                        return true;
-                    }
-                    sub.state
-                        .lane_thread()
-                        .is_some_and(|thread| gil.set_async_exc(thread, AsyncException::KeyboardInterrupt))
-                });
-                tracing::debug!(lane = sub.lane.name(), request, raised, elapsed = ?asked.elapsed(), "lane interrupted");
-            }
-            ControlCommand::Query(request, query) => {
-                let reply = thread_state.with(|gil| lane::answer(gil, &query));
-                answers.answer(request, reply);
-            }
-            ControlCommand::Stop(done) => {
-                thread_state.delete();
-                let _ = done.send(());
-                return;
-            }
+impl LaneKind for SubKind<'_> {
+    fn begin(&self, gil: Gil<'_>, job: &Job) -> Option<Vec<Event>> {
+        let request = job.request();
+        let interrupted = {
+            let mut link = self.sub.link();
+            link.sent = None;
+            link.phase = Phase::Running(request);
+            link.interrupted.take() == Some(request)
+        };
+        if !interrupted {
+            return None;
+        }
+        self.sub.set_phase(gil, Phase::Idle);
+        Some(Event::refusal(job, ErrorContent::new("KeyboardInterrupt", "interrupted before the cell started")))
+    }
+
+    fn end(&self, gil: Gil<'_>) {
+        self.sub.set_phase(gil, Phase::Idle);
+        // An interrupt that reached the lane as the job ended must not hit what runs next. The
+        // control thread raises only while holding this GIL and seeing `Running(request)`.
+        if let Some(thread) = self.sub.state.lane_thread() {
+            gil.set_async_exc(thread, AsyncException::Clear);
         }
     }
-    thread_state.delete();
+
+    /// A fresh lane is restored before its job is finished: what the restore prints (`__del__`
+    /// of the cell's objects) is still the cell's output, published before its idle. The kernel
+    /// sends the slot nothing new before this `Finished`.
+    fn after(&self, gil: Gil<'_>, runtime: &LaneRuntime<'_>, commands: Receiver<LaneCommand>) -> Option<Receiver<LaneCommand>> {
+        let Lane::Fresh(slot) = self.sub.lane else { return Some(commands) };
+        let restored = Instant::now();
+        let trusted = runtime.restore();
+        tracing::trace!(slot, elapsed = ?restored.elapsed(), trusted, "fresh lane restored");
+        if trusted {
+            return Some(commands);
+        }
+        let (lanes, sub) = (self.lanes, self.sub);
+        gil.detach(move || lanes.replace_fresh(sub, slot, &commands));
+        None
+    }
+}
+
+impl LaneBackend for Arc<Lanes> {
+    fn run(&self, lane: &Lane, job: Job) {
+        match super::embed::lanes_unavailable() {
+            Some(why) => refuse(&self.events, &job, "RuntimeError", &why),
+            None => Lanes::run(self, lane, job),
+        }
+    }
+
+    fn query(&self, lane: &Lane, request: RequestId, query: Query) -> Result<(), Query> {
+        // A fresh lane's namespace is empty by design.
+        if matches!(lane, Lane::Fresh(_)) {
+            return Err(query);
+        }
+        Lanes::query(self, lane, request, query)
+    }
+
+    fn input_reply(&self, lane: &Lane, value: String) -> bool {
+        Lanes::input_reply(self, lane, value)
+    }
+
+    fn interrupt(&self, lane: Option<&Lane>) {
+        Lanes::interrupt(self, lane);
+    }
+
+    fn call_reply(&self, lane: &Lane, id: u64, reply: Result<Value, String>) -> bool {
+        Lanes::call_reply(self, lane, id, reply)
+    }
+
+    fn end_lane(&self, lane: &Lane, restart: bool) {
+        Lanes::end_lane(self, lane, restart);
+    }
 }

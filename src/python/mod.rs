@@ -13,16 +13,18 @@
 //! subinterpreter lane wrote it.
 
 mod answers;
+mod backend;
 mod capture;
 mod embed;
 mod ffi;
 mod lane;
 mod lanes;
+mod main_lane;
+mod runtime;
 
 use std::path::PathBuf;
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
-use std::sync::{Arc, Mutex, PoisonError};
-use std::thread::JoinHandle;
+use std::sync::mpsc;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -30,21 +32,21 @@ use tokio::sync::mpsc::UnboundedSender;
 
 pub use ffi::PythonException;
 
-use crate::lanes::{ErrorContent, Event, Executor, InterruptTarget, Job, Lane, Query, RequestId};
-use crate::native::{self, LaneState};
+use crate::lanes::{Event, Executor, InterruptTarget, Job, Lane, Query, RequestId};
+use crate::native::LaneState;
 use answers::Answers;
-use capture::FdCapture;
-use ffi::{Gil, InterpreterHandle, ThreadState};
-use lane::LaneRuntime;
+use backend::LaneBackend;
 use lanes::Lanes;
+use main_lane::{MainBackend, MainControl};
+pub use main_lane::MainLane;
 
 /// How long shutdown waits for the threads cells started, and for the query thread, before it
 /// gives up on finalizing Python (the process then exits without `Py_FinalizeEx`).
-const STOP_TIMEOUT: Duration = Duration::from_secs(2);
+pub(crate) const STOP_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How long shutdown waits for subinterpreter lanes to end (they were interrupted and told to
 /// end when shutdown began); a lane stuck in C code is left behind, and Python not finalized.
-const LANES_END_TIMEOUT: Duration = Duration::from_millis(1500);
+pub(crate) const LANES_END_TIMEOUT: Duration = Duration::from_millis(1500);
 
 /// The size of the fresh-lane pool: `PARAKERNEL_FRESH_LANES`, else the number of cores (at
 /// least 2); 0 when subinterpreter lanes are unavailable.
@@ -157,16 +159,15 @@ pub fn start(
     let answers = Answers::new(events.clone());
     let fresh_lanes = fresh_lane_count();
     let lanes = Arc::new(Lanes::new(events.clone(), Arc::clone(&answers), fresh_lanes));
-    let executor = PythonExecutor {
+    let main = MainBackend {
         commands,
         queries: queries.clone(),
         state: Arc::clone(&state),
         control: Arc::clone(&control),
         events,
         answers: Arc::clone(&answers),
-        lanes: Arc::clone(&lanes),
-        fresh_lanes,
     };
+    let executor = PythonExecutor { main, lanes: Arc::clone(&lanes), fresh_lanes };
     let main_lane = MainLane {
         options,
         command_inbox: Some(command_inbox),
@@ -180,80 +181,10 @@ pub fn start(
     Ok((executor, main_lane))
 }
 
-enum Command {
-    Run(Job),
-    Shutdown,
-}
-
-enum QueryCommand {
-    Answer(RequestId, Query),
-    Stop,
-}
-
-/// Whether the main thread runs a job, and which thread that is: an interrupt sends SIGINT to
-/// that thread only while a job runs.
-#[derive(Default)]
-struct MainControl {
-    inner: Mutex<MainSignal>,
-}
-
-#[derive(Default)]
-struct MainSignal {
-    thread: Option<libc::pthread_t>,
-    running: bool,
-}
-
-impl MainControl {
-    fn lock(&self) -> std::sync::MutexGuard<'_, MainSignal> {
-        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Marks a job as running, after clearing a SIGINT left over from the previous one (an
-    /// interrupt that raced with its end), so it cannot hit this job.
-    /// `gil` is the main thread's (see `MainLane::run`), where Python handles signals.
-    fn begin(&self, gil: Gil<'_>) {
-        let mut signal = self.lock();
-        gil.clear_interrupt();
-        signal.running = true;
-    }
-
-    fn end(&self) {
-        self.lock().running = false;
-    }
-
-    /// From shutdown on, SIGINT is ignored: `jupyter_client` sends one (in `signal` interrupt mode)
-    /// right before `shutdown_request`, and it must not raise in the shutdown's own Python code.
-    fn ignore_interrupts(&self, gil: Gil<'_>) {
-        let _signal = self.lock();
-        // SAFETY: installing SIG_IGN for SIGINT is always valid; Python's handler is bypassed
-        // from here on (finalization puts the original disposition back).
-        unsafe { libc::signal(libc::SIGINT, libc::SIG_IGN) };
-        gil.clear_interrupt();
-    }
-
-    /// Sends SIGINT to the main thread if it runs a job. Returns whether it did.
-    fn interrupt(&self) -> bool {
-        let signal = self.lock();
-        match (signal.running, signal.thread) {
-            (true, Some(thread)) => {
-                // SAFETY: `thread` is the process's main thread, alive while the process is; the
-                // lock keeps `running` true, so the signal lands in a running job.
-                unsafe { libc::pthread_kill(thread, libc::SIGINT) == 0 }
-            }
-            _ => false,
-        }
-    }
-}
-
-/// The executor handed to the kernel. Every method returns at once.
+/// The executor handed to the kernel. Every method returns at once: it finds the backend of
+/// the lane (the one place that tells kinds of lanes apart) and hands it the work.
 pub struct PythonExecutor {
-    commands: Sender<Command>,
-    queries: Sender<QueryCommand>,
-    /// The main lane's.
-    state: Arc<LaneState>,
-    control: Arc<MainControl>,
-    events: UnboundedSender<Event>,
-    answers: Arc<Answers>,
+    main: MainBackend,
     lanes: Arc<Lanes>,
     fresh_lanes: usize,
 }
@@ -265,95 +196,56 @@ impl std::fmt::Debug for PythonExecutor {
 }
 
 impl PythonExecutor {
-    fn query_main(&self, request: RequestId, query: Query) {
-        if let Err(mpsc::SendError(QueryCommand::Answer(request, _))) =
-            self.queries.send(QueryCommand::Answer(request, query))
-        {
-            self.answers.unanswerable(request);
+    /// Which backend serves `lane`. A new kind of lane (a process lane) is one more arm here.
+    fn backend(&self, lane: &Lane) -> &dyn LaneBackend {
+        match lane {
+            Lane::Main => &self.main,
+            Lane::Named(_) | Lane::Fresh(_) => &self.lanes,
         }
     }
 
-    fn interrupt_main(&self) {
-        // Signal first: a woken input() then finds SIGINT tripped and raises once.
-        // Only the main thread's wait is woken, as SIGINT reaches only the main thread under
-        // ipykernel: a thread a cell started, blocked in input(), is not interrupted.
-        let signalled = self.control.interrupt();
-        let woken = self.state.interrupt_lane_thread();
-        tracing::debug!(signalled, woken, "interrupt of the main lane");
+    fn backends(&self) -> [&dyn LaneBackend; 2] {
+        [&self.main, &self.lanes]
     }
 }
 
 impl Executor for PythonExecutor {
     fn run(&mut self, lane: &Lane, job: Job) {
-        match lane {
-            Lane::Main => {
-                if let Err(mpsc::SendError(Command::Run(job))) =
-                    self.commands.send(Command::Run(job))
-                {
-                    let why = "the main lane has stopped; restart the kernel";
-                    lanes::refuse(&self.events, &job, "RuntimeError", why);
-                }
-            }
-            Lane::Named(_) | Lane::Fresh(_) => {
-                if let Some(why) = self.lanes_unavailable() {
-                    lanes::refuse(&self.events, &job, "RuntimeError", &why);
-                } else {
-                    self.lanes.run(lane, job);
-                }
-            }
-        }
+        self.backend(lane).run(lane, job);
     }
 
     fn query(&mut self, lane: &Lane, request: RequestId, query: Query) {
-        match lane {
-            // A fresh lane's namespace is empty by design; the main lane's is what the cell's
-            // author sees.
-            Lane::Main | Lane::Fresh(_) => self.query_main(request, query),
-            Lane::Named(_) => {
-                // A lane that does not run (yet): answer from the main lane.
-                if let Err(query) = self.lanes.query(lane, request, query) {
-                    self.query_main(request, query);
-                }
+        // A lane with no namespace to offer (a fresh lane, a lane not started yet): the main
+        // lane's is what the cell's author sees.
+        if let Err(query) = self.backend(lane).query(lane, request, query) {
+            if let Err(query) = self.main.query(&Lane::Main, request, query) {
+                drop(query);
+                self.main.answers.unanswerable(request);
             }
         }
     }
 
     fn input_reply(&mut self, lane: &Lane, value: String) {
-        let delivered = match lane {
-            Lane::Main => self.state.reply_input(value),
-            Lane::Named(_) | Lane::Fresh(_) => self.lanes.input_reply(lane, value),
-        };
-        if !delivered {
-            tracing::warn!(
-                lane = lane.name(),
-                "input_reply for a lane that is not waiting for input: dropped"
-            );
+        if !self.backend(lane).input_reply(lane, value) {
+            tracing::warn!(lane = lane.name(), "input_reply for a lane that is not waiting for input: dropped");
         }
     }
 
     fn interrupt(&mut self, target: &InterruptTarget) {
         match target {
-            InterruptTarget::All => {
-                self.interrupt_main();
-                self.lanes.interrupt(None);
-            }
-            InterruptTarget::Lane(Lane::Main) => self.interrupt_main(),
-            InterruptTarget::Lane(lane) => self.lanes.interrupt(Some(lane)),
+            InterruptTarget::All => self.backends().iter().for_each(|backend| backend.interrupt(None)),
+            InterruptTarget::Lane(lane) => self.backend(lane).interrupt(Some(lane)),
         }
     }
 
     fn call_reply(&mut self, lane: &Lane, id: u64, reply: Result<Value, String>) {
-        let delivered = match lane {
-            Lane::Main => self.state.reply_call(id, reply),
-            Lane::Named(_) | Lane::Fresh(_) => self.lanes.call_reply(lane, id, reply),
-        };
-        if !delivered {
+        if !self.backend(lane).call_reply(lane, id, reply) {
             tracing::debug!(lane = lane.name(), id, "no lane waits for this call (interrupted?): dropped");
         }
     }
 
     fn end_lane(&mut self, lane: &Lane, restart: bool) {
-        self.lanes.end_lane(lane, restart);
+        self.backend(lane).end_lane(lane, restart);
     }
 
     fn fresh_lanes(&self) -> usize {
@@ -365,7 +257,8 @@ impl Executor for PythonExecutor {
     }
 
     fn shutdown(&mut self) {
-        self.interrupt_main();
+        // Every lane is interrupted and told to end; the main lane last, since it waits for the
+        // others before Python is finalized.
         self.lanes.shut_down();
         // A lane waiting for a process returns once it has ended; done beside the lanes'
         // ending, so the shutdown reply does not wait for it.
@@ -375,237 +268,7 @@ impl Executor for PythonExecutor {
         if let Err(error) = spawned {
             tracing::warn!("cannot end the processes the cells started: {error}");
         }
-        let _ = self.commands.send(Command::Shutdown);
+        self.main.shut_down();
     }
 }
 
-/// The main lane, to be run on the process's main thread.
-pub struct MainLane {
-    options: PythonOptions,
-    /// Taken by the loop that serves them.
-    command_inbox: Option<Receiver<Command>>,
-    query_inbox: Option<Receiver<QueryCommand>>,
-    queries: Sender<QueryCommand>,
-    state: Arc<LaneState>,
-    control: Arc<MainControl>,
-    answers: Arc<Answers>,
-    lanes: Arc<Lanes>,
-}
-
-impl std::fmt::Debug for MainLane {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MainLane")
-            .field("options", &self.options)
-            .finish_non_exhaustive()
-    }
-}
-
-impl MainLane {
-    /// Initializes Python, loads the shell, serves jobs until [`Executor::shutdown`] (or until
-    /// the executor is dropped), then finalizes Python and returns. Must run on the process's
-    /// main thread.
-    ///
-    /// When Python or the shell cannot start, every job and query is answered with an error that
-    /// says why (so a notebook shows it), until shutdown; then that error is returned.
-    pub fn run(mut self) -> Result<(), PythonError> {
-        // SAFETY: getpid and gettid only read the calling process's and thread's ids.
-        let on_main_thread =
-            unsafe { i64::from(libc::getpid()) == libc::syscall(libc::SYS_gettid) };
-        if !on_main_thread {
-            return Err(PythonError::NotMainThread);
-        }
-        // SAFETY: pthread_self only names the calling thread.
-        self.control.lock().thread = Some(unsafe { libc::pthread_self() });
-        let started = std::time::Instant::now();
-        if let Err(error) = embed::initialize(self.options.python.as_deref()) {
-            return Err(self.refuse_jobs(error));
-        }
-        // SAFETY: Py_InitializeFromConfig returned with this thread's (the main) thread state
-        // attached; it stays attached for the rest of `run` except inside `Gil::detach`.
-        let gil = unsafe { Gil::assume() };
-        let state = Arc::clone(&self.state);
-        // Kept until Python is finalized, so that output of atexit handlers reaches the kernel.
-        let capture = FdCapture::start(Arc::clone(&state))
-            .inspect_err(|error| {
-                tracing::warn!("output to fds 1 and 2 will not reach cells: {error}");
-            })
-            .ok();
-        let (result, finalize) = match self.serve(gil, started, capture.as_ref()) {
-            Ok(finalize) => (Ok(()), finalize),
-            Err(error) => (Err(gil.detach(|| self.refuse_jobs(error))), true),
-        };
-        if finalize {
-            let finalizing = std::time::Instant::now();
-            if !embed::finalize(gil) {
-                tracing::warn!("Py_FinalizeEx reported an error");
-            }
-            tracing::debug!(elapsed = ?finalizing.elapsed(), "Python finalized");
-            // Finalization put SIGINT back to its default action (end the process); the kernel
-            // may still be sending its last messages.
-            // SAFETY: installing SIG_IGN for SIGINT is always valid.
-            unsafe { libc::signal(libc::SIGINT, libc::SIG_IGN) };
-        } else {
-            tracing::warn!(
-                "threads started by cells are still running: exiting without finalizing Python"
-            );
-        }
-        // Output written while Python finalized (atexit handlers, __del__).
-        drop(capture);
-        state.flush();
-        result
-    }
-
-    /// Serves jobs until shutdown. Returns whether Python can be finalized without waiting for
-    /// a thread that may never end.
-    fn serve(
-        &mut self,
-        gil: Gil<'_>,
-        started: std::time::Instant,
-        capture: Option<&FdCapture>,
-    ) -> Result<bool, PythonError> {
-        embed::after_initialize(gil, self.options.python.as_deref())?;
-        self.state.bind_lane_thread();
-        let runtime = LaneRuntime::start(gil, Arc::clone(&self.state))?;
-        // Lanes may create their interpreters from now on (`_datetime` is imported in main).
-        // Not before the main lane's shell is up: if it fails, Python is finalized at once and
-        // no subinterpreter may exist then.
-        self.lanes.open(InterpreterHandle::main(gil));
-        tracing::info!(elapsed = ?started.elapsed(), "main lane ready");
-        let query_inbox = self
-            .query_inbox
-            .take()
-            .expect("the query inbox is taken once");
-        let (query_thread, query_done) = spawn_query_thread(
-            InterpreterHandle::main(gil),
-            query_inbox,
-            Arc::clone(&self.answers),
-        );
-
-        let mut commands = self
-            .command_inbox
-            .take()
-            .expect("the command inbox is taken once");
-        loop {
-            // The inbox moves into the detached closure and back: a `&Receiver` is not `Send`.
-            let (command, inbox) = gil.detach(move || (commands.recv(), commands));
-            commands = inbox;
-            match command {
-                Ok(Command::Run(job)) => {
-                    run_job(&runtime, &self.state, &self.control, capture, gil, &job);
-                }
-                Ok(Command::Shutdown) | Err(_) => break,
-            }
-        }
-
-        self.control.ignore_interrupts(gil);
-        // Lanes end on their own threads while the main lane stops its own threads.
-        let lanes_deadline = std::time::Instant::now() + LANES_END_TIMEOUT;
-        self.lanes.shut_down();
-        self.lanes.close("Python is shutting down".into());
-        let _ = self.queries.send(QueryCommand::Stop);
-        let query_stopped = gil.detach(move || match query_done.recv_timeout(STOP_TIMEOUT) {
-            Ok(()) | Err(RecvTimeoutError::Disconnected) => true,
-            Err(RecvTimeoutError::Timeout) => false,
-        });
-        if query_stopped {
-            let _ = query_thread.join();
-        } else {
-            tracing::warn!("the query thread did not stop in time");
-        }
-        let threads_done = runtime.stop(STOP_TIMEOUT.as_secs_f64());
-        drop(runtime);
-        // Ending a lane takes the main GIL for a moment (its thread state of main is deleted).
-        let lanes = &self.lanes;
-        let lanes_ended = gil.detach(|| lanes.wait_ended(lanes_deadline));
-        tracing::debug!(query_stopped, threads_done, lanes_ended, "main lane stopped");
-        Ok(query_stopped && threads_done && lanes_ended)
-    }
-
-    /// The main lane could not start: answer everything with `error` until shutdown.
-    fn refuse_jobs(&mut self, error: PythonError) -> PythonError {
-        let mut message = error.to_string();
-        let mut cause = std::error::Error::source(&error);
-        while let Some(inner) = cause {
-            message = format!("{message}: {inner}");
-            cause = inner.source();
-        }
-        tracing::error!("the main lane cannot run cells: {message}");
-        self.lanes
-            .close(format!("Python could not start, so no lane can run: {message}"));
-        let mut traceback = vec![message.clone()];
-        if let PythonError::Setup { exception, .. } = &error {
-            traceback.extend(exception.traceback.iter().cloned());
-        }
-        let error_content = ErrorContent { ename: "ParakernelError".into(), evalue: message, traceback };
-        if let Some(inbox) = self.query_inbox.take() {
-            let (answers, reply) = (Arc::clone(&self.answers), error_content.reply());
-            native::spawn_without_sigint("parakernel-query", move || {
-                while let Ok(QueryCommand::Answer(request, _)) = inbox.recv() {
-                    answers.answer(request, reply.clone());
-                }
-            });
-        }
-        if let Some(inbox) = self.command_inbox.take() {
-            while let Ok(Command::Run(job)) = inbox.recv() {
-                if let Job::Execute(execute) = &job {
-                    self.state.set_request(execute.request);
-                }
-                for event in Event::refusal(&job, error_content.clone()) {
-                    self.state.send(event);
-                }
-            }
-        }
-        let _ = self.queries.send(QueryCommand::Stop);
-        error
-    }
-}
-
-fn run_job(
-    runtime: &LaneRuntime<'_>,
-    state: &LaneState,
-    control: &MainControl,
-    capture: Option<&FdCapture>,
-    gil: Gil<'_>,
-    job: &Job,
-) {
-    let request = job.request();
-    // Text still in the pipes belongs to the request that ran last.
-    let sync = || {
-        if let Some(capture) = capture {
-            gil.detach(|| capture.sync());
-        }
-    };
-    sync();
-    state.set_request(request);
-    control.begin(gil);
-    let reply = runtime.run(job);
-    control.end();
-    sync();
-    state.send(Event::Finished { request, reply });
-}
-
-/// Starts the thread that answers queries with its own thread state of the main interpreter.
-/// The returned receiver reports when that thread state is deleted.
-fn spawn_query_thread(
-    interpreter: InterpreterHandle,
-    inbox: Receiver<QueryCommand>,
-    answers: Arc<Answers>,
-) -> (JoinHandle<()>, Receiver<()>) {
-    let (done, done_inbox) = mpsc::channel();
-    let stack = Some(native::PYTHON_STACK);
-    let thread = native::spawn_python_thread("parakernel-query", stack, move || {
-        // SAFETY: the main interpreter lives until `run` finalizes it, which happens only after
-        // this thread reported (through `done`) that its thread state is deleted.
-        let Some(thread_state) = (unsafe { ThreadState::new(interpreter) }) else {
-            tracing::error!("could not create a thread state for queries");
-            return;
-        };
-        while let Ok(QueryCommand::Answer(request, query)) = inbox.recv() {
-            let reply = thread_state.with(|gil| lane::answer(gil, &query));
-            answers.answer(request, reply);
-        }
-        thread_state.delete();
-        let _ = done.send(());
-    });
-    (thread, done_inbox)
-}
