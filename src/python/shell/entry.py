@@ -15,7 +15,7 @@ import threading
 
 import _parakernel
 
-from . import fresh, lane, magics, messages, queries, shell, streams, subinterpreter
+from . import fresh, lane, libraries, magics, messages, queries, shell, streams, subinterpreter
 
 
 def _run_startup_files(shell):
@@ -84,6 +84,8 @@ def start(options_json):
     # hang interpreter teardown.
     config.HistoryManager.enabled = False
     shell_class = shell.define_shell_classes()
+    libraries.stand_in_for_zmqshell(shell_class)
+    libraries.lane_clocks()
     lane.shell = shell_class.instance(config=config)
     lane.shell.kernel = lane.kernel
     magics.register_magics(lane.shell)
