@@ -24,6 +24,7 @@ const SHELL_PARTS: &[(&str, &str)] = &[
     ("subinterpreter", include_str!("shell/subinterpreter.py")),
     ("magics", include_str!("shell/magics.py")),
     ("shell", include_str!("shell/shell.py")),
+    ("libraries", include_str!("shell/libraries.py")),
     ("queries", include_str!("shell/queries.py")),
     ("fresh", include_str!("shell/fresh.py")),
 ];

@@ -21,6 +21,7 @@ The parts, by job:
   that an interrupt ends in a subinterpreter lane.
 - `magics`: parakernel's magics (`%lanes`, `%wait`, `%lane`, `%%parallel`).
 - `shell`: the IPython shell classes, which keep one copy of a cell.
+- `libraries`: what libraries look at: the signs of a notebook kernel, the CPU clock of `%time`.
 - `queries`: completion, inspection, `is_complete`, `comm_info`.
 - `fresh`: a fresh lane's warm state, and going back to it after each job.
 """

@@ -15,7 +15,7 @@ import threading
 
 import _parakernel
 
-from . import fresh, lane, magics, messages, queries, shell, streams, subinterpreter
+from . import fresh, lane, libraries, magics, messages, queries, shell, streams, subinterpreter
 
 
 def _run_startup_files(shell):
@@ -84,6 +84,8 @@ def start(options_json):
     # hang interpreter teardown.
     config.HistoryManager.enabled = False
     shell_class = shell.define_shell_classes()
+    libraries.stand_in_for_zmqshell(shell_class)
+    libraries.lane_clocks()
     lane.shell = shell_class.instance(config=config)
     lane.shell.kernel = lane.kernel
     magics.register_magics(lane.shell)
@@ -221,15 +223,18 @@ def query(query_json):
 def stop(timeout):
     """Before finalizing: wait up to `timeout` seconds for the threads cells started.
 
-    Returns True when no non-daemon thread is left, so Py_FinalizeEx will not wait forever.
+    Returns True when no non-daemon thread is left, so Py_FinalizeEx (or Py_EndInterpreter)
+    will not wait forever.
     """
     import time
 
+    # `_daemonic`, not `daemon`: a lane's daemon threads are plain threads that read daemon
+    # (subinterpreter._lane_daemon_threads), and its interpreter cannot end while they run.
     deadline = time.monotonic() + timeout
     for thread in _started_threads():
-        if not thread.daemon:
+        if not thread._daemonic:
             thread.join(max(0.0, deadline - time.monotonic()))
-    done = not any(not t.daemon for t in _started_threads())
+    done = not any(not t._daemonic for t in _started_threads())
     if lane.name != "main":
         # To `threading` the lane's own thread is a dummy thread, forgotten when its thread
         # state is cleared: that is after the module is torn down when the interpreter ends,

@@ -16,7 +16,8 @@ TO_MAIN = (
 
 class Kernel:
     """What `get_ipython().kernel` offers to libraries: ipywidgets' `Output` widget asks it for
-    the request being run (`get_parent()`) to capture that request's output."""
+    the request being run (`get_parent()`) to capture that request's output; others use its
+    comm manager and shell."""
 
     def __init__(self):
         self.parent = {}
@@ -27,6 +28,17 @@ class Kernel:
     @property
     def _parent_header(self):
         return self.parent
+
+    # Libraries that register comm targets the old way (ipywidgets 7's register_comm_target,
+    # `get_ipython().kernel.comm_manager.register_target(...)`) or reach the shell through the
+    # kernel.
+    @property
+    def comm_manager(self):
+        return comm_manager
+
+    @property
+    def shell(self):
+        return shell
 
 
 kernel = Kernel()

@@ -1,7 +1,8 @@
 """What a subinterpreter lane refuses or does differently, with errors that say what to do
 instead: packages and extension modules that do not support subinterpreters, process features
-(signals, fork, daemon threads, `os._exit`), and `!command` without a pseudo-terminal.
-`setup_subinterpreter` puts it all in place before IPython is imported."""
+(signals, fork, `os._exit`; daemon threads become plain threads that the lane ends), and
+`!command` without a pseudo-terminal. `setup_subinterpreter` puts it all in place before IPython
+is imported."""
 
 import contextlib
 import functools
@@ -91,9 +92,10 @@ def _guard_extension_loader():
 
 
 def _guard_process_features():
-    """signal.signal, os.fork (so multiprocessing's default start method) and daemon threads
-    are refused in isolated subinterpreters: say what to do instead. os._exit is refused too:
-    in a lane it would end the whole process, every other lane with it."""
+    """signal.signal and os.fork (so multiprocessing's default start method) are refused in
+    isolated subinterpreters: say what to do instead. os._exit is refused too: in a lane it
+    would end the whole process, every other lane with it. Daemon threads, also refused there,
+    are plain threads that the lane ends (_lane_daemon_threads)."""
     import signal
 
     original_signal = signal.signal
@@ -143,45 +145,54 @@ def _guard_process_features():
     _exit.__doc__ = original_exit.__doc__
     os._exit = _exit
 
-    def explain(error):
-        return RuntimeError(
-            f"daemon threads are not allowed in lane {lane.name!r} ({error}): start the thread "
-            "with daemon=False and let it end before the lane does, or run the cell in the "
-            f"main lane: {lane.TO_MAIN}."
-        )
+    _lane_daemon_threads()
 
-    # CPython checks in Thread.__init__, in the `daemon` setter and when the thread starts.
+
+def _lane_daemon_threads():
+    """Daemon threads in a lane. CPython refuses them in isolated subinterpreters (an
+    interpreter cannot end while a thread of its runs), yet libraries start them for
+    background chores (tqdm's monitor, watchdogs, pollers) and would warn or fail. Here a thread
+    asked to be daemon (daemon=True, `thread.daemon = True`, or inherited from a daemon thread)
+    starts as a plain thread, still reads `daemon == True`, and the lane ends it when the lane
+    ends: before its interpreter ends, the lane raises SystemExit in every thread its cells
+    started (entry.other_threads), blocking waits included (wakeable). What remains: such a
+    thread does not end the moment the lane does if it is stuck inside C code; the lane is then
+    set aside, as for any stuck thread, and a fresh lane's interpreter is replaced rather than
+    reused while one still runs (as for any thread left running)."""
     thread = threading.Thread
     original_init, original_start, daemon = thread.__init__, thread.start, thread.daemon
+    # The thread being started by the calling thread: Thread.start passes `self.daemon` to
+    # CPython, which must read the real (plain) status there.
+    starting = threading.local()
 
     @functools.wraps(original_init)
-    def init(self, *args, **kwargs):
-        try:
-            original_init(self, *args, **kwargs)
-        except RuntimeError as error:
-            if "daemon" not in str(error):
-                raise
-            raise explain(error) from None
+    def init(self, *args, daemon=None, **kwargs):
+        original_init(self, *args, daemon=False if daemon else daemon, **kwargs)
+        # daemon=None inherits the current thread's `daemon`, which reads True in a lane daemon
+        # thread: Thread.__init__ then sets it without CPython's check.
+        self._lane_daemon = bool(daemon if daemon is not None else self._daemonic)
+        self._daemonic = False
 
     @functools.wraps(original_start)
     def start(self):
+        starting.thread = self
         try:
             return original_start(self)
-        except RuntimeError as error:
-            if "daemon" not in str(error):
-                raise
-            raise explain(error) from None
+        finally:
+            starting.thread = None
+
+    def get_daemon(self):
+        if self._daemonic:
+            return True
+        return getattr(self, "_lane_daemon", False) and getattr(starting, "thread", None) is not self
 
     def set_daemon(self, daemonic):
-        try:
-            daemon.fset(self, daemonic)
-        except RuntimeError as error:
-            if "daemon threads" not in str(error):
-                raise
-            raise explain(error) from None
+        # CPython's own checks (initialized, not started), then the lane's daemon status.
+        daemon.fset(self, False)
+        self._lane_daemon = bool(daemonic)
 
     thread.__init__, thread.start = init, start
-    thread.daemon = property(daemon.fget, set_daemon, doc=daemon.__doc__)
+    thread.daemon = property(get_daemon, set_daemon, doc=daemon.__doc__)
 
 
 def system_with_pipes(command):
