@@ -16,7 +16,9 @@ pub struct ExecuteRequest {
     pub store_history: bool,
     #[serde(default)]
     pub user_expressions: Map<String, Value>,
-    #[serde(default = "yes")]
+    /// As ipykernel reads it: a client that does not say it answers `input_request`s is not
+    /// sent one (an `input()` would wait for good).
+    #[serde(default)]
     pub allow_stdin: bool,
     #[serde(default = "yes")]
     pub stop_on_error: bool,
@@ -163,6 +165,14 @@ requests! {
 }
 
 fn typed<T: serde::de::DeserializeOwned>(msg_type: &str, content: &[u8]) -> Result<T, WireError> {
+    // serde also reads a struct from a JSON array (its fields in order): `["print(1)", false]`
+    // would run as a cell. Content must be an object.
+    if !is_object(content) {
+        return Err(match serde_json::from_slice::<IgnoredAny>(content) {
+            Err(source) => WireError::Json { part: "content", source },
+            Ok(_) => WireError::ContentNotObject(msg_type.to_owned()),
+        });
+    }
     serde_json::from_slice(content).map_err(|source| content_error(msg_type, content, source))
 }
 
@@ -202,8 +212,16 @@ mod tests {
         };
         assert!(!request.silent);
         assert!(request.store_history);
-        assert!(request.allow_stdin);
+        assert!(!request.allow_stdin);
         assert!(request.stop_on_error);
+    }
+
+    #[test]
+    fn content_that_is_not_an_object_is_refused_even_when_its_items_would_fit() {
+        let error = Request::parse("execute_request", br#"["print(1)", false, true, {}, true, true]"#).unwrap_err();
+        assert!(matches!(error, WireError::ContentNotObject(ref msg_type) if msg_type == "execute_request"), "{error}");
+        assert!(matches!(Request::parse("execute_request", b"[1,"), Err(WireError::Json { .. })));
+        assert!(matches!(Request::parse("shutdown_request", b"[true]"), Err(WireError::ContentNotObject(_))));
     }
 
     #[test]
