@@ -28,6 +28,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use tokio::sync::mpsc::UnboundedSender;
 
+pub use embed::configure_allocator_environment;
 pub use ffi::PythonException;
 
 use crate::kernel::executor::{Event, Executor, InterruptTarget, Job, Lane, Query, RequestId};
