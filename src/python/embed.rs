@@ -186,7 +186,7 @@ pub(crate) fn initialize(python: Option<&Path>) -> Result<(), PythonError> {
 /// after a delay that an idle or ended lane thread never reaches. Measured (12 named lanes with
 /// `import json, decimal, asyncio`, then stopped): 17 MiB per lane and 139 of 208 MiB given back
 /// at the stop, against 23 MiB per lane and 68 of 271 MiB with mimalloc's default; a cell of
-/// small-object work ran as fast as under pymalloc (7% slower than mimalloc's default).
+/// small-object work ran 2-4% slower than under pymalloc (and 7% slower than with the default).
 pub fn configure_allocator_environment() {
     use std::os::unix::process::CommandExt;
 
@@ -216,8 +216,8 @@ const ALLOCATOR_MIMALLOC: i32 = 7;
 /// lanes: a subinterpreter's pymalloc arenas that still hold one live block when it ends are
 /// never given back (CPython gh-110411), so every lane restart lost about 11 MiB (create, an
 /// IPython shell, `import json, decimal, asyncio`, destroy; 1.1 MiB with mimalloc, 1.4 MiB with
-/// malloc). mimalloc (built into CPython 3.13) was also no slower than pymalloc on a cell of
-/// small-object work (README, benchmarks); before 3.13 there is no mimalloc and malloc is used.
+/// malloc). On a cell of small-object work mimalloc (built into CPython 3.13) was 5% faster than
+/// pymalloc, malloc 11% slower (README, benchmarks); before 3.13 there is no mimalloc: malloc.
 ///
 /// # Safety
 /// Called once, before `Py_InitializeFromConfig`, from the thread that initializes Python.
