@@ -6,7 +6,8 @@ kernel (an interpreter with its IPython shell and the cells' imports). A restart
 a small part of that behind (CPython's own create/destroy of an own-GIL interpreter does:
 gh-110411), a fresh-lane cell nothing that adds up, and a stopped lane must give most of it
 back. Measured before the fix (pymalloc, at-fork callbacks kept by every lane): a restart cycle
-left 0.6 of a lane, 300 fresh cells 35 lanes, stopping 6 lanes gave back 0.12 of what they took;
+left 0.62 of a lane (12.4 of 20.0 MiB), stopping 6 lanes gave back 0.17 of what they took, and
+the fresh-lane test hit its timeout (2.1 MiB a cell, and every cell slower than the one before);
 after it (mimalloc with immediate purge, no at-fork callbacks in lanes, malloc_trim after an
 interpreter ends): 0.07, under 0.1 and 0.67. RSS moves by a few MiB on its own, so the bounds
 are several times the fixed kernel's values and far from the old ones.
