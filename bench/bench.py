@@ -20,6 +20,9 @@ to `Row`s; add one to BENCHMARKS to add rows. Rows may have an anchor of their o
   counted) against a whole anchor process, beside a bare subinterpreter, one with an IPython
   shell (`_interpreters`) and a fork worker; fresh-lane dispatch (a `%%parallel` `pass` round
   trip minus a main-lane one); RSS over 500 fresh-lane cells.
+- lane-life: what a lane's life leaves behind (RSS per `%lane restart` cycle, over 1,000
+  fresh-lane cells that import modules, per named lane and given back by `%lane stop`) beside
+  CPython's own create/destroy of an interpreter in a plain process, and ipykernel.
 - big-request: one 200 MB execute_request (`s = '<200 MB>'`, signed, to a new kernel of each
   kind): peak RSS (VmHWM), RSS kept after the cell and after `del s`, each also as a multiple
   of the request's size, and the time to the reply.
@@ -30,6 +33,7 @@ to `Row`s; add one to BENCHMARKS to add rows. Rows may have an anchor of their o
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import statistics
@@ -665,6 +669,142 @@ def fresh_growth(bench: Bench) -> list[Row]:
                 max_value=FRESH_GROWTH_TARGET, show_ratio=False, note=trace)]
 
 
+# CPython's own cost of a lane's life, in a plain process: `cycle` creates an own-GIL
+# interpreter, runs an IPython shell and the imports in it, destroys it (RSS growth per cycle
+# after a warm-up); `stop` creates `count` of them, then destroys them all (RSS each added, and
+# what destroying them gave back).
+LIFE_IMPORTS = "import json, decimal, asyncio"
+INTERPRETER_LIFE_PROBE = """
+import json, os, sys
+import _datetime  # before any subinterpreter does (CPython gh-136421)
+import _interpreters
+import psutil
+mode, count = sys.argv[1], int(sys.argv[2])
+shell = (
+    "from traitlets.config import Config\\n"
+    "from IPython.core.interactiveshell import InteractiveShell\\n"
+    "config = Config()\\n"
+    "config.HistoryManager.enabled = False\\n"
+    "InteractiveShell.instance(config=config).run_cell(%r, store_history=False)\\n"
+) % sys.argv[3]
+process = psutil.Process()
+def create():
+    interpreter = _interpreters.create()
+    _interpreters.run_string(interpreter, shell)
+    return interpreter
+if mode == "cycle":
+    for _ in range(5):
+        _interpreters.destroy(create())
+    before = process.memory_info().rss
+    for _ in range(count):
+        _interpreters.destroy(create())
+    print(json.dumps((process.memory_info().rss - before) / count), flush=True)
+else:
+    _interpreters.destroy(create())
+    before = process.memory_info().rss
+    interpreters = [create() for _ in range(count)]
+    with_them = process.memory_info().rss
+    for interpreter in interpreters:
+        _interpreters.destroy(interpreter)
+    after = process.memory_info().rss
+    print(json.dumps([(with_them - before) / count, with_them - after]), flush=True)
+"""
+RESTART_WARMUP, RESTART_CYCLES = 5, 40
+LIFE_FRESH_CELLS = 1000
+LIFE_FRESH_TARGET = 4 * 2**20  # "flat": under 4 kB a cell
+LIFE_LANES = 8
+
+
+def run_life_probe(mode: str, count: int, allocator: str | None = None):
+    env = dict(os.environ)
+    env.pop("PYTHONMALLOC", None)
+    if allocator:
+        env["PYTHONMALLOC"] = allocator
+    done = subprocess.run([sys.executable, "-c", INTERPRETER_LIFE_PROBE, mode, str(count),
+                           LIFE_IMPORTS], capture_output=True, text=True, env=env,
+                          timeout=REPLY_TIMEOUT * 3)
+    if done.returncode != 0:
+        raise RuntimeError(f"probe failed ({done.returncode}): {done.stderr.strip()[-300:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def lane_life(bench: Bench) -> list[Row]:
+    """What a lane's life leaves behind: RSS per `%lane restart` cycle, over many fresh-lane
+    cells that import modules, per named lane and given back when they are stopped; beside
+    CPython's own create/destroy of an interpreter doing the same in a plain process (with its
+    default allocator, pymalloc, and with mimalloc, the kernel's), and ipykernel for the cells."""
+    cpython = "CPython create/destroy"
+    restart = f"RSS per `%lane restart` cycle + `{LIFE_IMPORTS}` (after {RESTART_WARMUP})"
+    fresh = f"RSS growth over {LIFE_FRESH_CELLS} fresh-lane cells `{LIFE_IMPORTS}`"
+    per_lane = f"RSS per named lane + `{LIFE_IMPORTS}` (mean of {LIFE_LANES})"
+    given = f"RSS given back by stopping those {LIFE_LANES} lanes"
+    reason = lanes_unavailable(bench)
+    if reason:
+        return [Row.not_available(metric, cpython, reason) for metric in (restart, fresh, per_lane, given)]
+    anchors: dict[str, object] = {}
+    for allocator in (None, "mimalloc"):
+        try:
+            anchors[f"cycle {allocator}"] = run_life_probe("cycle", RESTART_CYCLES, allocator)
+            anchors[f"stop {allocator}"] = run_life_probe("stop", LIFE_LANES, allocator)
+        except (RuntimeError, subprocess.TimeoutExpired, ValueError) as failure:
+            return [Row.not_available(metric, cpython, str(failure)[:80])
+                    for metric in (restart, fresh, per_lane, given)]
+    kernel, _ = Running.start(bench.names[CANDIDATE])
+    try:
+        kernel.execute("pass")
+        pool = max(2, os.cpu_count() or 1)
+        all_ok(kernel.name, kernel.execute_all(["%%parallel\npass"] * pool)[1])
+        cell = f"%%lane R\n{LIFE_IMPORTS}"
+        for _ in range(RESTART_WARMUP):
+            kernel.execute(cell)
+            kernel.execute("%lane restart R")
+        before = kernel.rss()
+        for _ in range(RESTART_CYCLES):
+            kernel.execute(cell)
+            kernel.execute("%lane restart R")
+        kernel.execute(cell)
+        per_cycle = (kernel.rss() - before) / RESTART_CYCLES
+        kernel.execute("%lane stop R")
+        before = kernel.rss()
+        for i in range(LIFE_LANES):
+            kernel.execute(f"%%lane life-{i}\n{LIFE_IMPORTS}")
+        with_lanes = kernel.rss()
+        for i in range(LIFE_LANES):
+            kernel.execute(f"%lane stop life-{i}")
+        time.sleep(2)  # the interpreters end on their own threads after the replies
+        kernel.execute("pass")
+        given_back = with_lanes - kernel.rss()
+        lane_rss = (with_lanes - before) / LIFE_LANES
+    finally:
+        kernel.stop()
+    growth = {}
+    for role, code in ((ANCHOR, LIFE_IMPORTS), (CANDIDATE, "%%parallel\n" + LIFE_IMPORTS)):
+        kernel, _ = Running.start(bench.names[role])
+        try:
+            for _ in range(50):
+                kernel.execute(code)
+            before = kernel.rss()
+            for _ in range(LIFE_FRESH_CELLS):
+                kernel.execute(code)
+            growth[role] = float(kernel.rss() - before)
+        finally:
+            kernel.stop()
+    pymalloc_cycle, mimalloc_cycle = anchors["cycle None"], anchors["cycle mimalloc"]
+    (pymalloc_lane, pymalloc_given), (mimalloc_lane, mimalloc_given) = anchors["stop None"], anchors["stop mimalloc"]
+    with_mimalloc = "with PYTHONMALLOC=mimalloc: {}"
+    return [
+        Row(restart, "bytes", f"{cpython} (pymalloc)", pymalloc_cycle, per_cycle, max_ratio=1.0,
+            note=with_mimalloc.format(format_value(mimalloc_cycle, "bytes"))),
+        Row(fresh, "bytes", f"{bench.names[ANCHOR]}, same cells (main)", growth[ANCHOR],
+            growth[CANDIDATE], max_value=LIFE_FRESH_TARGET, show_ratio=False),
+        Row(per_lane, "bytes", f"{cpython} (pymalloc)", pymalloc_lane, lane_rss,
+            note=with_mimalloc.format(format_value(mimalloc_lane, "bytes"))),
+        Row(given, "bytes", f"{cpython} (pymalloc)", pymalloc_given, given_back, show_ratio=False,
+            note=f"of {format_value(lane_rss * LIFE_LANES, 'bytes')}; "
+                 + with_mimalloc.format(format_value(mimalloc_given, "bytes"))),
+    ]
+
+
 # --------------------------------------------------------------------------------------
 # A 200 MB request
 # --------------------------------------------------------------------------------------
@@ -751,6 +891,7 @@ BENCHMARKS: dict[str, Callable[[Bench], list[Row]]] = {
     "lane-memory": lane_memory,
     "fresh-latency": fresh_latency,
     "fresh-growth": fresh_growth,
+    "lane-life": lane_life,
     "big-request": big_request,
 }
 

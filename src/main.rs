@@ -128,6 +128,8 @@ fn parse_size(text: &str) -> Result<u64, String> {
 }
 
 fn run_kernel(connection_file: &std::path::Path, python: Option<PathBuf>, max_message_size: u64) -> anyhow::Result<()> {
+    // Before any thread starts: it may run the program again, with mimalloc's options set.
+    python::configure_allocator_environment();
     let connection = ConnectionInfo::from_file(connection_file)?;
     let curve = match (&connection.curve_publickey, &connection.curve_secretkey) {
         (Some(public), Some(secret)) => Some(transport::CurveKeys::new(public, secret)?),

@@ -506,6 +506,7 @@ fn lane_thread(lanes: &Arc<Lanes>, sub: &Arc<SubLane>, commands: Receiver<LaneCo
         // SAFETY: attached (above); `serve` stopped the control threads (their thread states are
         // deleted) and every thread the cells started, and dropped the shell's objects.
         unsafe { interpreter.end() };
+        give_back_memory();
     } else {
         tracing::warn!(
             lane = sub.lane.name(),
@@ -516,6 +517,18 @@ fn lane_thread(lanes: &Arc<Lanes>, sub: &Arc<SubLane>, commands: Receiver<LaneCo
         unsafe { interpreter.abandon() };
     }
     tracing::debug!(lane = sub.lane.name(), ended, "lane ended");
+}
+
+/// Returns the free memory of the C heap to the system after an interpreter ended: glibc keeps
+/// what a thread freed in that thread's arena, and trims an arena's top only, so what the ended
+/// interpreter used (its objects, if Python's allocator is malloc, and every buffer of its
+/// extension modules) stayed counted in the kernel's RSS. Runs with no thread state attached.
+fn give_back_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: `malloc_trim` only takes glibc's arena locks; no Python is involved.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 /// Answers every job sent to this lane with `why` (the lane cannot run). The lane leaves the

@@ -30,6 +30,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use tokio::sync::mpsc::UnboundedSender;
 
+pub use embed::configure_allocator_environment;
 pub use ffi::PythonException;
 
 use crate::lanes::{Event, Executor, InterruptTarget, Job, Lane, Query, RequestId};
