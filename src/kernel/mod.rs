@@ -8,7 +8,6 @@ mod history;
 mod lanes;
 mod queries;
 pub mod routing;
-mod streams;
 
 pub use queries::{QUERY_BOUND_BUSY, QUERY_BOUND_IDLE};
 
@@ -28,10 +27,9 @@ use tracing::{debug, error, info, warn};
 
 use crate::transport::{Channel, Incoming, Outgoing, RateLimit, Transport};
 use crate::wire::{quoted, reply_type, ExecuteRequest, Header, Message, Request, Session, Verifier, WireError};
-use crate::lanes::{CellCode, ErrorContent, Event, ExecuteJob, ExecuteReply, Executor, InterruptTarget, Job, Lane, Output, Query, RequestId};
+use crate::lanes::{CellCode, ErrorContent, Event, ExecuteJob, ExecuteReply, Executor, InterruptTarget, Job, Lane, Output, Query, RequestId, StreamName};
 use crate::wire::content::{CommKind, ExecuteResult};
 use history::History;
-use streams::{Flushed, StreamBuffer};
 
 /// What `kernel_info_reply` says about the language; known before Python starts.
 #[derive(Debug, Clone)]
@@ -127,7 +125,6 @@ pub struct Kernel<E: Executor> {
     /// Limits the warnings about dropped and refused messages.
     drop_warnings: RateLimit,
     execution_count: u64,
-    streams: StreamBuffer,
     history: History,
     /// `input_request`s sent and not yet answered: (its msg_id, the lane that waits).
     awaiting_input: VecDeque<(String, Lane)>,
@@ -159,7 +156,6 @@ impl<E: Executor> Kernel<E> {
             query_deadlines: VecDeque::new(),
             drop_warnings: RateLimit::new(),
             execution_count: 0,
-            streams: StreamBuffer::default(),
             history: History::default(),
             awaiting_input: VecDeque::new(),
             shutting_down: false,
@@ -172,7 +168,6 @@ impl<E: Executor> Kernel<E> {
         self.publish_status("starting", None);
         let mut events_open = true;
         while !self.shutting_down {
-            let deadline = self.streams.deadline();
             let query_deadline = self.query_deadlines.front().map(|(deadline, _)| *deadline);
             let set_aside_deadline = self.set_aside.values().filter_map(|job| job.answer_by).min();
             tokio::select! {
@@ -185,7 +180,6 @@ impl<E: Executor> Kernel<E> {
                         events_open = false;
                     }
                 },
-                () = sleep_until(deadline), if deadline.is_some() => self.flush_streams(),
                 () = sleep_until(query_deadline), if query_deadline.is_some() => self.expire_queries(),
                 () = sleep_until(set_aside_deadline), if set_aside_deadline.is_some() => self.answer_set_aside(),
                 Some(incoming) = transport.shell.recv() => self.on_incoming(incoming),
@@ -194,7 +188,6 @@ impl<E: Executor> Kernel<E> {
                 else => break,
             }
         }
-        self.flush_streams();
         // A client that stopped reading must not hold the process: the flush is bounded.
         if tokio::time::timeout(FLUSH_BOUND, transport.flush()).await.is_err() {
             warn!("outgoing messages were not all written within {FLUSH_BOUND:?}");
@@ -421,13 +414,9 @@ impl<E: Executor> Kernel<E> {
 
     fn on_event(&mut self, event: Event) {
         match event {
-            Event::Stream { request, name, text } => {
-                for ready in self.streams.push(request, name, &text, Instant::now()) {
-                    self.publish_stream(ready);
-                }
-            }
+            // Coalesced in the lane (`lanes::streams`): published as it comes.
+            Event::Stream { request, name, text } => self.publish_stream(request, name, text),
             Event::Output { request, output, metadata, buffers } => {
-                self.flush_streams();
                 match &output {
                     Output::ExecuteResult(result) => self.record_result(request, result),
                     Output::Comm(kind, content) => {
@@ -443,7 +432,6 @@ impl<E: Executor> Kernel<E> {
                 self.send(Channel::Iopub, &message);
             }
             Event::InputRequest { request, prompt, password } => {
-                self.flush_streams();
                 let Some(flight) = self.in_flight.get(&request) else {
                     warn!(request, "input requested by a request that is not running");
                     return;
@@ -557,7 +545,6 @@ impl<E: Executor> Kernel<E> {
     /// While other requests still run, a `busy` parented to one of them follows, so a client's
     /// indicator (which shows the last status) reads busy until the last request is done.
     fn finish(&mut self, id: RequestId, reply: Option<Value>) {
-        self.flush_streams();
         let Some(flight) = self.in_flight.remove(&id) else {
             warn!(id, "finished a request twice");
             return;
@@ -620,14 +607,7 @@ impl<E: Executor> Kernel<E> {
         self.send(Channel::Iopub, &message);
     }
 
-    fn flush_streams(&mut self) {
-        if let Some(ready) = self.streams.take() {
-            self.publish_stream(ready);
-        }
-    }
-
-    fn publish_stream(&mut self, flushed: Flushed) {
-        let Flushed { request, name, text } = flushed;
+    fn publish_stream(&mut self, request: Option<RequestId>, name: StreamName, text: String) {
         let parent = request.and_then(|id| self.header_of(id)).cloned();
         let message = self.iopub_message("stream", json!({"name": name.as_str(), "text": text}), parent.as_ref());
         self.send(Channel::Iopub, &message);

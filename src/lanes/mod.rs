@@ -3,6 +3,8 @@
 
 use std::sync::Arc;
 
+pub mod streams;
+
 use serde_json::{Map, Value};
 
 pub use crate::wire::content::{ErrorContent, ExecuteReply, Output};

@@ -2,16 +2,12 @@
 //! coalesced (sent on size, on `flush()`, before any other event, or on a short timer).
 
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use tokio::sync::mpsc::UnboundedSender;
 
+use crate::lanes::streams::{Flushed, StreamBuffer};
 use crate::lanes::{Event, RequestId, StreamName};
-
-/// Stream text waits here at most this long for more text.
-const STREAM_FLUSH_INTERVAL: Duration = Duration::from_millis(10);
-/// Stream text above this size is sent at once.
-const STREAM_FLUSH_SIZE: usize = 64 * 1024;
 
 /// Everything a lane sends to the kernel goes through here, so that the order is kept: stream
 /// text is buffered (a `print` is a few `write` calls; one event each would cost more than the
@@ -26,16 +22,8 @@ pub(super) struct Outlet {
 
 #[derive(Debug, Default)]
 struct Outbox {
-    pending: Option<PendingText>,
+    streams: StreamBuffer,
     closed: bool,
-}
-
-#[derive(Debug)]
-struct PendingText {
-    request: Option<RequestId>,
-    name: StreamName,
-    text: String,
-    since: Instant,
 }
 
 impl Outlet {
@@ -51,44 +39,29 @@ impl Outlet {
         self.outbox.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Sends the pending text; the caller holds the outbox lock, which orders all sends.
+    /// Sends text the buffer let go of; the caller holds the outbox lock, which orders all
+    /// sends.
+    fn send_stream(&self, flushed: Flushed) {
+        let Flushed { request, name, text } = flushed;
+        // A kernel that is gone no longer cares.
+        let _ = self.events.send(Event::Stream { request, name, text });
+    }
+
+    /// Sends the pending text; the caller holds the outbox lock.
     fn send_locked(&self, outbox: &mut Outbox) {
-        if let Some(pending) = outbox.pending.take() {
-            // A kernel that is gone no longer cares.
-            let _ = self.events.send(Event::Stream {
-                request: pending.request,
-                name: pending.name,
-                text: pending.text,
-            });
+        if let Some(flushed) = outbox.streams.take() {
+            self.send_stream(flushed);
         }
     }
 
     pub(super) fn write(&self, request: Option<RequestId>, name: StreamName, text: &str) {
         let mut outbox = self.lock();
-        match &mut outbox.pending {
-            Some(pending) if pending.request == request && pending.name == name => {
-                pending.text.push_str(text);
-            }
-            _ => {
-                let was_idle = outbox.pending.is_none();
-                self.send_locked(&mut outbox);
-                outbox.pending = Some(PendingText {
-                    request,
-                    name,
-                    text: text.to_owned(),
-                    since: Instant::now(),
-                });
-                if was_idle {
-                    self.wake.notify_one();
-                }
-            }
+        let was_idle = outbox.streams.deadline().is_none();
+        for flushed in outbox.streams.push(request, name, text, Instant::now()) {
+            self.send_stream(flushed);
         }
-        if outbox
-            .pending
-            .as_ref()
-            .is_some_and(|pending| pending.text.len() >= STREAM_FLUSH_SIZE)
-        {
-            self.send_locked(&mut outbox);
+        if was_idle && outbox.streams.deadline().is_some() {
+            self.wake.notify_one();
         }
     }
 
@@ -108,7 +81,7 @@ impl Outlet {
         self.wake.notify_one();
     }
 
-    /// The timer thread: sends text that has waited `STREAM_FLUSH_INTERVAL`.
+    /// The timer thread: sends text that has waited its interval.
     pub(super) fn run_timer(&self) {
         let mut outbox = self.lock();
         loop {
@@ -116,11 +89,7 @@ impl Outlet {
                 self.send_locked(&mut outbox);
                 return;
             }
-            match outbox
-                .pending
-                .as_ref()
-                .map(|pending| pending.since + STREAM_FLUSH_INTERVAL)
-            {
+            match outbox.streams.deadline() {
                 None => {
                     outbox = self
                         .wake

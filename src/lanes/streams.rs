@@ -1,11 +1,11 @@
 //! Coalesces stream writes: consecutive writes of one request to one stream become one
-//! `stream` message, flushed on a short timer, on size, and before any other output.
+//! `stream` message, flushed on a short timer, on size, and before any other output. The one
+//! stream buffer: each lane's way out (`native`'s outlet) keeps one, and the kernel publishes
+//! what comes out of it as it comes.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use tokio::time::Instant;
-
-use crate::lanes::{RequestId, StreamName};
+use super::{RequestId, StreamName};
 
 /// How long text may wait for more text before it is sent.
 pub const FLUSH_INTERVAL: Duration = Duration::from_millis(50);
