@@ -27,6 +27,7 @@
 //!   time per lane, and the registry of lanes by interpreter.
 //! - [`children`]: the processes cells started, ended with the kernel (SIGTERM, then SIGKILL).
 //! - [`install`]: writes the kernelspec.
+//! - [`sync`]: locks and condition variables without a poison check at every use.
 //! - [`fatal`]: the original stderr, and the panic hook and fatal-signal handlers that get a
 //!   dying kernel's last words (its own, Rust's, CPython's) into the log through it.
 //!
@@ -48,5 +49,6 @@ pub mod kernel;
 pub mod lanes;
 pub mod native;
 pub mod python;
+pub mod sync;
 pub mod transport;
 pub mod wire;

@@ -240,8 +240,9 @@ impl<E: Executor> Kernel<E> {
         }
     }
 
-    /// One row per lane for `%lanes` (the lane adds CPU time, which only it can measure).
+    /// One row per lane for `%lanes` (the lane's shell only formats it).
     fn lanes_table(&self) -> Value {
+        let cpu = self.executor.cpu_seconds();
         let mut rows: Vec<Value> = self
             .lanes
             .iter()
@@ -255,7 +256,7 @@ impl<E: Executor> Kernel<E> {
                 json!({
                     "name": lane.name(), "kind": kind, "state": state,
                     "running": queue.running_label, "queued": queue.waiting.len(),
-                    "cells_run": queue.cells_run,
+                    "cells_run": queue.cells_run, "cpu": cpu.get(&lane.name()),
                 })
             })
             .collect();

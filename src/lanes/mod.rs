@@ -165,8 +165,11 @@ impl Job {
     }
 }
 
-/// Requests answered beside whatever the lane is running (they only read its namespace).
-#[derive(Debug, Clone)]
+/// Requests answered beside whatever the lane is running (they only read its namespace). They
+/// cross to the lane's shell as JSON tagged with `kind` (`complete`, `inspect`, ...): the names
+/// are these variants', in snake case.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Query {
     Complete { code: String, cursor_pos: usize },
     Inspect { code: String, cursor_pos: usize, detail_level: u8 },
@@ -184,14 +187,19 @@ pub enum InterruptTarget {
 }
 
 /// What a lane asks of the kernel (parakernel's own magics). The lane blocks, interruptibly,
-/// until [`Executor::call_reply`] answers the call with the same `id`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// until [`Executor::call_reply`] answers the call with the same `id`. A lane's shell names a
+/// call by its `op` (these variants, in snake case) with its fields beside it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
 pub enum LaneCall {
     /// `%lanes`: one row per lane (name, kind, state, running cell, queued, cells run).
     Lanes,
     /// `%wait [NAME ...]`: answered when the named lanes (every other lane when empty) have
     /// finished every cell requested before the calling one.
-    Wait { lanes: Vec<String> },
+    Wait {
+        #[serde(default)]
+        lanes: Vec<String>,
+    },
     /// `%lane interrupt NAME`.
     Interrupt { lane: String },
     /// `%lane restart NAME`: queued cells are aborted, the running one interrupted, and the
@@ -271,6 +279,8 @@ pub trait Executor: Send {
     /// How many fresh lanes the warm pool has (the kernel runs at most that many fresh jobs at
     /// once).
     fn fresh_lanes(&self) -> usize;
+    /// CPU seconds each lane's thread spent running its jobs, by lane name (`%lanes`).
+    fn cpu_seconds(&self) -> std::collections::BTreeMap<String, f64>;
     /// Why subinterpreter lanes cannot run in this process (e.g. CPython older than 3.12.4), or
     /// `None` when they can.
     fn lanes_unavailable(&self) -> Option<String>;
@@ -281,6 +291,20 @@ pub trait Executor: Send {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn lane_calls_and_queries_are_named_by_their_variants() {
+        use super::{LaneCall, Query};
+        let call: LaneCall = serde_json::from_str(r#"{"op": "wait", "lanes": ["a"]}"#).unwrap();
+        assert_eq!(call, LaneCall::Wait { lanes: vec!["a".into()] });
+        assert_eq!(serde_json::from_str::<LaneCall>(r#"{"op": "wait"}"#).unwrap(), LaneCall::Wait { lanes: vec![] });
+        assert_eq!(serde_json::from_str::<LaneCall>(r#"{"op": "restart", "lane": "b"}"#).unwrap(), LaneCall::Restart { lane: "b".into() });
+        let unknown = serde_json::from_str::<LaneCall>(r#"{"op": "reboot"}"#).unwrap_err().to_string();
+        assert!(unknown.contains("lanes") && unknown.contains("stop"), "{unknown}");
+        assert!(serde_json::from_str::<LaneCall>(r#"{"op": "stop"}"#).is_err(), "stop needs a lane");
+        let query = serde_json::to_value(Query::IsComplete { code: "x".into() }).unwrap();
+        assert_eq!(query, serde_json::json!({"kind": "is_complete", "code": "x"}));
+    }
+
     use super::CellCode;
 
     #[test]

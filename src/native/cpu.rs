@@ -2,8 +2,10 @@
 //! running jobs, for `%lanes`.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
+
+use crate::sync::LockExt;
 
 /// CPU time the lane threads of one lane (by name, across restarts) spent running jobs.
 #[derive(Debug, Default)]
@@ -40,7 +42,7 @@ fn read_clock(clock: libc::clockid_t) -> Option<Duration> {
 
 impl CpuMeter {
     fn lock(&self) -> MutexGuard<'_, CpuSpent> {
-        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+        self.inner.lock_unpoisoned()
     }
 
     pub(super) fn begin(&self) {
@@ -80,15 +82,14 @@ static METERS: Mutex<BTreeMap<String, Arc<CpuMeter>>> = Mutex::new(BTreeMap::new
 
 /// The meter of the lane called `name` (created on first use, kept across restarts).
 pub fn cpu_meter(name: &str) -> Arc<CpuMeter> {
-    let mut meters = METERS.lock().unwrap_or_else(PoisonError::into_inner);
+    let mut meters = METERS.lock_unpoisoned();
     Arc::clone(meters.entry(name.to_owned()).or_default())
 }
 
 /// CPU seconds per lane name.
 pub fn cpu_times() -> BTreeMap<String, f64> {
     METERS
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
+        .lock_unpoisoned()
         .iter()
         .map(|(name, meter)| (name.clone(), meter.total().as_secs_f64()))
         .collect()

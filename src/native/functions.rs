@@ -217,34 +217,15 @@ pub(super) unsafe extern "C" fn sleep(
 }
 
 /// The kernel-side request named by `op` with JSON arguments `args`.
+/// The lane call `op` with `args` (a JSON object): the names are [`LaneCall`]'s own.
 fn parse_call(op: &str, args: &Value) -> Result<LaneCall, String> {
-    let lane = || {
-        args.get("lane")
-            .and_then(Value::as_str)
-            .map(str::to_owned)
-            .ok_or_else(|| format!("{op} needs a lane name"))
+    let mut call = match args {
+        Value::Object(fields) => fields.clone(),
+        Value::Null => serde_json::Map::new(),
+        _ => return Err("a lane call's arguments are a JSON object".into()),
     };
-    match op {
-        "lanes" => Ok(LaneCall::Lanes),
-        "wait" => {
-            let lanes = match args.get("lanes") {
-                None | Some(Value::Null) => Vec::new(),
-                Some(Value::Array(names)) => names
-                    .iter()
-                    .map(|name| name.as_str().map(str::to_owned))
-                    .collect::<Option<Vec<_>>>()
-                    .ok_or("wait takes a list of lane names")?,
-                Some(_) => return Err("wait takes a list of lane names".into()),
-            };
-            Ok(LaneCall::Wait { lanes })
-        }
-        "interrupt" => Ok(LaneCall::Interrupt { lane: lane()? }),
-        "restart" => Ok(LaneCall::Restart { lane: lane()? }),
-        "stop" => Ok(LaneCall::Stop { lane: lane()? }),
-        _ => Err(format!(
-            "unknown lane call {op:?}; known: lanes, wait, interrupt, restart, stop"
-        )),
-    }
+    call.insert("op".into(), Value::from(op));
+    serde_json::from_value(Value::Object(call)).map_err(|error| format!("lane call {op:?}: {error}"))
 }
 
 pub(super) unsafe extern "C" fn call(

@@ -4,13 +4,14 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Instant;
 
 use pyo3_ffi as ffi;
 use serde_json::Value;
 use tokio::sync::mpsc::UnboundedSender;
 
+use crate::sync::{CondvarExt, LockExt};
 use super::cpu::{cpu_meter, CpuMeter};
 use super::outlet::Outlet;
 use super::threads::spawn_without_sigint;
@@ -184,7 +185,7 @@ impl LaneState {
     }
 
     pub(super) fn lock_waits(&self) -> MutexGuard<'_, Waits> {
-        self.waits.lock().unwrap_or_else(PoisonError::into_inner)
+        self.waits.lock_unpoisoned()
     }
 
     /// Hands the client's `input_reply` to a waiting `input()`. Returns false (and drops the
@@ -301,8 +302,7 @@ impl LaneState {
                     None => {
                         waits = self
                             .waits_changed
-                            .wait(waits)
-                            .unwrap_or_else(PoisonError::into_inner);
+                            .wait_unpoisoned(waits);
                     }
                     Some(deadline) => {
                         let now = Instant::now();
@@ -311,9 +311,7 @@ impl LaneState {
                         }
                         waits = self
                             .waits_changed
-                            .wait_timeout(waits, deadline - now)
-                            .unwrap_or_else(PoisonError::into_inner)
-                            .0;
+                            .wait_timeout_unpoisoned(waits, deadline - now);
                     }
                 }
             }

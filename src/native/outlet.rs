@@ -1,11 +1,12 @@
 //! The way out of a lane: every event a lane sends to the kernel, in order, with stream text
 //! coalesced (sent on size, on `flush()`, before any other event, or on a short timer).
 
-use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::Instant;
 
 use tokio::sync::mpsc::UnboundedSender;
 
+use crate::sync::{CondvarExt, LockExt};
 use crate::lanes::streams::{Flushed, StreamBuffer};
 use crate::lanes::{Event, RequestId, StreamName};
 
@@ -36,7 +37,7 @@ impl Outlet {
     }
 
     fn lock(&self) -> MutexGuard<'_, Outbox> {
-        self.outbox.lock().unwrap_or_else(PoisonError::into_inner)
+        self.outbox.lock_unpoisoned()
     }
 
     /// Sends text the buffer let go of; the caller holds the outbox lock, which orders all
@@ -93,8 +94,7 @@ impl Outlet {
                 None => {
                     outbox = self
                         .wake
-                        .wait(outbox)
-                        .unwrap_or_else(PoisonError::into_inner);
+                        .wait_unpoisoned(outbox);
                 }
                 Some(due) => {
                     let now = Instant::now();
@@ -103,9 +103,7 @@ impl Outlet {
                     } else {
                         outbox = self
                             .wake
-                            .wait_timeout(outbox, due - now)
-                            .unwrap_or_else(PoisonError::into_inner)
-                            .0;
+                            .wait_timeout_unpoisoned(outbox, due - now);
                     }
                 }
             }

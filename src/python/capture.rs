@@ -7,8 +7,9 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 
+use crate::sync::LockExt;
 use crate::fatal;
 use crate::lanes::StreamName;
 use crate::native::{self, LaneState};
@@ -112,7 +113,7 @@ impl FdCapture {
     pub(crate) fn sync(&self) {
         // SAFETY: flushes the C stdio buffers of this process (printf from extension modules).
         unsafe { libc::fflush(std::ptr::null_mut()) };
-        let mut readers = self.readers.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut readers = self.readers.lock_unpoisoned();
         readers.drain();
         fatal::captured_stderr_handed_over();
     }
@@ -132,8 +133,7 @@ impl Drop for FdCapture {
 
 fn read_until_closed(readers: &Mutex<Readers>) {
     let fds: Vec<RawFd> = readers
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
+        .lock_unpoisoned()
         .pipes
         .iter()
         .map(|(fd, _, _)| fd.as_raw_fd())
@@ -154,8 +154,7 @@ fn read_until_closed(readers: &Mutex<Readers>) {
             return;
         }
         let open = readers
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+            .lock_unpoisoned()
             .drain();
         for (polled, open) in polled.iter_mut().zip(open) {
             if !open {

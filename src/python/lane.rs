@@ -272,22 +272,7 @@ impl Drop for LaneRuntime<'_> {
 /// Answers a query with the shell of the interpreter attached to this thread (any thread of
 /// that interpreter: it finds the shell helper in `sys.modules`).
 pub(crate) fn answer(gil: Gil<'_>, query: &Query) -> Value {
-    let request = match query {
-        Query::Complete { code, cursor_pos } => {
-            json!({ "kind": "complete", "code": code, "cursor_pos": cursor_pos })
-        }
-        Query::Inspect {
-            code,
-            cursor_pos,
-            detail_level,
-        } => json!({
-            "kind": "inspect", "code": code, "cursor_pos": cursor_pos, "detail_level": detail_level,
-        }),
-        Query::IsComplete { code } => json!({ "kind": "is_complete", "code": code }),
-        Query::CommInfo { target_name } => {
-            json!({ "kind": "comm_info", "target_name": target_name })
-        }
-    };
+    let request = serde_json::to_string(query).expect("a query is plain JSON");
     let reply = gil
         .import(SHELL_MODULE)
         .and_then(|module| module.getattr(c"query"))

@@ -12,12 +12,13 @@
 
 use std::collections::BTreeMap;
 use std::sync::mpsc::{self, Receiver, Sender};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tokio::sync::mpsc::UnboundedSender;
 
+use crate::sync::{CondvarExt, LockExt};
 use super::answers::Answers;
 use super::backend::LaneBackend;
 use super::ffi::{AsyncException, Gil, InterpreterHandle, OwnInterpreter};
@@ -150,11 +151,11 @@ impl Lanes {
     }
 
     fn registry(&self) -> MutexGuard<'_, Registry> {
-        self.registry.lock().unwrap_or_else(PoisonError::into_inner)
+        self.registry.lock_unpoisoned()
     }
 
     fn lock_gate(&self) -> MutexGuard<'_, Gate> {
-        self.gate.lock().unwrap_or_else(PoisonError::into_inner)
+        self.gate.lock_unpoisoned()
     }
 
     /// Python runs and the main interpreter imported what must come first: lanes may start.
@@ -176,8 +177,7 @@ impl Lanes {
                 Gate::Starting => {
                     gate = self
                         .gate_changed
-                        .wait(gate)
-                        .unwrap_or_else(PoisonError::into_inner);
+                        .wait_unpoisoned(gate);
                 }
                 Gate::Open(main) => return Ok(*main),
                 Gate::Closed(why) => return Err(why.clone()),
@@ -412,9 +412,7 @@ impl Lanes {
             }
             registry = self
                 .thread_done
-                .wait_timeout(registry, deadline - now)
-                .unwrap_or_else(PoisonError::into_inner)
-                .0;
+                .wait_timeout_unpoisoned(registry, deadline - now);
         }
         registry.abandoned == 0
     }
@@ -446,7 +444,7 @@ impl Lanes {
 
 impl SubLane {
     fn link(&self) -> MutexGuard<'_, Link> {
-        self.link.lock().unwrap_or_else(PoisonError::into_inner)
+        self.link.lock_unpoisoned()
     }
 
     /// Asks the control thread to interrupt the running job, if there is one.

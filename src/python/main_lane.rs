@@ -5,11 +5,12 @@
 //! (`runtime`).
 
 use std::sync::mpsc::{self, Receiver, Sender};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 
 use serde_json::Value;
 use tokio::sync::mpsc::UnboundedSender;
 
+use crate::sync::LockExt;
 use super::answers::Answers;
 use super::backend::LaneBackend;
 use super::capture::FdCapture;
@@ -36,7 +37,7 @@ struct MainSignal {
 
 impl MainControl {
     fn lock(&self) -> std::sync::MutexGuard<'_, MainSignal> {
-        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+        self.inner.lock_unpoisoned()
     }
 
     /// Marks a job as running, after clearing a SIGINT left over from the previous one (an

@@ -253,6 +253,10 @@ impl Executor for PythonExecutor {
         self.fresh_lanes
     }
 
+    fn cpu_seconds(&self) -> std::collections::BTreeMap<String, f64> {
+        crate::native::cpu_times()
+    }
+
     fn lanes_unavailable(&self) -> Option<String> {
         embed::lanes_unavailable()
     }

@@ -9,7 +9,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -17,6 +17,7 @@ use tokio::net::{TcpListener, TcpStream, UnixStream};
 use tokio::sync::{mpsc, watch};
 use std::thread::JoinHandle;
 
+use crate::sync::LockExt;
 use super::monitor::RateLimit;
 use super::socket::MAX_FRAMES;
 use super::zmtp::FrameCheck;
@@ -172,7 +173,7 @@ impl Shared {
     /// Logs a warning unless too many were logged lately (a flood of bad connections must not
     /// flood the log); says how many were left out.
     fn warn(&self, peer: Option<SocketAddr>, what: &dyn std::fmt::Display) {
-        let allowed = self.warnings.lock().unwrap_or_else(PoisonError::into_inner).allow(Instant::now());
+        let allowed = self.warnings.lock_unpoisoned().allow(Instant::now());
         let Some(suppressed) = allowed else { return };
         let peer = peer.map_or_else(|| "-".to_owned(), |peer| peer.to_string());
         if suppressed > 0 {

@@ -30,10 +30,12 @@ pub mod zmtp;
 
 use std::fmt;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::sync::LockExt;
 
 pub use monitor::RateLimit;
 pub use options::{CurveKeys, SocketOptions, DEFAULT_MAX_MESSAGE_SIZE};
@@ -472,7 +474,7 @@ impl Closer {
     /// was written, or the linger time (1 s) has passed; then waits for the gates to relay it.
     /// Removes the socket files and their private directory. Calling it again does nothing.
     pub fn close(&self) {
-        let state = self.inner.lock().unwrap_or_else(PoisonError::into_inner).take();
+        let state = self.inner.lock_unpoisoned().take();
         let Some(CloserState { context, heartbeat, gates, files }) = state else {
             return;
         };

@@ -3,8 +3,9 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, Once, PoisonError};
+use std::sync::{Mutex, Once};
 
+use crate::sync::LockExt;
 use super::TransportError;
 
 /// The default largest message a peer may send: a larger declared frame drops the connection
@@ -294,7 +295,7 @@ static SOCKET_FILES: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 
 pub(super) fn remove_at_exit(path: &Path) {
     static REGISTER: Once = Once::new();
-    SOCKET_FILES.lock().unwrap_or_else(PoisonError::into_inner).push(path.to_owned());
+    SOCKET_FILES.lock_unpoisoned().push(path.to_owned());
     REGISTER.call_once(|| {
         // SAFETY: no Python interpreter is involved; registers a plain C function.
         let status = unsafe { libc::atexit(remove_socket_files_at_exit) };
@@ -315,7 +316,7 @@ extern "C" fn remove_socket_files_at_exit() {
 
 pub(super) fn remove_now(path: &Path) {
     remove(path);
-    SOCKET_FILES.lock().unwrap_or_else(PoisonError::into_inner).retain(|kept| kept != path);
+    SOCKET_FILES.lock_unpoisoned().retain(|kept| kept != path);
 }
 
 fn remove(path: &Path) {

@@ -174,6 +174,9 @@ async fn lanes_table_interrupt_restart_and_stop() {
     assert_eq!(row["queued"], 1);
     assert_eq!(row["running"], "In [1]: long()");
     assert!(table.as_array().unwrap().iter().any(|row| row["name"] == "fresh-1" && row["kind"] == "fresh"));
+    let main = table.as_array().unwrap().iter().find(|row| row["name"] == "main").unwrap();
+    assert_eq!(main["cpu"], 0.5, "the executor's CPU seconds are in the row");
+    assert!(row["cpu"].is_null(), "a lane without a meter has no CPU time");
 
     h.event(Event::Call { lane: Lane::Main, id: 2, request: None, call: LaneCall::Interrupt { lane: "a".into() } });
     assert!(matches!(h.call().await, Call::Interrupt(InterruptTarget::Lane(Lane::Named(name))) if name == "a"));

@@ -47,6 +47,10 @@ impl Executor for MockExecutor {
     fn fresh_lanes(&self) -> usize {
         FRESH_LANES
     }
+    fn cpu_seconds(&self) -> std::collections::BTreeMap<String, f64> {
+        std::collections::BTreeMap::from([("main".to_owned(), 0.5)])
+    }
+
     fn lanes_unavailable(&self) -> Option<String> {
         self.1.clone()
     }

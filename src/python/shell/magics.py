@@ -61,11 +61,10 @@ def _lanes_table(rows):
     """The %lanes table as text/plain and text/html."""
     import html
 
-    cpu = json.loads(_parakernel.cpu_times())
     cells = []
     for row in rows:
         row = dict(row)
-        row["cpu"] = _format_seconds(cpu.get(str(row.get("name"))))
+        row["cpu"] = _format_seconds(row.get("cpu"))
         cells.append(["" if row.get(key) is None else str(row.get(key)) for key, _ in _LANES_COLUMNS])
     titles = [title for _, title in _LANES_COLUMNS]
     widths = [max([len(title)] + [len(line[i]) for line in cells]) for i, title in enumerate(titles)]
