@@ -6,12 +6,12 @@
 //!
 //! Who owns what: [`Lanes`] (shared by the executor and the main lane) holds the current
 //! interpreter of every lane and those being ended; a lane thread owns its interpreter
-//! ([`OwnInterpreter`]) and its shell, and is the only one that creates or ends them; each control
+//! (`OwnInterpreter`, in `sublane`) and its shell, and is the only one that creates or ends them; each control
 //! thread owns one thread state of the interpreter and deletes it before the lane thread ends
 //! the interpreter (`CPython` aborts otherwise: "not the last thread").
 
 use std::collections::BTreeMap;
-use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::mpsc::{self, Receiver};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -21,16 +21,16 @@ use tokio::sync::mpsc::UnboundedSender;
 use crate::sync::{CondvarExt, LockExt};
 use super::answers::Answers;
 use super::backend::LaneBackend;
-use super::ffi::{AsyncException, Gil, InterpreterHandle, OwnInterpreter};
-use super::lane::LaneRuntime;
-use super::runtime::{self, ControlCommand, LaneCommand, LaneKind};
+use super::ffi::InterpreterHandle;
+use super::runtime::{ControlCommand, LaneCommand};
+use super::sublane::{lane_thread, Link, Phase, SubLane};
 use crate::lanes::{ErrorContent, Event, Job, Lane, Query, RequestId};
 use crate::native::{self, LaneState};
 
 /// How long an ending interpreter's threads (those its cells started) get to stop after
 /// `SystemExit` was raised in them, and how long its control threads get to let go of their
 /// thread states. Past that the interpreter is left alive (and Python is not finalized).
-const END_TIMEOUT: Duration = Duration::from_secs(1);
+pub(super) const END_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Whether Python is ready for lanes to create interpreters.
 enum Gate {
@@ -44,8 +44,8 @@ enum Gate {
 /// The lanes of the process, shared by the executor (which starts jobs, interrupts, ends lanes)
 /// and the main lane (which opens the gate once Python runs and waits for lanes at shutdown).
 pub(crate) struct Lanes {
-    events: UnboundedSender<Event>,
-    answers: Arc<Answers>,
+    pub(super) events: UnboundedSender<Event>,
+    pub(super) answers: Arc<Answers>,
     fresh_count: usize,
     gate: Mutex<Gate>,
     gate_changed: Condvar,
@@ -55,7 +55,7 @@ pub(crate) struct Lanes {
 }
 
 #[derive(Default)]
-struct Registry {
+pub(super) struct Registry {
     named: BTreeMap<String, Arc<SubLane>>,
     fresh: Vec<Option<Arc<SubLane>>>,
     /// Interpreters that were replaced (restart, stop, a fresh lane that could not be restored)
@@ -68,39 +68,6 @@ struct Registry {
     shutting_down: bool,
 }
 
-/// One subinterpreter of a lane, and the handles to its threads.
-struct SubLane {
-    lane: Lane,
-    inbox: Sender<LaneCommand>,
-    state: Arc<LaneState>,
-    link: Mutex<Link>,
-}
-
-/// What the executor needs to reach a running interpreter; changed by the lane thread with the
-/// interpreter's GIL held, so a control thread (holding that GIL) sees a stable value.
-#[derive(Default)]
-struct Link {
-    phase: Phase,
-    control: Option<Sender<ControlCommand>>,
-    /// The thread that answers queries: a completion (seconds, the first time jedi loads)
-    /// never holds up an interrupt.
-    queries: Option<Sender<ControlCommand>>,
-    /// The job sent to the lane and not started yet (the kernel sends one at a time).
-    sent: Option<RequestId>,
-    /// That job was interrupted before it started: it is answered `KeyboardInterrupt` instead
-    /// of running (an interrupt while a new lane's interpreter starts is not lost).
-    interrupted: Option<RequestId>,
-}
-
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-enum Phase {
-    #[default]
-    Starting,
-    Idle,
-    Running(RequestId),
-    Ending,
-}
-
 /// Answers `job` with an error (an `error` output for execute jobs, then `Finished`).
 pub(crate) fn refuse(events: &UnboundedSender<Event>, job: &Job, ename: &str, evalue: &str) {
     for event in Event::refusal(job, ErrorContent::new(ename, evalue)) {
@@ -110,7 +77,7 @@ pub(crate) fn refuse(events: &UnboundedSender<Event>, job: &Job, ename: &str, ev
 
 impl Registry {
     /// Takes `sub` out of wherever it is listed.
-    fn remove(&mut self, sub: &Arc<SubLane>) {
+    pub(super) fn remove(&mut self, sub: &Arc<SubLane>) {
         self.ending.retain(|other| !Arc::ptr_eq(other, sub));
         match &sub.lane {
             Lane::Named(name) => {
@@ -150,7 +117,7 @@ impl Lanes {
         }
     }
 
-    fn registry(&self) -> MutexGuard<'_, Registry> {
+    pub(super) fn registry(&self) -> MutexGuard<'_, Registry> {
         self.registry.lock_unpoisoned()
     }
 
@@ -170,7 +137,7 @@ impl Lanes {
         self.gate_changed.notify_all();
     }
 
-    fn wait_gate(&self) -> Result<InterpreterHandle, String> {
+    pub(super) fn wait_gate(&self) -> Result<InterpreterHandle, String> {
         let mut gate = self.lock_gate();
         loop {
             match &*gate {
@@ -235,7 +202,7 @@ impl Lanes {
     /// 3.13.0), which a notebook that never leaves the main lane should not pay. And not
     /// together with that first lane: on 2 cores, creating the pool at the same time made the
     /// first lane's first cell wait 230-650 ms instead of 110-170 ms.
-    fn warm_pool(self: &Arc<Self>) {
+    pub(super) fn warm_pool(self: &Arc<Self>) {
         let mut registry = self.registry();
         if registry.shutting_down {
             return;
@@ -282,14 +249,14 @@ impl Lanes {
 
     /// The lane thread is done with Python: drop the lane from the registry if it is still
     /// there (it ended at shutdown) and count the thread out.
-    fn forget(&self, sub: &Arc<SubLane>) {
+    pub(super) fn forget(&self, sub: &Arc<SubLane>) {
         let mut registry = self.registry();
         registry.remove(sub);
         registry.threads -= 1;
         self.thread_done.notify_all();
     }
 
-    fn record_abandoned(&self) {
+    pub(super) fn record_abandoned(&self) {
         self.registry().abandoned += 1;
     }
 
@@ -420,7 +387,7 @@ impl Lanes {
     /// A fresh lane whose restore cannot be trusted: a new interpreter takes its slot (before the
     /// job's `Finished` frees the slot, so nothing new reaches the old inbox; a job found there
     /// all the same moves to the new one). The old one then ends.
-    fn replace_fresh(self: &Arc<Self>, old: &Arc<SubLane>, slot: usize, commands: &Receiver<LaneCommand>) {
+    pub(super) fn replace_fresh(self: &Arc<Self>, old: &Arc<SubLane>, slot: usize, commands: &Receiver<LaneCommand>) {
         let mut registry = self.registry();
         let current = registry.fresh[slot].as_ref().is_some_and(|sub| Arc::ptr_eq(sub, old));
         let new = (current && !registry.shutting_down).then(|| {
@@ -439,215 +406,6 @@ impl Lanes {
                 }
             }
         }
-    }
-}
-
-impl SubLane {
-    fn link(&self) -> MutexGuard<'_, Link> {
-        self.link.lock_unpoisoned()
-    }
-
-    /// Asks the control thread to interrupt the running job, if there is one.
-    fn interrupt(&self) {
-        let mut link = self.link();
-        if let (Phase::Running(request), Some(control)) = (link.phase, &link.control) {
-            let _ = control.send(ControlCommand::Interrupt(request));
-        } else {
-            link.interrupted = link.sent;
-        }
-    }
-
-    fn set_phase(&self, _gil: Gil<'_>, phase: Phase) {
-        self.link().phase = phase;
-    }
-
-    /// Raises `KeyboardInterrupt` in the job for `request` if it still runs: wakes its wait, or
-    /// raises asynchronously in the lane thread. With `gil` (this interpreter's, held by a
-    /// control thread) the lane thread runs no Python: its phase and its waits cannot change.
-    fn interrupt_running(&self, gil: Gil<'_>, request: RequestId) -> bool {
-        if self.link().phase != Phase::Running(request) {
-            return false;
-        }
-        if self.state.interrupt_lane_thread() {
-            return true;
-        }
-        self.state.lane_thread().is_some_and(|thread| gil.set_async_exc(thread, AsyncException::KeyboardInterrupt))
-    }
-}
-
-/// The body of a lane thread: creates the interpreter, serves jobs until told to end, ends it.
-fn lane_thread(lanes: &Arc<Lanes>, sub: &Arc<SubLane>, commands: Receiver<LaneCommand>) {
-    let main = match lanes.wait_gate() {
-        Ok(main) => main,
-        Err(why) => return refuse_all(lanes, sub, &commands, &why),
-    };
-    sub.state.bind_lane_thread();
-    let started = Instant::now();
-    // SAFETY: the gate is open, so Python runs and `main` is the main interpreter, which is not
-    // finalized while this thread is counted in `Registry::threads`; no thread state is attached
-    // to this new thread.
-    let interpreter = match unsafe { OwnInterpreter::create(main) } {
-        Ok(interpreter) => interpreter,
-        Err(why) => {
-            let why = format!("could not create the lane's interpreter: {why}");
-            tracing::error!(lane = sub.lane.name(), "{why}");
-            return refuse_all(lanes, sub, &commands, &why);
-        }
-    };
-    tracing::debug!(lane = sub.lane.name(), elapsed = ?started.elapsed(), "interpreter created");
-    // SAFETY: `create` returned with the new interpreter's thread state attached to this thread;
-    // it stays attached (except inside `Gil::detach`) until `end` or `abandon` below, after
-    // `serve` returned and dropped every object of the interpreter.
-    let gil = unsafe { Gil::assume() };
-    let ended = serve(lanes, sub, gil, interpreter.handle(), commands, started);
-    if ended {
-        // SAFETY: attached (above); `serve` stopped the control threads (their thread states are
-        // deleted) and every thread the cells started, and dropped the shell's objects.
-        unsafe { interpreter.end() };
-        give_back_memory();
-    } else {
-        tracing::warn!(
-            lane = sub.lane.name(),
-            "a thread of the lane would not stop: its interpreter is left running"
-        );
-        lanes.record_abandoned();
-        // SAFETY: attached (above); `serve` dropped the shell's objects.
-        unsafe { interpreter.abandon() };
-    }
-    tracing::debug!(lane = sub.lane.name(), ended, "lane ended");
-}
-
-/// Returns the free memory of the C heap to the system after an interpreter ended: glibc keeps
-/// what a thread freed in that thread's arena, and trims an arena's top only, so what the ended
-/// interpreter used (its objects, if Python's allocator is malloc, and every buffer of its
-/// extension modules) stayed counted in the kernel's RSS. Runs with no thread state attached.
-fn give_back_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: `malloc_trim` only takes glibc's arena locks; no Python is involved.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}
-
-/// Answers every job sent to this lane with `why` (the lane cannot run). The lane leaves the
-/// registry first, so the next job for it tries again with a new interpreter, and no job is
-/// sent to this one after the inbox is drained.
-fn refuse_all(lanes: &Lanes, sub: &Arc<SubLane>, commands: &Receiver<LaneCommand>, why: &str) {
-    let mut registry = lanes.registry();
-    registry.remove(sub);
-    while let Ok(command) = commands.try_recv() {
-        if let LaneCommand::Run(job) = command {
-            refuse(&lanes.events, &job, "RuntimeError", why);
-        }
-    }
-}
-
-/// Starts the shell and the control threads, serves jobs, then stops them. Returns whether the
-/// interpreter may be ended (nothing of it runs any more).
-fn serve(
-    lanes: &Arc<Lanes>,
-    sub: &Arc<SubLane>,
-    gil: Gil<'_>,
-    interpreter: InterpreterHandle,
-    commands: Receiver<LaneCommand>,
-    started: Instant,
-) -> bool {
-    let runtime = match LaneRuntime::start(gil, Arc::clone(&sub.state)) {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            let mut why = format!("the lane could not start: {error}");
-            if let super::PythonError::Setup { exception, .. } = &error {
-                why = format!("{why}: {exception}\n{}", exception.traceback.concat());
-            }
-            tracing::error!(lane = sub.lane.name(), "{why}");
-            gil.detach(move || refuse_all(lanes, sub, &commands, &why));
-            return true;
-        }
-    };
-    tracing::debug!(lane = sub.lane.name(), elapsed = ?started.elapsed(), "lane ready");
-    let spawn_control = |role: &str| {
-        let (sender, inbox) = mpsc::channel();
-        let interrupted = Arc::clone(sub);
-        let thread = runtime::spawn_control_thread(
-            &format!("pk-{role}-{}", sub.lane.name()),
-            interpreter,
-            Arc::clone(&lanes.answers),
-            inbox,
-            move |gil, request| interrupted.interrupt_running(gil, request),
-        );
-        (sender, thread)
-    };
-    let controls = vec![spawn_control("ctl"), spawn_control("query")];
-    {
-        let mut link = sub.link();
-        link.control = Some(controls[0].0.clone());
-        link.queries = Some(controls[1].0.clone());
-        link.phase = Phase::Idle;
-    }
-    gil.detach(|| lanes.warm_pool());
-
-    runtime::serve(gil, &runtime, &sub.state, &SubKind { lanes, sub }, commands);
-
-    sub.set_phase(gil, Phase::Ending);
-    {
-        let mut link = sub.link();
-        link.control = None;
-        link.queries = None;
-    }
-    // Both control threads delete their thread states before the interpreter may end.
-    let control_stopped = runtime::stop_control_threads(gil, controls, END_TIMEOUT);
-    let threads_stopped = runtime.end_threads(END_TIMEOUT.as_secs_f64());
-    drop(runtime);
-    control_stopped && threads_stopped
-}
-
-/// What a subinterpreter lane does around each job: the phase its control thread reads (an
-/// interrupt raises only in the job it was meant for), an interrupt that came before the job
-/// started, and a fresh lane's restore.
-struct SubKind<'a> {
-    lanes: &'a Arc<Lanes>,
-    sub: &'a Arc<SubLane>,
-}
-
-impl LaneKind for SubKind<'_> {
-    fn begin(&self, gil: Gil<'_>, job: &Job) -> Option<Vec<Event>> {
-        let request = job.request();
-        let interrupted = {
-            let mut link = self.sub.link();
-            link.sent = None;
-            link.phase = Phase::Running(request);
-            link.interrupted.take() == Some(request)
-        };
-        if !interrupted {
-            return None;
-        }
-        self.sub.set_phase(gil, Phase::Idle);
-        Some(Event::refusal(job, ErrorContent::new("KeyboardInterrupt", "interrupted before the cell started")))
-    }
-
-    fn end(&self, gil: Gil<'_>) {
-        self.sub.set_phase(gil, Phase::Idle);
-        // An interrupt that reached the lane as the job ended must not hit what runs next. The
-        // control thread raises only while holding this GIL and seeing `Running(request)`.
-        if let Some(thread) = self.sub.state.lane_thread() {
-            gil.set_async_exc(thread, AsyncException::Clear);
-        }
-    }
-
-    /// A fresh lane is restored before its job is finished: what the restore prints (`__del__`
-    /// of the cell's objects) is still the cell's output, published before its idle. The kernel
-    /// sends the slot nothing new before this `Finished`.
-    fn after(&self, gil: Gil<'_>, runtime: &LaneRuntime<'_>, commands: Receiver<LaneCommand>) -> Option<Receiver<LaneCommand>> {
-        let Lane::Fresh(slot) = self.sub.lane else { return Some(commands) };
-        let restored = Instant::now();
-        let trusted = runtime.restore();
-        tracing::trace!(slot, elapsed = ?restored.elapsed(), trusted, "fresh lane restored");
-        if trusted {
-            return Some(commands);
-        }
-        let (lanes, sub) = (self.lanes, self.sub);
-        gil.detach(move || lanes.replace_fresh(sub, slot, &commands));
-        None
     }
 }
 

@@ -20,6 +20,7 @@ mod ffi;
 mod lane;
 mod lanes;
 mod main_lane;
+mod sublane;
 mod runtime;
 
 use std::path::PathBuf;
