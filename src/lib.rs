@@ -25,6 +25,9 @@
 //!   init, per-interpreter GIL): its definition, its functions (stream writers, display
 //!   publishing, `input()`, lane calls), each lane's state and waits, output coalescing, CPU
 //!   time per lane, and the registry of lanes by interpreter.
+//! - [`channels`]: the process-wide channels between lanes, their messages as owned Rust values
+//!   (knows nothing of Python; the native module converts). Issue 8, first step: not reachable
+//!   from Python yet.
 //! - [`children`]: the processes cells started, ended with the kernel (SIGTERM, then SIGKILL).
 //! - [`install`]: writes the kernelspec.
 //! - [`sync`]: locks and condition variables without a poison check at every use.
@@ -42,6 +45,7 @@
 //! `main.rs` joins them: it binds the transport, starts `python` and hands its executor to the
 //! `kernel`.
 
+pub mod channels;
 pub mod children;
 pub mod fatal;
 pub mod install;

@@ -1,0 +1,254 @@
+//! The process-wide channels between lanes (issue 8): named FIFOs whose messages are owned Rust
+//! values ([`Value`]), never Python objects of another interpreter. Knows nothing of Python: the
+//! native module of the sending interpreter turns its objects into a [`Value`], that of the
+//! receiving interpreter turns the [`Value`] back into objects.
+//!
+//! Waiting is here too, so that it is the same for every kind of lane: a blocked `send` or
+//! `recv` waits on the channel's condition variable, and re-checks a `stop` condition (the
+//! caller's interrupt) whenever [`Channel::wake`] is called. Every message is delivered exactly
+//! once, in order, whatever the number of senders and receivers.
+
+mod value;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Instant;
+
+pub use value::{Int, Value};
+
+use crate::sync::{CondvarExt, LockExt};
+
+/// Why a channel cannot be had.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ChannelError {
+    #[error("channel {name:?} exists with maxsize {existing}; open it with channel({name:?}) or maxsize={existing}")]
+    MaxsizeMismatch { name: String, existing: usize },
+    #[error("{0:?} is not a channel name: use 1-128 characters, no control characters")]
+    BadName(String),
+}
+
+/// Why a send did not happen; the value comes back.
+#[derive(Debug, PartialEq)]
+pub enum SendError {
+    /// Bounded and full until the deadline (or at once, without waiting).
+    Full(Value),
+    Closed(Value),
+    /// `stop` said so (an interrupt).
+    Stopped(Value),
+}
+
+/// Why a receive gave nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecvError {
+    /// Nothing came before the deadline (or at once, without waiting).
+    Empty,
+    /// Closed, and everything sent before was received.
+    Closed,
+    Stopped,
+}
+
+/// What `%channels` and `parakernel.channels()` show of one channel.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Stats {
+    pub name: String,
+    pub depth: usize,
+    /// 0: unbounded.
+    pub maxsize: usize,
+    pub sent: u64,
+    pub received: u64,
+    pub waiting_senders: usize,
+    pub waiting_receivers: usize,
+    pub closed: bool,
+}
+
+/// One named channel.
+#[derive(Debug)]
+pub struct Channel {
+    name: String,
+    maxsize: usize,
+    state: Mutex<State>,
+    changed: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    queue: VecDeque<Value>,
+    sent: u64,
+    received: u64,
+    waiting_senders: usize,
+    waiting_receivers: usize,
+    closed: bool,
+}
+
+impl Channel {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock_unpoisoned()
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// How many messages wait to be received.
+    pub fn len(&self) -> usize {
+        self.lock().queue.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn full(&self, state: &State) -> bool {
+        self.maxsize != 0 && state.queue.len() >= self.maxsize
+    }
+
+    /// Sends `value`, waiting while the channel is bounded and full: until `deadline` (`None`:
+    /// for as long as it takes; in the past: not at all), or until `stop()` is true when
+    /// checked after a [`Channel::wake`].
+    pub fn send(&self, value: Value, deadline: Option<Instant>, stop: &dyn Fn() -> bool) -> Result<(), SendError> {
+        let mut state = self.lock();
+        loop {
+            if state.closed {
+                return Err(SendError::Closed(value));
+            }
+            if !self.full(&state) {
+                state.queue.push_back(value);
+                state.sent += 1;
+                drop(state);
+                self.changed.notify_all();
+                return Ok(());
+            }
+            if stop() {
+                return Err(SendError::Stopped(value));
+            }
+            match self.wait(state, deadline, |state| &mut state.waiting_senders) {
+                Some(next) => state = next,
+                None => return Err(SendError::Full(value)),
+            }
+        }
+    }
+
+    /// Receives the oldest message, waiting as [`Channel::send`] does while there is none.
+    pub fn recv(&self, deadline: Option<Instant>, stop: &dyn Fn() -> bool) -> Result<Value, RecvError> {
+        let mut state = self.lock();
+        loop {
+            if let Some(value) = state.queue.pop_front() {
+                state.received += 1;
+                drop(state);
+                self.changed.notify_all();
+                return Ok(value);
+            }
+            if state.closed {
+                return Err(RecvError::Closed);
+            }
+            if stop() {
+                return Err(RecvError::Stopped);
+            }
+            match self.wait(state, deadline, |state| &mut state.waiting_receivers) {
+                Some(next) => state = next,
+                None => return Err(RecvError::Empty),
+            }
+        }
+    }
+
+    /// Waits for a change until `deadline`, counted in `waiting`; `None` once the deadline has
+    /// passed (without waiting when it already had).
+    fn wait<'a>(
+        &self,
+        mut state: MutexGuard<'a, State>,
+        deadline: Option<Instant>,
+        waiting: impl Fn(&mut State) -> &mut usize,
+    ) -> Option<MutexGuard<'a, State>> {
+        let timeout = match deadline {
+            None => None,
+            Some(deadline) => match deadline.checked_duration_since(Instant::now()) {
+                Some(left) if !left.is_zero() => Some(left),
+                _ => return None,
+            },
+        };
+        *waiting(&mut state) += 1;
+        state = match timeout {
+            None => self.changed.wait_unpoisoned(state),
+            Some(left) => self.changed.wait_timeout_unpoisoned(state, left),
+        };
+        *waiting(&mut state) -= 1;
+        Some(state)
+    }
+
+    /// Senders fail from now on; receivers get what is queued, then [`RecvError::Closed`].
+    pub fn close(&self) {
+        self.lock().closed = true;
+        self.changed.notify_all();
+    }
+
+    /// Makes every blocked `send` and `recv` check its `stop` condition again (an interrupt).
+    pub fn wake(&self) {
+        // Taking the lock orders the wake after a waiter's check of `stop`: none is missed.
+        drop(self.lock());
+        self.changed.notify_all();
+    }
+
+    pub fn stats(&self) -> Stats {
+        let state = self.lock();
+        Stats {
+            name: self.name.clone(),
+            depth: state.queue.len(),
+            maxsize: self.maxsize,
+            sent: state.sent,
+            received: state.received,
+            waiting_senders: state.waiting_senders,
+            waiting_receivers: state.waiting_receivers,
+            closed: state.closed,
+        }
+    }
+}
+
+/// Every channel of the process, by name.
+#[derive(Debug, Default)]
+pub struct Registry {
+    channels: Mutex<BTreeMap<String, Arc<Channel>>>,
+}
+
+/// The longest channel name.
+pub const MAX_NAME: usize = 128;
+
+impl Registry {
+    /// The channel `name`, created with `maxsize` (0: unbounded) if it does not exist. Opening
+    /// an existing channel with another nonzero `maxsize` is an error; `maxsize` 0 opens it as
+    /// it is.
+    pub fn channel(&self, name: &str, maxsize: usize) -> Result<Arc<Channel>, ChannelError> {
+        if name.is_empty() || name.chars().count() > MAX_NAME || name.chars().any(char::is_control) {
+            return Err(ChannelError::BadName(name.to_owned()));
+        }
+        let mut channels = self.channels.lock_unpoisoned();
+        if let Some(channel) = channels.get(name) {
+            if maxsize != 0 && maxsize != channel.maxsize {
+                return Err(ChannelError::MaxsizeMismatch { name: name.to_owned(), existing: channel.maxsize });
+            }
+            return Ok(Arc::clone(channel));
+        }
+        let channel = Arc::new(Channel {
+            name: name.to_owned(),
+            maxsize,
+            state: Mutex::new(State::default()),
+            changed: Condvar::new(),
+        });
+        channels.insert(name.to_owned(), Arc::clone(&channel));
+        Ok(channel)
+    }
+
+    /// Every channel's stats, by name.
+    pub fn stats(&self) -> Vec<Stats> {
+        let channels: Vec<Arc<Channel>> = self.channels.lock_unpoisoned().values().cloned().collect();
+        channels.iter().map(|channel| channel.stats()).collect()
+    }
+}
+
+/// The process's registry.
+pub fn registry() -> &'static Registry {
+    static REGISTRY: std::sync::OnceLock<Registry> = std::sync::OnceLock::new();
+    REGISTRY.get_or_init(Registry::default)
+}
+
+#[cfg(test)]
+mod tests;
