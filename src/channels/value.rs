@@ -5,8 +5,8 @@
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Int {
     Small(i64),
-    /// Two's complement, little-endian, as `int.to_bytes(n, "little", signed=True)` gives it.
-    Big(Vec<u8>),
+    /// Beyond 64 bits: the sign and hexadecimal digits, as `hex(n)` writes them (`-0x1f...`).
+    Big(String),
 }
 
 /// One message.
@@ -37,8 +37,8 @@ impl Value {
         let own = std::mem::size_of::<Value>();
         own + match self {
             Value::None | Value::Bool(_) | Value::Float(_) | Value::Complex { .. } | Value::Int(Int::Small(_)) => 0,
-            Value::Int(Int::Big(bytes)) | Value::Bytes(bytes) => bytes.len(),
-            Value::Str(text) => text.len(),
+            Value::Bytes(bytes) => bytes.len(),
+            Value::Int(Int::Big(text)) | Value::Str(text) => text.len(),
             Value::Tuple(items) | Value::List(items) => items.iter().map(Value::size).sum(),
             Value::Dict(items) => items.iter().map(|(key, value)| key.size() + value.size()).sum(),
             Value::Buffer { bytes, format, shape } => bytes.len() + format.len() + shape.len() * 8,

@@ -321,3 +321,91 @@ pub(super) unsafe extern "C" fn flush(
         ffi::Py_NewRef(ffi::Py_None())
     }
 }
+
+/// `channel_try_send(name, maxsize, value)`: sends without waiting; returns `"sent"`, `"full"` or
+/// `"closed"`. The value becomes owned Rust data here, in the sending interpreter.
+pub(super) unsafe extern "C" fn channel_try_send(
+    module: *mut ffi::PyObject,
+    args: *mut *mut ffi::PyObject,
+    nargs: ffi::Py_ssize_t,
+) -> *mut ffi::PyObject {
+    // SAFETY: called by CPython with the lane interpreter's GIL held, `module` is `self`, the
+    // arguments are alive for the call.
+    unsafe {
+        let lane = or_null!(lane_of(module));
+        let args = or_null!(fastcall_args(args, nargs, 3, "channel_try_send"));
+        let name = or_null!(text_of(args[0], "name"));
+        let maxsize = ffi::PyLong_AsSsize_t(args[1]);
+        if maxsize < 0 {
+            if ffi::PyErr_Occurred().is_null() {
+                raise(ffi::PyExc_ValueError, "maxsize must be 0 (unbounded) or more");
+            }
+            return ptr::null_mut();
+        }
+        let channel = match crate::channels::registry().channel(&name, maxsize.unsigned_abs()) {
+            Ok(channel) => channel,
+            Err(error) => {
+                raise(ffi::PyExc_ValueError, &error.to_string());
+                return ptr::null_mut();
+            }
+        };
+        let value = or_null!(super::values::to_value(args[2], &lane.lane().name()));
+        let status = match channel.send(value, Some(std::time::Instant::now()), &|| false) {
+            Ok(()) => c"sent",
+            Err(crate::channels::SendError::Closed(_)) => c"closed",
+            Err(_) => c"full",
+        };
+        ffi::PyUnicode_FromString(status.as_ptr())
+    }
+}
+
+/// `channel_try_recv(name)`: receives without waiting; returns `("received", value)`,
+/// `("empty", None)` or `("closed", None)`. The value is rebuilt here, in the receiving
+/// interpreter.
+pub(super) unsafe extern "C" fn channel_try_recv(
+    _module: *mut ffi::PyObject,
+    name: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    // SAFETY: called by CPython with the lane interpreter's GIL held; `name` is alive for the
+    // call; the tuple steals the references put in it.
+    unsafe {
+        let name = or_null!(text_of(name, "name"));
+        let channel = match crate::channels::registry().channel(&name, 0) {
+            Ok(channel) => channel,
+            Err(error) => {
+                raise(ffi::PyExc_ValueError, &error.to_string());
+                return ptr::null_mut();
+            }
+        };
+        let (status, object) = match channel.recv(Some(std::time::Instant::now()), &|| false) {
+            Ok(value) => {
+                let object = super::values::to_object(&value);
+                if object.is_null() {
+                    return ptr::null_mut();
+                }
+                (c"received", object)
+            }
+            Err(crate::channels::RecvError::Closed) => (c"closed", ffi::Py_NewRef(ffi::Py_None())),
+            Err(_) => (c"empty", ffi::Py_NewRef(ffi::Py_None())),
+        };
+        let status = ffi::PyUnicode_FromString(status.as_ptr());
+        if status.is_null() {
+            ffi::Py_DecRef(object);
+            return ptr::null_mut();
+        }
+        let pair = ffi::PyTuple_Pack(2, status, object);
+        ffi::Py_DecRef(status);
+        ffi::Py_DecRef(object);
+        pair
+    }
+}
+
+/// `channels()`: a JSON list of every channel's stats.
+pub(super) unsafe extern "C" fn channels_json(
+    _module: *mut ffi::PyObject,
+    _unused: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    let text = serde_json::to_string(&crate::channels::registry().stats()).unwrap_or_else(|_| "[]".into());
+    // SAFETY: called by CPython with the GIL held; the text outlives the call.
+    unsafe { ffi::PyUnicode_FromStringAndSize(text.as_ptr().cast(), isize::try_from(text.len()).unwrap_or(0)) }
+}

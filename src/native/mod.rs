@@ -31,6 +31,7 @@ mod module;
 mod outlet;
 mod registry;
 mod threads;
+mod values;
 
 pub use cpu::{cpu_meter, cpu_times, CpuMeter};
 pub use lane_state::LaneState;
