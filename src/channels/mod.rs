@@ -70,8 +70,14 @@ pub struct Channel {
     changed: Condvar,
 }
 
-#[derive(Debug, Default)]
+/// Called after every change of a channel (a send, a receive, a close, a wake), without the
+/// channel's lock held: how a lane waiting on its own condition variable learns of it.
+pub type Waker = Arc<dyn Fn() + Send + Sync>;
+
+#[derive(Default)]
 struct State {
+    wakers: BTreeMap<u64, Waker>,
+    next_waker: u64,
     queue: VecDeque<Value>,
     sent: u64,
     received: u64,
@@ -80,9 +86,38 @@ struct State {
     closed: bool,
 }
 
+impl std::fmt::Debug for State {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.debug_struct("State").field("depth", &self.queue.len()).field("closed", &self.closed).finish_non_exhaustive()
+    }
+}
+
 impl Channel {
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock_unpoisoned()
+    }
+
+    /// Calls `waker` after every change from now on, until [`Channel::unsubscribe`].
+    pub fn subscribe(&self, waker: Waker) -> u64 {
+        let mut state = self.lock();
+        let id = state.next_waker;
+        state.next_waker += 1;
+        state.wakers.insert(id, waker);
+        id
+    }
+
+    pub fn unsubscribe(&self, id: u64) {
+        self.lock().wakers.remove(&id);
+    }
+
+    /// Tells every waiter of a change: the channel's own, then the subscribed wakers.
+    fn changed(&self, state: MutexGuard<'_, State>) {
+        let wakers: Vec<Waker> = state.wakers.values().cloned().collect();
+        drop(state);
+        self.changed.notify_all();
+        for waker in wakers {
+            waker();
+        }
     }
 
     pub fn name(&self) -> &str {
@@ -114,8 +149,7 @@ impl Channel {
             if !self.full(&state) {
                 state.queue.push_back(value);
                 state.sent += 1;
-                drop(state);
-                self.changed.notify_all();
+                self.changed(state);
                 return Ok(());
             }
             if stop() {
@@ -134,8 +168,7 @@ impl Channel {
         loop {
             if let Some(value) = state.queue.pop_front() {
                 state.received += 1;
-                drop(state);
-                self.changed.notify_all();
+                self.changed(state);
                 return Ok(value);
             }
             if state.closed {
@@ -177,15 +210,15 @@ impl Channel {
 
     /// Senders fail from now on; receivers get what is queued, then [`RecvError::Closed`].
     pub fn close(&self) {
-        self.lock().closed = true;
-        self.changed.notify_all();
+        let mut state = self.lock();
+        state.closed = true;
+        self.changed(state);
     }
 
     /// Makes every blocked `send` and `recv` check its `stop` condition again (an interrupt).
     pub fn wake(&self) {
         // Taking the lock orders the wake after a waiter's check of `stop`: none is missed.
-        drop(self.lock());
-        self.changed.notify_all();
+        self.changed(self.lock());
     }
 
     pub fn stats(&self) -> Stats {

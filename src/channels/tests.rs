@@ -233,3 +233,22 @@ fn sizes_count_nested_values() {
     assert!(value.size() >= 1001);
     assert!(Value::List(vec![value.clone(), value.clone()]).size() >= 2 * value.size());
 }
+
+#[test]
+fn a_subscribed_waker_hears_of_every_change_until_unsubscribed() {
+    let channel = Registry::default().channel("wakers", 0).unwrap();
+    let heard = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let id = {
+        let heard = Arc::clone(&heard);
+        channel.subscribe(Arc::new(move || {
+            heard.fetch_add(1, Ordering::SeqCst);
+        }))
+    };
+    channel.send(int(1), None, &never).unwrap();
+    channel.recv(None, &never).unwrap();
+    channel.wake();
+    assert_eq!(heard.load(Ordering::SeqCst), 3);
+    channel.unsubscribe(id);
+    channel.close();
+    assert_eq!(heard.load(Ordering::SeqCst), 3);
+}

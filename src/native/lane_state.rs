@@ -238,6 +238,13 @@ impl LaneState {
         woken
     }
 
+    /// Makes the lane's waits look again at what they wait for (a channel changed). Taking the
+    /// lock orders this after a waiter's look: none misses it.
+    pub(super) fn wake_waits(&self) {
+        drop(self.lock_waits());
+        self.waits_changed.notify_all();
+    }
+
     /// Makes every wait of the interpreter's threads, now and later, raise `SystemExit`, so
     /// that they end before the interpreter does.
     pub fn close_waits(&self) {

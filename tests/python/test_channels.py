@@ -10,7 +10,7 @@ import textwrap
 import pytest
 
 from kernel_helpers import Kernel
-from test_lanes import describe, lane, ok
+from test_lanes import assert_keyboard_interrupt, describe, lane, ok, wait_started
 
 pytestmark = [pytest.mark.parakernel_only("channels are parakernel's own"), pytest.mark.needs_lanes]
 
@@ -86,3 +86,48 @@ def test_a_self_containing_list_and_a_maxsize_mismatch_are_refused_with_a_messag
             print("mismatch:", "maxsize 1" in str(error))
         """)
     assert ok(kernel.execute(lane("ch-e", cell))).stdout == "refused: True\nmismatch: True\n"
+
+
+def test_a_blocked_recv_gets_what_another_lane_sends(fresh_kernel: Kernel):
+    waiting = fresh_kernel.submit(lane("ch-recv", textwrap.dedent("""\
+        import _parakernel
+        print("started", flush=True)
+        status, value = _parakernel.channel_recv("meet", None)
+        print(status, value)
+        """)))
+    wait_started(fresh_kernel, waiting)
+    ok(fresh_kernel.execute(lane("ch-send", "import _parakernel\nprint(_parakernel.channel_send('meet', 0, {'x': [1, 2]}, None))")))
+    assert ok(fresh_kernel.finish(waiting)).stdout == "started\nreceived {'x': [1, 2]}\n"
+
+
+def test_a_bounded_send_waits_for_a_receive_in_another_lane(fresh_kernel: Kernel):
+    sending = fresh_kernel.submit(lane("ch-bounded", textwrap.dedent("""\
+        import _parakernel
+        assert _parakernel.channel_send("one-slot", 1, "first", None) == "sent"
+        print("started", flush=True)
+        print(_parakernel.channel_send("one-slot", 1, "second", None))
+        """)))
+    wait_started(fresh_kernel, sending)
+    got = ok(fresh_kernel.execute("import _parakernel\nprint(_parakernel.channel_recv('one-slot', None))"))
+    assert got.stdout == "('received', 'first')\n"
+    assert ok(fresh_kernel.finish(sending)).stdout == "started\nsent\n"
+    assert ok(fresh_kernel.execute("print(_parakernel.channel_recv('one-slot', 0))")).stdout == "('received', 'second')\n"
+
+
+@pytest.mark.parametrize("where", ["main", "ch-interrupted"])
+def test_an_interrupt_wakes_a_blocked_recv_and_the_channel_goes_on(fresh_kernel: Kernel, where: str):
+    blocked = fresh_kernel.submit(lane(where, textwrap.dedent("""\
+        import _parakernel
+        print("started", flush=True)
+        _parakernel.channel_recv("nothing-comes", None)
+        """)))
+    wait_started(fresh_kernel, blocked)
+    fresh_kernel.interrupt_by_message()
+    assert_keyboard_interrupt(fresh_kernel.finish(blocked))
+    after = "import _parakernel\nprint(_parakernel.channel_send('nothing-comes', 0, 5, 0), _parakernel.channel_recv('nothing-comes', 0))"
+    assert ok(fresh_kernel.execute(lane(where, after))).stdout == "sent ('received', 5)\n"
+
+
+def test_a_recv_with_a_timeout_on_an_empty_channel_says_empty(kernel: Kernel):
+    cell = "import _parakernel\nprint(_parakernel.channel_recv('stays-empty', 0.01), _parakernel.channel_try_recv('stays-empty'))"
+    assert ok(kernel.execute(lane("ch-timeout", cell))).stdout == "('empty', None) ('empty', None)\n"
