@@ -589,3 +589,41 @@ pub(super) unsafe extern "C" fn channel_recv(
         pair
     }
 }
+
+/// `channel_open(name, maxsize)`: gets or creates the channel; a maxsize mismatch or a bad name
+/// is a `ValueError`.
+pub(super) unsafe extern "C" fn channel_open(
+    _module: *mut ffi::PyObject,
+    args: *mut *mut ffi::PyObject,
+    nargs: ffi::Py_ssize_t,
+) -> *mut ffi::PyObject {
+    // SAFETY: called by CPython with the lane interpreter's GIL held; the arguments are alive
+    // for the call.
+    unsafe {
+        let args = or_null!(fastcall_args(args, nargs, 2, "channel_open"));
+        let name = or_null!(text_of(args[0], "name"));
+        let maxsize = ffi::PyLong_AsSsize_t(args[1]);
+        if maxsize < 0 {
+            if ffi::PyErr_Occurred().is_null() {
+                raise(ffi::PyExc_ValueError, "maxsize must be 0 (unbounded) or more");
+            }
+            return ptr::null_mut();
+        }
+        or_null!(open_channel(&name, maxsize.unsigned_abs()));
+        ffi::Py_NewRef(ffi::Py_None())
+    }
+}
+
+/// `channel_close(name)`: senders fail from now on; receivers drain what is queued.
+pub(super) unsafe extern "C" fn channel_close(
+    _module: *mut ffi::PyObject,
+    name: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    // SAFETY: called by CPython with the lane interpreter's GIL held; `name` is alive for the
+    // call.
+    unsafe {
+        let name = or_null!(text_of(name, "name"));
+        or_null!(open_channel(&name, 0)).close();
+        ffi::Py_NewRef(ffi::Py_None())
+    }
+}

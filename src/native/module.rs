@@ -9,7 +9,7 @@ use std::sync::Arc;
 use pyo3_ffi as ffi;
 
 use super::functions::{
-    allow_stdin, call, channel_recv, channel_send, channel_try_recv, channel_try_send, channels_json, cpu_times_json, flush, input, publish, sleep, write_stderr, write_stdout,
+    allow_stdin, call, channel_close, channel_open, channel_recv, channel_send, channel_try_recv, channel_try_send, channels_json, cpu_times_json, flush, input, publish, sleep, write_stderr, write_stdout,
 };
 use super::registry::lookup;
 use super::LaneState;
@@ -37,7 +37,7 @@ impl<T> FfiTable<T> {
     }
 }
 
-static METHODS: FfiTable<[ffi::PyMethodDef; 15]> = FfiTable(std::cell::UnsafeCell::new([
+static METHODS: FfiTable<[ffi::PyMethodDef; 17]> = FfiTable(std::cell::UnsafeCell::new([
     ffi::PyMethodDef {
         ml_name: c"write_stdout".as_ptr(),
         ml_meth: ffi::PyMethodDefPointer { PyCFunction: write_stdout },
@@ -97,6 +97,18 @@ static METHODS: FfiTable<[ffi::PyMethodDef; 15]> = FfiTable(std::cell::UnsafeCel
         ml_meth: ffi::PyMethodDefPointer { PyCFunctionFast: channel_recv },
         ml_flags: ffi::METH_FASTCALL,
         ml_doc: c"channel_recv(name, timeout, /)\n--\n\nReceive, waiting while empty (interruptibly): ('received', value), ('empty', None) or ('closed', None).".as_ptr(),
+    },
+    ffi::PyMethodDef {
+        ml_name: c"channel_open".as_ptr(),
+        ml_meth: ffi::PyMethodDefPointer { PyCFunctionFast: channel_open },
+        ml_flags: ffi::METH_FASTCALL,
+        ml_doc: c"channel_open(name, maxsize, /)\n--\n\nGet or create the channel.".as_ptr(),
+    },
+    ffi::PyMethodDef {
+        ml_name: c"channel_close".as_ptr(),
+        ml_meth: ffi::PyMethodDefPointer { PyCFunction: channel_close },
+        ml_flags: ffi::METH_O,
+        ml_doc: c"channel_close(name, /)\n--\n\nClose the channel: senders fail, receivers drain.".as_ptr(),
     },
     ffi::PyMethodDef {
         ml_name: c"channels".as_ptr(),

@@ -27,6 +27,8 @@ const SHELL_PARTS: &[(&str, &str)] = &[
     ("libraries", include_str!("shell/libraries.py")),
     ("queries", include_str!("shell/queries.py")),
     ("fresh", include_str!("shell/fresh.py")),
+    // Not a part of the shell: the `parakernel` module cells import (see `loader.PUBLIC`).
+    ("parakernel", include_str!("shell/parakernel.py")),
 ];
 /// Runs first, as `_parakernel_shell.loader`: makes the parts importable (see the file).
 const SHELL_LOADER: &str = include_str!("shell/loader.py");

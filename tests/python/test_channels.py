@@ -131,3 +131,44 @@ def test_an_interrupt_wakes_a_blocked_recv_and_the_channel_goes_on(fresh_kernel:
 def test_a_recv_with_a_timeout_on_an_empty_channel_says_empty(kernel: Kernel):
     cell = "import _parakernel\nprint(_parakernel.channel_recv('stays-empty', 0.01), _parakernel.channel_try_recv('stays-empty'))"
     assert ok(kernel.execute(lane("ch-timeout", cell))).stdout == "('empty', None) ('empty', None)\n"
+
+
+def test_the_parakernel_module_in_every_lane(fresh_kernel: Kernel):
+    """`from parakernel import ...` in the main lane, a named lane and a fresh lane; the API's
+    exceptions, close-then-drain, iteration and the stats."""
+    producer = textwrap.dedent("""\
+        from parakernel import channel, Full, ChannelClosed
+        jobs = channel("api-jobs", maxsize=2)
+        jobs.send(1); jobs.send_nowait(2)
+        try:
+            jobs.send_nowait(3)
+        except Full as error:
+            print("full:", "maxsize 2" in str(error))
+        try:
+            jobs.send(3, timeout=0.01)
+        except Full:
+            print("still full")
+        print(len(jobs), repr(jobs))
+        """)
+    assert ok(fresh_kernel.execute(lane("api-a", producer))).stdout == "full: True\nstill full\n2 channel('api-jobs', maxsize=2)\n"
+    consumer = textwrap.dedent("""\
+        from parakernel import channel, channels, Empty, ChannelClosed
+        jobs = channel("api-jobs")
+        print(jobs.recv(), jobs.recv_nowait())
+        try:
+            jobs.recv_nowait()
+        except Empty:
+            print("empty")
+        jobs.send("a"); jobs.send("b"); jobs.close()
+        try:
+            jobs.send("c")
+        except ChannelClosed:
+            print("closed to senders")
+        print(list(jobs))
+        (row,) = [row for row in channels() if row["name"] == "api-jobs"]
+        print(row["sent"], row["received"], row["closed"], row["depth"])
+        """)
+    assert ok(fresh_kernel.execute("%%parallel\n" + consumer)).stdout == (
+        "1 2\nempty\nclosed to senders\n['a', 'b']\n4 4 True 0\n")
+    mismatch = fresh_kernel.execute("from parakernel import channel\nchannel('api-jobs', maxsize=5)")
+    assert mismatch.status == "error" and "maxsize 2" in mismatch.content["evalue"], describe(mismatch)

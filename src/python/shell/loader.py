@@ -1,5 +1,5 @@
 """Makes the shell's parts, shipped inside the parakernel binary, importable in this interpreter
-as `_parakernel_shell` and `_parakernel_shell.<part>`.
+as `_parakernel_shell` and `_parakernel_shell.<part>`, and the `parakernel` module cells import.
 
 The kernel runs this file first, as `_parakernel_shell.loader`, then hands it each part's source
 (`add`); a finder first on `sys.meta_path` serves them from there. Nothing is read from disk and
@@ -12,6 +12,9 @@ import sys
 from importlib.machinery import ModuleSpec
 
 PACKAGE = "_parakernel_shell"
+# Parts that are modules of their own for cells to import (`import parakernel`), not parts of
+# the shell package.
+PUBLIC = frozenset({"parakernel"})
 
 
 class ShellFinder:
@@ -22,7 +25,10 @@ class ShellFinder:
         self._parts = {}
 
     def add(self, part, source):
-        name = PACKAGE if part == "__init__" else f"{PACKAGE}.{part}"
+        if part in PUBLIC:
+            name = part
+        else:
+            name = PACKAGE if part == "__init__" else f"{PACKAGE}.{part}"
         filename = f"<parakernel shell/{part}.py>"
         self._parts[name] = (filename, source)
         # No modification time: linecache.checkcache keeps the entry (as IPython's cells).

@@ -1,0 +1,108 @@
+"""parakernel's API for cells, importable in every lane as `parakernel` (shipped inside the
+kernel; nothing is installed): channels between lanes.
+
+    from parakernel import channel, channels, Empty, Full, ChannelClosed
+    results = channel("results", maxsize=0)   # get or create, process-wide by name
+    results.send(("lr", 0.1, 0.934))          # waits only when bounded and full
+    value = results.recv(timeout=5.0)         # releases the GIL while waiting; interruptible
+
+Values cross as data rebuilt in the receiving lane: None, bool, int, float, complex, str, bytes,
+and tuples, lists and dicts of these; an object with the buffer protocol arrives as a read-only
+memoryview of one copy; anything else is pickled (its class must be importable where it is
+received).
+"""
+
+import json
+
+import _parakernel
+
+__all__ = ["Channel", "ChannelClosed", "Empty", "Full", "channel", "channels"]
+
+
+class Empty(Exception):
+    """Nothing to receive (recv_nowait, or recv's timeout passed)."""
+
+
+class Full(Exception):
+    """No room in a bounded channel (send_nowait, or send's timeout passed)."""
+
+
+class ChannelClosed(Exception):
+    """The channel is closed: nothing more can be sent, and everything sent was received."""
+
+
+class Channel:
+    """A process-wide FIFO, shared by name by every lane. Every message is received once."""
+
+    __slots__ = ("maxsize", "name")
+
+    def __init__(self, name, maxsize=0):
+        self.name = name
+        self.maxsize = maxsize
+
+    def send(self, value, timeout=None):
+        """Sends `value`; waits while the channel is bounded and full (at most `timeout`
+        seconds, then `Full`). Raises `ChannelClosed` if the channel is closed."""
+        self._sent(_parakernel.channel_send(self.name, self.maxsize, value, timeout), timeout)
+
+    def send_nowait(self, value):
+        self._sent(_parakernel.channel_try_send(self.name, self.maxsize, value), 0)
+
+    def _sent(self, status, timeout):
+        if status == "full":
+            waited = "" if not timeout else f" for {timeout} s"
+            raise Full(f"channel {self.name!r} is full (maxsize {self.maxsize}){waited}")
+        if status == "closed":
+            raise ChannelClosed(f"channel {self.name!r} is closed: nothing more can be sent")
+
+    def recv(self, timeout=None):
+        """The oldest message; waits while there is none (at most `timeout` seconds, then
+        `Empty`). Raises `ChannelClosed` once the channel is closed and drained."""
+        return self._received(*_parakernel.channel_recv(self.name, timeout), timeout)
+
+    def recv_nowait(self):
+        return self._received(*_parakernel.channel_try_recv(self.name), 0)
+
+    def _received(self, status, value, timeout):
+        if status == "received":
+            return value
+        if status == "closed":
+            raise ChannelClosed(f"channel {self.name!r} is closed and everything sent was received")
+        waited = "" if not timeout else f" within {timeout} s"
+        raise Empty(f"channel {self.name!r} had nothing to receive{waited}")
+
+    def close(self):
+        """Senders fail from now on; receivers get what is queued, then `ChannelClosed`."""
+        _parakernel.channel_close(self.name)
+
+    def __iter__(self):
+        """Receives until the channel is closed and drained."""
+        while True:
+            try:
+                yield self.recv()
+            except ChannelClosed:
+                return
+
+    def __len__(self):
+        for row in channels():
+            if row["name"] == self.name:
+                return row["depth"]
+        return 0
+
+    def __repr__(self):
+        bound = f", maxsize={self.maxsize}" if self.maxsize else ""
+        return f"channel({self.name!r}{bound})"
+
+
+def channel(name, maxsize=0):
+    """The channel `name`, created (unbounded, or holding at most `maxsize` messages) if it does
+    not exist yet. A different nonzero `maxsize` for an existing channel is a ValueError."""
+    if not isinstance(maxsize, int) or maxsize < 0:
+        raise ValueError("maxsize must be 0 (unbounded) or a positive int")
+    _parakernel.channel_open(name, maxsize)
+    return Channel(name, maxsize)
+
+
+def channels():
+    """Every channel: name, depth, maxsize, sent, received, waiting senders and receivers, closed."""
+    return json.loads(_parakernel.channels())
