@@ -172,3 +172,14 @@ def test_the_parakernel_module_in_every_lane(fresh_kernel: Kernel):
         "1 2\nempty\nclosed to senders\n['a', 'b']\n4 4 True 0\n")
     mismatch = fresh_kernel.execute("from parakernel import channel\nchannel('api-jobs', maxsize=5)")
     assert mismatch.status == "error" and "maxsize 2" in mismatch.content["evalue"], describe(mismatch)
+
+
+def test_the_channels_magic_shows_every_channel(fresh_kernel: Kernel):
+    ok(fresh_kernel.execute(lane("ch-magic", "from parakernel import channel\nchannel('shown', 3).send(b'x')")))
+    shown = ok(fresh_kernel.execute("%channels"))
+    (bundle,) = [m["content"]["data"] for m in shown.of_type("display_data")]
+    text = bundle["text/plain"]
+    assert text.splitlines()[0].split()[:3] == ["channel", "depth", "maxsize"], text
+    (line,) = [line for line in text.splitlines() if line.startswith("shown")]
+    assert line.split()[:5] == ["shown", "1", "3", "1", "0"], text
+    assert "<td>shown</td>" in bundle["text/html"]

@@ -57,29 +57,49 @@ _LANES_COLUMNS = (
 )
 
 
-def _lanes_table(rows):
-    """The %lanes table as text/plain and text/html."""
+_CHANNELS_COLUMNS = (
+    ("name", "channel"),
+    ("depth", "depth"),
+    ("maxsize", "maxsize"),
+    ("sent", "sent"),
+    ("received", "received"),
+    ("waiting_senders", "waiting senders"),
+    ("waiting_receivers", "waiting receivers"),
+    ("closed", "closed"),
+)
+
+
+def _table(rows, columns, empty):
+    """A table of `rows` (dicts) as text/plain and text/html, one column per (key, title)."""
     import html
 
-    cells = []
-    for row in rows:
-        row = dict(row)
-        row["cpu"] = _format_seconds(row.get("cpu"))
-        cells.append(["" if row.get(key) is None else str(row.get(key)) for key, _ in _LANES_COLUMNS])
-    titles = [title for _, title in _LANES_COLUMNS]
+    cells = [["" if row.get(key) is None else str(row.get(key)) for key, _ in columns] for row in rows]
+    titles = [title for _, title in columns]
     widths = [max([len(title)] + [len(line[i]) for line in cells]) for i, title in enumerate(titles)]
     lines = ["  ".join(title.ljust(width) for title, width in zip(titles, widths)).rstrip()]
     lines.append("  ".join("-" * width for width in widths))
     for line in cells:
         lines.append("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip())
     if not cells:
-        lines.append("(no lanes)")
+        lines.append(empty)
     head = "".join(f"<th>{html.escape(title)}</th>" for title in titles)
     body = "".join(
         "<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in line) + "</tr>" for line in cells
     )
     table = f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
     return "\n".join(lines), table
+
+
+def _lanes_table(rows):
+    """The %lanes table as text/plain and text/html."""
+    rows = [dict(row, cpu=_format_seconds(row.get("cpu"))) for row in rows]
+    return _table(rows, _LANES_COLUMNS, "(no lanes)")
+
+
+def _channels_table(rows):
+    """The %channels table as text/plain and text/html."""
+    rows = [dict(row, maxsize=row["maxsize"] or "unbounded", closed="yes" if row["closed"] else "") for row in rows]
+    return _table(rows, _CHANNELS_COLUMNS, "(no channels)")
 
 
 def register_magics(shell):
@@ -96,6 +116,16 @@ def register_magics(shell):
             from IPython.display import display
 
             text, table = _lanes_table(_call("lanes"))
+            display({"text/plain": text, "text/html": table}, raw=True)
+
+        @line_magic
+        def channels(self, line):
+            """Show the channels between lanes: depth, bound, counters, waiting lanes, closed."""
+            if line.strip():
+                raise UsageError("%channels takes no arguments")
+            from IPython.display import display
+
+            text, table = _channels_table(json.loads(_parakernel.channels()))
             display({"text/plain": text, "text/html": table}, raw=True)
 
         @line_magic
