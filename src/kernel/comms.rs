@@ -12,8 +12,8 @@ use crate::lanes::{Executor, Lane, RequestId};
 use crate::wire::content::CommKind;
 use super::Kernel;
 
-/// How many open comms the kernel keeps track of; past that the oldest owner entries are
-/// forgotten (their messages then go to the main lane) rather than growing without bound.
+/// How many open comms the kernel keeps track of; past that an entry is forgotten for each new
+/// one (its messages then go to the main lane) rather than the map growing without bound.
 const MAX_TRACKED_COMMS: usize = 100_000;
 
 /// An open comm: the lane it lives in and its target.

@@ -323,84 +323,6 @@ pub(super) unsafe extern "C" fn flush(
     }
 }
 
-/// `channel_try_send(name, maxsize, value)`: sends without waiting; returns `"sent"`, `"full"` or
-/// `"closed"`. The value becomes owned Rust data here, in the sending interpreter.
-pub(super) unsafe extern "C" fn channel_try_send(
-    module: *mut ffi::PyObject,
-    args: *mut *mut ffi::PyObject,
-    nargs: ffi::Py_ssize_t,
-) -> *mut ffi::PyObject {
-    // SAFETY: called by CPython with the lane interpreter's GIL held, `module` is `self`, the
-    // arguments are alive for the call.
-    unsafe {
-        let lane = or_null!(lane_of(module));
-        let args = or_null!(fastcall_args(args, nargs, 3, "channel_try_send"));
-        let name = or_null!(text_of(args[0], "name"));
-        let maxsize = ffi::PyLong_AsSsize_t(args[1]);
-        if maxsize < 0 {
-            if ffi::PyErr_Occurred().is_null() {
-                raise(ffi::PyExc_ValueError, "maxsize must be 0 (unbounded) or more");
-            }
-            return ptr::null_mut();
-        }
-        let channel = match crate::channels::registry().channel(&name, maxsize.unsigned_abs()) {
-            Ok(channel) => channel,
-            Err(error) => {
-                raise(ffi::PyExc_ValueError, &error.to_string());
-                return ptr::null_mut();
-            }
-        };
-        let value = or_null!(super::values::to_value(args[2], &lane.lane().name()));
-        let status = match channel.send(value, Some(std::time::Instant::now()), &|| false) {
-            Ok(()) => c"sent",
-            Err(crate::channels::SendError::Closed(_)) => c"closed",
-            Err(_) => c"full",
-        };
-        ffi::PyUnicode_FromString(status.as_ptr())
-    }
-}
-
-/// `channel_try_recv(name)`: receives without waiting; returns `("received", value)`,
-/// `("empty", None)` or `("closed", None)`. The value is rebuilt here, in the receiving
-/// interpreter.
-pub(super) unsafe extern "C" fn channel_try_recv(
-    _module: *mut ffi::PyObject,
-    name: *mut ffi::PyObject,
-) -> *mut ffi::PyObject {
-    // SAFETY: called by CPython with the lane interpreter's GIL held; `name` is alive for the
-    // call; the tuple steals the references put in it.
-    unsafe {
-        let name = or_null!(text_of(name, "name"));
-        let channel = match crate::channels::registry().channel(&name, 0) {
-            Ok(channel) => channel,
-            Err(error) => {
-                raise(ffi::PyExc_ValueError, &error.to_string());
-                return ptr::null_mut();
-            }
-        };
-        let (status, object) = match channel.recv(Some(std::time::Instant::now()), &|| false) {
-            Ok(value) => {
-                let object = super::values::to_object(&value);
-                if object.is_null() {
-                    return ptr::null_mut();
-                }
-                (c"received", object)
-            }
-            Err(crate::channels::RecvError::Closed) => (c"closed", ffi::Py_NewRef(ffi::Py_None())),
-            Err(_) => (c"empty", ffi::Py_NewRef(ffi::Py_None())),
-        };
-        let status = ffi::PyUnicode_FromString(status.as_ptr());
-        if status.is_null() {
-            ffi::Py_DecRef(object);
-            return ptr::null_mut();
-        }
-        let pair = ffi::PyTuple_Pack(2, status, object);
-        ffi::Py_DecRef(status);
-        ffi::Py_DecRef(object);
-        pair
-    }
-}
-
 /// `channels()`: a JSON list of every channel's stats.
 pub(super) unsafe extern "C" fn channels_json(
     _module: *mut ffi::PyObject,
@@ -430,6 +352,21 @@ unsafe fn deadline_of(timeout: *mut ffi::PyObject) -> Result<Option<Instant>, ()
         }
         let duration = Duration::try_from_secs_f64(seconds.min(1e9)).unwrap_or(Duration::MAX);
         Ok(Instant::now().checked_add(duration))
+    }
+}
+
+/// A `maxsize` argument: 0 (unbounded) or more, or `None` with an exception set.
+unsafe fn maxsize_of(maxsize: *mut ffi::PyObject) -> Option<usize> {
+    // SAFETY: GIL held, `maxsize` alive (caller).
+    unsafe {
+        let maxsize = ffi::PyLong_AsSsize_t(maxsize);
+        if maxsize < 0 {
+            if ffi::PyErr_Occurred().is_null() {
+                raise(ffi::PyExc_ValueError, "maxsize must be 0 (unbounded) or more");
+            }
+            return None;
+        }
+        Some(maxsize.unsigned_abs())
     }
 }
 
@@ -492,8 +429,9 @@ unsafe fn wait_on_channel<T: Send>(
 }
 
 /// `channel_send(name, maxsize, value, timeout)`: sends, waiting while the channel is bounded and
-/// full; returns `"sent"`, `"full"` (the timeout passed) or `"closed"`. An interrupt of the lane
-/// raises `KeyboardInterrupt` and sends nothing.
+/// full (timeout 0: not at all); returns `"sent"`, `"full"` (the timeout passed) or `"closed"`.
+/// An interrupt of the lane raises `KeyboardInterrupt` and sends nothing. The value becomes owned
+/// Rust data here, in the sending interpreter.
 pub(super) unsafe extern "C" fn channel_send(
     module: *mut ffi::PyObject,
     args: *mut *mut ffi::PyObject,
@@ -505,15 +443,9 @@ pub(super) unsafe extern "C" fn channel_send(
         let lane = or_null!(lane_of(module));
         let args = or_null!(fastcall_args(args, nargs, 4, "channel_send"));
         let name = or_null!(text_of(args[0], "name"));
-        let maxsize = ffi::PyLong_AsSsize_t(args[1]);
-        if maxsize < 0 {
-            if ffi::PyErr_Occurred().is_null() {
-                raise(ffi::PyExc_ValueError, "maxsize must be 0 (unbounded) or more");
-            }
-            return ptr::null_mut();
-        }
+        let maxsize = or_null!(maxsize_of(args[1]));
         let Ok(deadline) = deadline_of(args[3]) else { return ptr::null_mut() };
-        let channel = or_null!(open_channel(&name, maxsize.unsigned_abs()));
+        let channel = or_null!(open_channel(&name, maxsize));
         let mut value = Some(or_null!(super::values::to_value(args[2], &lane.lane().name())));
         let target = Arc::clone(&channel);
         let end = wait_on_channel(lane, &channel, deadline, move || {
@@ -538,9 +470,10 @@ pub(super) unsafe extern "C" fn channel_send(
     }
 }
 
-/// `channel_recv(name, timeout)`: receives, waiting while the channel is empty; returns
-/// `("received", value)`, `("empty", None)` (the timeout passed) or `("closed", None)`. An
-/// interrupt of the lane raises `KeyboardInterrupt`.
+/// `channel_recv(name, timeout)`: receives, waiting while the channel is empty (timeout 0: not
+/// at all); returns `("received", value)`, `("empty", None)` (the timeout passed) or
+/// `("closed", None)`. An interrupt of the lane raises `KeyboardInterrupt`. The value is rebuilt
+/// here, in the receiving interpreter.
 pub(super) unsafe extern "C" fn channel_recv(
     module: *mut ffi::PyObject,
     args: *mut *mut ffi::PyObject,
@@ -602,14 +535,8 @@ pub(super) unsafe extern "C" fn channel_open(
     unsafe {
         let args = or_null!(fastcall_args(args, nargs, 2, "channel_open"));
         let name = or_null!(text_of(args[0], "name"));
-        let maxsize = ffi::PyLong_AsSsize_t(args[1]);
-        if maxsize < 0 {
-            if ffi::PyErr_Occurred().is_null() {
-                raise(ffi::PyExc_ValueError, "maxsize must be 0 (unbounded) or more");
-            }
-            return ptr::null_mut();
-        }
-        or_null!(open_channel(&name, maxsize.unsigned_abs()));
+        let maxsize = or_null!(maxsize_of(args[1]));
+        or_null!(open_channel(&name, maxsize));
         ffi::Py_NewRef(ffi::Py_None())
     }
 }

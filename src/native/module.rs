@@ -9,7 +9,7 @@ use std::sync::Arc;
 use pyo3_ffi as ffi;
 
 use super::functions::{
-    allow_stdin, call, channel_close, channel_open, channel_recv, channel_send, channel_try_recv, channel_try_send, channels_json, cpu_times_json, flush, input, publish, sleep, write_stderr, write_stdout,
+    allow_stdin, call, channel_close, channel_open, channel_recv, channel_send, channels_json, cpu_times_json, flush, input, publish, sleep, write_stderr, write_stdout,
 };
 use super::registry::lookup;
 use super::LaneState;
@@ -37,7 +37,7 @@ impl<T> FfiTable<T> {
     }
 }
 
-static METHODS: FfiTable<[ffi::PyMethodDef; 17]> = FfiTable(std::cell::UnsafeCell::new([
+static METHODS: FfiTable<[ffi::PyMethodDef; 15]> = FfiTable(std::cell::UnsafeCell::new([
     ffi::PyMethodDef {
         ml_name: c"write_stdout".as_ptr(),
         ml_meth: ffi::PyMethodDefPointer { PyCFunction: write_stdout },
@@ -73,18 +73,6 @@ static METHODS: FfiTable<[ffi::PyMethodDef; 17]> = FfiTable(std::cell::UnsafeCel
         ml_meth: ffi::PyMethodDefPointer { PyCFunctionFast: call },
         ml_flags: ffi::METH_FASTCALL,
         ml_doc: c"call(op, args_json, /)\n--\n\nAsk the kernel (lanes, wait, interrupt, restart, stop); returns (ok, reply_json_or_message). Interruptible.".as_ptr(),
-    },
-    ffi::PyMethodDef {
-        ml_name: c"channel_try_send".as_ptr(),
-        ml_meth: ffi::PyMethodDefPointer { PyCFunctionFast: channel_try_send },
-        ml_flags: ffi::METH_FASTCALL,
-        ml_doc: c"channel_try_send(name, maxsize, value, /)\n--\n\nSend without waiting: 'sent', 'full' or 'closed'.".as_ptr(),
-    },
-    ffi::PyMethodDef {
-        ml_name: c"channel_try_recv".as_ptr(),
-        ml_meth: ffi::PyMethodDefPointer { PyCFunction: channel_try_recv },
-        ml_flags: ffi::METH_O,
-        ml_doc: c"channel_try_recv(name, /)\n--\n\nReceive without waiting: ('received', value), ('empty', None) or ('closed', None).".as_ptr(),
     },
     ffi::PyMethodDef {
         ml_name: c"channel_send".as_ptr(),

@@ -220,10 +220,8 @@ impl Executor for PythonExecutor {
         // A lane with no namespace to offer (a fresh lane, a lane not started yet): the main
         // lane's is what the cell's author sees.
         if let Err(query) = self.backend(lane).query(lane, request, query) {
-            if let Err(query) = self.main.query(&Lane::Main, request, query) {
-                drop(query);
-                self.main.answers.unanswerable(request);
-            }
+            // The main lane takes every query (it answers empty when it cannot answer).
+            let _taken = self.main.query(&Lane::Main, request, query);
         }
     }
 

@@ -1,6 +1,6 @@
 """Channels between lanes, first step (issue 8): values sent from one interpreter are owned Rust
-data in between and rebuilt in the receiving one. The native functions are reached as
-`_parakernel.channel_try_send` / `channel_try_recv` until the `parakernel` module wraps them.
+data in between and rebuilt in the receiving one. Some tests reach the native
+functions (`_parakernel.channel_send` / `channel_recv`) below the `parakernel` module.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ def test_every_value_kind_crosses_between_lanes_intact(kernel: Kernel):
     send = VALUES + textwrap.dedent("""\
         import _parakernel
         for v in values:
-            assert _parakernel.channel_try_send("kinds", 0, v) == "sent", v
+            assert _parakernel.channel_send("kinds", 0, v, 0) == "sent", v
         print("sent", len(values))
         """)
     assert ok(kernel.execute(lane("ch-a", send))).stdout == "sent 24\n"
@@ -39,7 +39,7 @@ def test_every_value_kind_crosses_between_lanes_intact(kernel: Kernel):
         import _parakernel, math
         got = []
         while True:
-            status, v = _parakernel.channel_try_recv("kinds")
+            status, v = _parakernel.channel_recv("kinds", 0)
             if status != "received":
                 break
             got.append(v)
@@ -61,9 +61,9 @@ def test_every_value_kind_crosses_between_lanes_intact(kernel: Kernel):
 
 
 def test_a_class_the_receiver_cannot_import_is_a_clear_error(kernel: Kernel):
-    send = "class Only:\n    pass\nimport _parakernel\n_parakernel.channel_try_send('classes', 0, Only())"
+    send = "class Only:\n    pass\nimport _parakernel\n_parakernel.channel_send('classes', 0, Only(), 0)"
     ok(kernel.execute(lane("ch-c", send)))
-    receive = kernel.execute(lane("ch-d", "import _parakernel\n_parakernel.channel_try_recv('classes')"))
+    receive = kernel.execute(lane("ch-d", "import _parakernel\n_parakernel.channel_recv('classes', 0)"))
     assert receive.status == "error", describe(receive)
     assert receive.content["ename"] == "ImportError"
     assert "__main__.Only" in receive.content["evalue"] and '"ch-c"' in receive.content["evalue"]
@@ -75,13 +75,13 @@ def test_a_self_containing_list_and_a_maxsize_mismatch_are_refused_with_a_messag
         loop = []
         loop.append(loop)
         try:
-            _parakernel.channel_try_send("loops", 0, loop)
+            _parakernel.channel_send("loops", 0, loop, 0)
         except ValueError as error:
             print("refused:", "nested" in str(error))
-        assert _parakernel.channel_try_send("bounded-1", 1, 1) == "sent"
-        assert _parakernel.channel_try_send("bounded-1", 1, 2) == "full"
+        assert _parakernel.channel_send("bounded-1", 1, 1, 0) == "sent"
+        assert _parakernel.channel_send("bounded-1", 1, 2, 0) == "full"
         try:
-            _parakernel.channel_try_send("bounded-1", 5, 3)
+            _parakernel.channel_send("bounded-1", 5, 3, 0)
         except ValueError as error:
             print("mismatch:", "maxsize 1" in str(error))
         """)
@@ -129,7 +129,7 @@ def test_an_interrupt_wakes_a_blocked_recv_and_the_channel_goes_on(fresh_kernel:
 
 
 def test_a_recv_with_a_timeout_on_an_empty_channel_says_empty(kernel: Kernel):
-    cell = "import _parakernel\nprint(_parakernel.channel_recv('stays-empty', 0.01), _parakernel.channel_try_recv('stays-empty'))"
+    cell = "import _parakernel\nprint(_parakernel.channel_recv('stays-empty', 0.01), _parakernel.channel_recv('stays-empty', 0))"
     assert ok(kernel.execute(lane("ch-timeout", cell))).stdout == "('empty', None) ('empty', None)\n"
 
 

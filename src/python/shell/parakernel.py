@@ -46,7 +46,7 @@ class Channel:
         self._sent(_parakernel.channel_send(self.name, self.maxsize, value, timeout), timeout)
 
     def send_nowait(self, value):
-        self._sent(_parakernel.channel_try_send(self.name, self.maxsize, value), 0)
+        self._sent(_parakernel.channel_send(self.name, self.maxsize, value, 0), 0)
 
     def _sent(self, status, timeout):
         if status == "full":
@@ -61,7 +61,7 @@ class Channel:
         return self._received(*_parakernel.channel_recv(self.name, timeout), timeout)
 
     def recv_nowait(self):
-        return self._received(*_parakernel.channel_try_recv(self.name), 0)
+        return self._received(*_parakernel.channel_recv(self.name, 0), 0)
 
     def _received(self, status, value, timeout):
         if status == "received":
