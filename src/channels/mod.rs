@@ -8,12 +8,14 @@
 //! caller's interrupt) whenever [`Channel::wake`] is called. Every message is delivered exactly
 //! once, in order, whatever the number of senders and receivers.
 
+mod buffers;
 mod value;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Instant;
 
+pub use buffers::{buffers, Block, BufferError, BufferStats, Buffers};
 pub use value::{Int, Value};
 
 use crate::sync::{CondvarExt, LockExt};

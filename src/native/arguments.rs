@@ -151,3 +151,15 @@ pub(super) unsafe fn buffers_of(list: *mut ffi::PyObject) -> Option<Vec<Vec<u8>>
         Some(buffers)
     }
 }
+
+/// The value of `$option`, or a NULL return from the calling C function. Every helper that
+/// returns `None` here has already set the Python exception, as CPython's convention asks.
+macro_rules! or_null {
+    ($option:expr) => {
+        match $option {
+            Some(value) => value,
+            None => return ptr::null_mut(),
+        }
+    };
+}
+pub(super) use or_null;

@@ -16,7 +16,7 @@
 //! # Parts
 //!
 //! - `module`: the module definition, method table and per-module state.
-//! - `functions`: the module's functions; `arguments`: reading their arguments, raising errors.
+//! - `functions`: the module's functions (`channels`: those of channels and shared buffers); `arguments`: reading their arguments, raising errors.
 //! - `lane_state`: [`LaneState`], one lane's Rust side: its request, its waits and their replies.
 //! - `outlet`: the ordered, coalescing way out of a lane to the kernel.
 //! - `cpu`: [`CpuMeter`], CPU time per lane.
@@ -24,6 +24,7 @@
 //! - `threads`: spawning threads with SIGINT blocked.
 
 mod arguments;
+mod channels;
 mod cpu;
 mod functions;
 mod lane_state;

@@ -8,19 +8,21 @@ use std::sync::Arc;
 
 use pyo3_ffi as ffi;
 
-use super::functions::{
-    allow_stdin, call, channel_close, channel_open, channel_recv, channel_send, channels_json, cpu_times_json, flush, input, publish, sleep, write_stderr, write_stdout,
-};
+use super::channels::{channel_close, channel_open, channel_recv, channel_send, channels_json, shared_buffer, shared_buffers_json};
+use super::functions::{allow_stdin, call, cpu_times_json, flush, input, publish, sleep, write_stderr, write_stdout};
 use super::registry::lookup;
 use super::LaneState;
 
 /// The name every interpreter imports the module under.
 pub const MODULE_NAME: &CStr = c"_parakernel";
 
-/// Per-module state: one strong reference to the lane's state, from `Arc::into_raw`.
+/// Per-module state: one strong reference to the lane's state, from `Arc::into_raw`, and the
+/// interpreter's shared-buffer exporter type.
 #[repr(C)]
 struct ModuleState {
     lane: *const LaneState,
+    /// This interpreter's type of shared-buffer exporters (a strong reference).
+    buffer_type: *mut ffi::PyObject,
 }
 
 /// Static FFI tables that the interpreter reads (and, for the module definition, initializes once
@@ -37,7 +39,7 @@ impl<T> FfiTable<T> {
     }
 }
 
-static METHODS: FfiTable<[ffi::PyMethodDef; 15]> = FfiTable(std::cell::UnsafeCell::new([
+static METHODS: FfiTable<[ffi::PyMethodDef; 17]> = FfiTable(std::cell::UnsafeCell::new([
     ffi::PyMethodDef {
         ml_name: c"write_stdout".as_ptr(),
         ml_meth: ffi::PyMethodDefPointer { PyCFunction: write_stdout },
@@ -103,6 +105,18 @@ static METHODS: FfiTable<[ffi::PyMethodDef; 15]> = FfiTable(std::cell::UnsafeCel
         ml_meth: ffi::PyMethodDefPointer { PyCFunction: channels_json },
         ml_flags: ffi::METH_NOARGS,
         ml_doc: c"channels()\n--\n\nJSON list: every channel's name, depth, maxsize, counters and state.".as_ptr(),
+    },
+    ffi::PyMethodDef {
+        ml_name: c"shared_buffer".as_ptr(),
+        ml_meth: ffi::PyMethodDefPointer { PyCFunctionFast: shared_buffer },
+        ml_flags: ffi::METH_FASTCALL,
+        ml_doc: c"shared_buffer(name, size, /)\n--\n\nA writable memoryview of the shared block `name` (made with `size` bytes if it does not live).".as_ptr(),
+    },
+    ffi::PyMethodDef {
+        ml_name: c"shared_buffers".as_ptr(),
+        ml_meth: ffi::PyMethodDefPointer { PyCFunction: shared_buffers_json },
+        ml_flags: ffi::METH_NOARGS,
+        ml_doc: c"shared_buffers()\n--\n\nJSON list: every living shared block's name, size and holders.".as_ptr(),
     },
     ffi::PyMethodDef {
         ml_name: c"cpu_times".as_ptr(),
@@ -187,6 +201,11 @@ unsafe extern "C" fn module_exec(module: *mut ffi::PyObject) -> c_int {
         if state.is_null() {
             return -1;
         }
+        let buffer_type = super::channels::new_exporter_type();
+        if buffer_type.is_null() {
+            return -1;
+        }
+        (*state).buffer_type = buffer_type;
         (*state).lane = Arc::into_raw(lane);
     }
     0
@@ -200,6 +219,10 @@ unsafe extern "C" fn module_free(module: *mut c_void) {
         if !state.is_null() && !(*state).lane.is_null() {
             drop(Arc::from_raw((*state).lane));
             (*state).lane = ptr::null();
+        }
+        if !state.is_null() && !(*state).buffer_type.is_null() {
+            ffi::Py_DecRef((*state).buffer_type);
+            (*state).buffer_type = ptr::null_mut();
         }
     }
 }
@@ -222,5 +245,21 @@ pub(super) unsafe fn lane_of<'m>(module: *mut ffi::PyObject) -> Option<&'m LaneS
             return None;
         }
         Some(&*(*state).lane)
+    }
+}
+
+/// This interpreter's shared-buffer exporter type (borrowed from `module`'s state).
+///
+/// # Safety
+/// As [`lane_of`].
+pub(super) unsafe fn buffer_type_of(module: *mut ffi::PyObject) -> Option<*mut ffi::PyObject> {
+    // SAFETY: as the caller promises; set by `module_exec`, released only by `module_free`.
+    unsafe {
+        let state = ffi::PyModule_GetState(module).cast::<ModuleState>();
+        if state.is_null() || (*state).buffer_type.is_null() {
+            ffi::PyErr_SetString(ffi::PyExc_RuntimeError, c"_parakernel is not initialized".as_ptr());
+            return None;
+        }
+        Some((*state).buffer_type)
     }
 }

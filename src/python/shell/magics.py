@@ -102,6 +102,9 @@ def _channels_table(rows):
     return _table(rows, _CHANNELS_COLUMNS, "(no channels)")
 
 
+_BUFFERS_COLUMNS = (("name", "shared buffer"), ("size", "size (bytes)"), ("holders", "held by (views)"))
+
+
 def register_magics(shell):
     from IPython.core.error import UsageError
     from IPython.core.magic import Magics, cell_magic, line_cell_magic, line_magic, magics_class
@@ -120,12 +123,17 @@ def register_magics(shell):
 
         @line_magic
         def channels(self, line):
-            """Show the channels between lanes: depth, bound, counters, waiting lanes, closed."""
+            """Show the channels between lanes (depth, bound, counters, waiting lanes, closed) and the
+            living shared buffers."""
             if line.strip():
                 raise UsageError("%channels takes no arguments")
             from IPython.display import display
 
             text, table = _channels_table(json.loads(_parakernel.channels()))
+            buffers = json.loads(_parakernel.shared_buffers())
+            if buffers:
+                more_text, more_table = _table(buffers, _BUFFERS_COLUMNS, "")
+                text, table = f"{text}\n\n{more_text}", table + more_table
             display({"text/plain": text, "text/html": table}, raw=True)
 
         @line_magic

@@ -1,5 +1,5 @@
 """parakernel's API for cells, importable in every lane as `parakernel` (shipped inside the
-kernel; nothing is installed): channels between lanes.
+kernel; nothing is installed): channels and shared buffers between lanes.
 
     from parakernel import channel, channels, Empty, Full, ChannelClosed
     results = channel("results", maxsize=0)   # get or create, process-wide by name
@@ -10,13 +10,17 @@ Values cross as data rebuilt in the receiving lane: None, bool, int, float, comp
 and tuples, lists and dicts of these; an object with the buffer protocol arrives as a read-only
 memoryview of one copy; anything else is pickled (its class must be importable where it is
 received).
+
+    from parakernel import shared_buffer
+    grid = shared_buffer("grid", 8 * 1024)    # every lane that opens "grid" sees the same bytes
+    grid.cast("d")[0] = 1.5                   # a writable memoryview: no copy, no send
 """
 
 import json
 
 import _parakernel
 
-__all__ = ["Channel", "ChannelClosed", "Empty", "Full", "channel", "channels"]
+__all__ = ["Channel", "ChannelClosed", "Empty", "Full", "channel", "channels", "shared_buffer", "shared_buffers"]
 
 
 class Empty(Exception):
@@ -106,3 +110,23 @@ def channel(name, maxsize=0):
 def channels():
     """Every channel: name, depth, maxsize, sent, received, waiting senders and receivers, closed."""
     return json.loads(_parakernel.channels())
+
+
+def shared_buffer(name, size=None):
+    """A writable memoryview of the shared buffer `name`: a block of the kernel's memory that
+    every lane opening the same name sees, byte for byte (zero copy). Made with `size` bytes,
+    zeroed, if no lane holds it; `size=None` opens an existing one (KeyError if there is none).
+    A different `size` for a living buffer is a ValueError.
+
+    The block lives while any lane holds a view of it (this one, a slice or a cast of it):
+    restarting the lane that made it does not free it. `view.release()` (or dropping every
+    view) in every lane frees it. Writes are not ordered between lanes: tell the readers that
+    the data is ready through a channel."""
+    if size is not None and (not isinstance(size, int) or isinstance(size, bool)):
+        raise TypeError(f"size must be an int (bytes) or None, not {type(size).__name__}")
+    return _parakernel.shared_buffer(name, size)
+
+
+def shared_buffers():
+    """Every living shared buffer: name, size, and how many opened views hold it."""
+    return json.loads(_parakernel.shared_buffers())
