@@ -272,6 +272,12 @@ impl Registry {
         Ok(channel)
     }
 
+    /// Forgets the channel `name` (its holders keep it; a later `channel(name)` makes a new
+    /// one). Whether there was one.
+    pub fn discard(&self, name: &str) -> bool {
+        self.channels.lock_unpoisoned().remove(name).is_some()
+    }
+
     /// Every channel's stats, by name.
     pub fn stats(&self) -> Vec<Stats> {
         let channels: Vec<Arc<Channel>> = self.channels.lock_unpoisoned().values().cloned().collect();

@@ -114,6 +114,7 @@ impl<E: Executor> Kernel<E> {
             }),
             LaneCall::Restart { lane: name } => self.end_lane(&lane, &name, true),
             LaneCall::Stop { lane: name } => self.end_lane(&lane, &name, false),
+            LaneCall::Spawn { code } => self.spawn(request, code),
         };
         self.executor.call_reply(&lane, id, reply);
     }
@@ -153,9 +154,49 @@ impl<E: Executor> Kernel<E> {
         }
     }
 
+    /// `LaneCall::Spawn`: a job of its own on a fresh lane, under the calling cell's message.
+    fn spawn(&mut self, caller: Option<RequestId>, code: String) -> Result<Value, String> {
+        let Some(flight) = caller.and_then(|id| self.in_flight.get(&id)) else {
+            return Err("lane jobs can be started only while a cell runs (the cell that starts them shows their output)".to_owned());
+        };
+        if let Some(reason) = self.executor.lanes_unavailable() {
+            return Err(format!("this needs subinterpreter lanes, but {reason}."));
+        }
+        if self.executor.fresh_lanes() == 0 {
+            return Err("no fresh lanes are configured (PARAKERNEL_FRESH_LANES=0)".to_owned());
+        }
+        let message = flight.message.clone();
+        let (channel, execution_count) = (flight.channel, flight.execution_count);
+        let id = self.next_request;
+        self.next_request += 1;
+        let parent_header = super::header_json(&message.header);
+        self.in_flight.insert(id, super::InFlight {
+            message,
+            channel,
+            lane: None,
+            pooled: false,
+            stop_on_error: false,
+            execution_count,
+            fallback: None,
+            query_offset: 0,
+            spawned: true,
+        });
+        self.enqueue_fresh(Job::Execute(crate::lanes::ExecuteJob {
+            request: id,
+            code: CellCode::from(code),
+            silent: true,
+            store_history: false,
+            user_expressions: serde_json::Map::new(),
+            allow_stdin: false,
+            execution_count,
+            parent_header,
+        }));
+        Ok(json!({"job": id}))
+    }
+
     /// Whether an earlier job of the waiter's lanes is still queued or running.
     fn waiting_for(&self, waiter: &Waiter) -> bool {
-        self.in_flight.range(..waiter.before).any(|(_, flight)| {
+        self.in_flight.range(..waiter.before).filter(|(_, flight)| !flight.spawned).any(|(_, flight)| {
             let in_target = |lane: &Lane| {
                 if waiter.targets.is_empty() {
                     *lane != waiter.caller

@@ -54,7 +54,7 @@ const LOGGED_ERROR_CHARS: usize = 240;
 /// A request between its `busy` and its `idle`. Its content is not kept: it was typed into the
 /// [`Request`] (whose parts went where they are used) and its frame freed.
 #[derive(Debug)]
-struct InFlight {
+pub(super) struct InFlight {
     message: Message<()>,
     channel: Channel,
     /// The lane of a job (execute or comm), once it has one.
@@ -67,6 +67,9 @@ struct InFlight {
     /// how many characters of the cell (a `%%lane` line) the lane did not see.
     fallback: Option<Value>,
     query_offset: usize,
+    /// A job a lane spawned (`LaneCall::Spawn`), under the message of the cell that spawned it:
+    /// no client waits for its reply or its status, and `%wait` does not wait for it.
+    spawned: bool,
 }
 
 #[derive(Debug, Default)]
@@ -428,6 +431,7 @@ impl<E: Executor> Kernel<E> {
                 execution_count: 0,
                 fallback: None,
                 query_offset: 0,
+                spawned: false,
             });
         id
     }
@@ -440,12 +444,16 @@ impl<E: Executor> Kernel<E> {
             warn!(id, "finished a request twice");
             return;
         };
+        if flight.spawned {
+            self.remember_finished(id, flight.message.header, flight.lane);
+            return;
+        }
         if let (Some(content), Some(reply_type)) = (reply, reply_type(flight.message.msg_type())) {
             let message = self.session.reply(&flight.message, &reply_type, content);
             self.send(flight.channel, &message);
         }
         self.publish_status("idle", Some(&flight.message.header));
-        if let Some(still_running) = self.in_flight.values().next() {
+        if let Some(still_running) = self.in_flight.values().find(|flight| !flight.spawned) {
             let header = still_running.message.header.clone();
             self.publish_status("busy", Some(&header));
         }
@@ -558,7 +566,7 @@ struct ExecuteInput<'a> {
     execution_count: u64,
 }
 
-fn header_json(header: &Header) -> Value {
+pub(super) fn header_json(header: &Header) -> Value {
     serde_json::to_value(header).expect("a header is plain JSON")
 }
 

@@ -207,6 +207,11 @@ pub enum LaneCall {
     Restart { lane: String },
     /// `%lane stop NAME`: as restart, but the lane is gone until a cell names it again.
     Stop { lane: String },
+    /// `parakernel.LanePool`'s workers: run `code` as a job of its own on the next free fresh
+    /// lane, beside the calling cell (silent, not in the history, its output under the calling
+    /// cell, no reply to any client). Answered at once with the job's id; the job ends when its
+    /// code returns.
+    Spawn { code: String },
 }
 
 /// The two streams a cell writes to.

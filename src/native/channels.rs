@@ -246,6 +246,19 @@ pub(super) unsafe extern "C" fn channel_close(
     }
 }
 
+/// `channel_discard(name)`: forgets the channel (a pool's own channels, once its workers left).
+pub(super) unsafe extern "C" fn channel_discard(
+    _module: *mut ffi::PyObject,
+    name: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    // SAFETY: called by CPython with the calling interpreter's GIL held; `name` is alive for
+    // the call.
+    unsafe {
+        let name = or_null!(text_of(name, "name"));
+        ffi::PyBool_FromLong(std::ffi::c_long::from(crate::channels::registry().discard(&name)))
+    }
+}
+
 /// An exporter of one shared block to one interpreter: the object a `shared_buffer` memoryview
 /// views. It holds an `Arc` of the block, so the block lives while any view of it does.
 #[repr(C)]

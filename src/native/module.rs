@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use pyo3_ffi as ffi;
 
-use super::channels::{channel_close, channel_open, channel_recv, channel_send, channels_json, shared_buffer, shared_buffers_json};
+use super::channels::{channel_close, channel_discard, channel_open, channel_recv, channel_send, channels_json, shared_buffer, shared_buffers_json};
 use super::functions::{allow_stdin, call, cpu_times_json, flush, input, publish, sleep, write_stderr, write_stdout};
 use super::registry::lookup;
 use super::LaneState;
@@ -39,7 +39,7 @@ impl<T> FfiTable<T> {
     }
 }
 
-static METHODS: FfiTable<[ffi::PyMethodDef; 17]> = FfiTable(std::cell::UnsafeCell::new([
+static METHODS: FfiTable<[ffi::PyMethodDef; 18]> = FfiTable(std::cell::UnsafeCell::new([
     ffi::PyMethodDef {
         ml_name: c"write_stdout".as_ptr(),
         ml_meth: ffi::PyMethodDefPointer { PyCFunction: write_stdout },
@@ -99,6 +99,12 @@ static METHODS: FfiTable<[ffi::PyMethodDef; 17]> = FfiTable(std::cell::UnsafeCel
         ml_meth: ffi::PyMethodDefPointer { PyCFunction: channel_close },
         ml_flags: ffi::METH_O,
         ml_doc: c"channel_close(name, /)\n--\n\nClose the channel: senders fail, receivers drain.".as_ptr(),
+    },
+    ffi::PyMethodDef {
+        ml_name: c"channel_discard".as_ptr(),
+        ml_meth: ffi::PyMethodDefPointer { PyCFunction: channel_discard },
+        ml_flags: ffi::METH_O,
+        ml_doc: c"channel_discard(name, /)\n--\n\nForget the channel; its holders keep it. Whether there was one.".as_ptr(),
     },
     ffi::PyMethodDef {
         ml_name: c"channels".as_ptr(),

@@ -27,6 +27,7 @@ const SHELL_PARTS: &[(&str, &str)] = &[
     ("libraries", include_str!("shell/libraries.py")),
     ("queries", include_str!("shell/queries.py")),
     ("fresh", include_str!("shell/fresh.py")),
+    ("pool", include_str!("shell/pool.py")),
     // Not a part of the shell: the `parakernel` module cells import (see `loader.PUBLIC`).
     ("parakernel", include_str!("shell/parakernel.py")),
 ];

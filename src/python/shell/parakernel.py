@@ -19,8 +19,13 @@ received).
 import json
 
 import _parakernel
+from _parakernel_shell.pool import LanePool, RemoteTraceback
 
-__all__ = ["Channel", "ChannelClosed", "Empty", "Full", "channel", "channels", "shared_buffer", "shared_buffers"]
+# `map` too, but not in `__all__`: `from parakernel import *` must not hide the built-in map.
+__all__ = [
+    "Channel", "ChannelClosed", "Empty", "Full", "LanePool", "RemoteTraceback", "channel", "channels",
+    "shared_buffer", "shared_buffers",
+]
 
 
 class Empty(Exception):
@@ -130,3 +135,14 @@ def shared_buffer(name, size=None):
 def shared_buffers():
     """Every living shared buffer: name, size, and how many opened views hold it."""
     return json.loads(_parakernel.shared_buffers())
+
+
+def map(function, iterable, lanes=None, chunksize=None):  # noqa: A001 - parakernel.map
+    """`[function(item) for item in iterable]` on fresh lanes (at most one per core, or `lanes`
+    of them), results in order. Functions and lambdas defined in cells work (shipped with
+    cloudpickle). An exception in a task is raised here, with the lane's traceback as its
+    cause; an interrupt cancels the tasks not started yet. More than a few dozen tasks show a
+    progress bar under the cell that ends as a summary line."""
+    from _parakernel_shell import pool
+
+    return pool.map(function, iterable, lanes=lanes, chunksize=chunksize)
