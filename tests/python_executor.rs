@@ -151,6 +151,7 @@ impl Kernel {
             allow_stdin,
             execution_count,
             parent_header: json!({ "msg_id": format!("request-{request}"), "msg_type": "execute_request" }),
+            transfer: parakernel::lanes::Transfer::default(),
         };
         self.executor.run(lane, Job::Execute(job));
         request
@@ -388,6 +389,7 @@ fn check_user_expressions_and_silent(kernel: &mut Kernel) {
             allow_stdin: false,
             execution_count: 30,
             parent_header: json!({ "msg_id": "silent", "msg_type": "execute_request" }),
+            transfer: parakernel::lanes::Transfer::default(),
         }),
     );
     let outcome = kernel.finish(request, GUARD);

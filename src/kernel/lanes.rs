@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 use tokio::time::Instant;
 use tracing::debug;
 
-use crate::lanes::{CellCode, ErrorContent, ExecuteReply, Executor, InterruptTarget, Job, Lane, LaneCall, RequestId};
+use crate::lanes::{CellCode, ErrorContent, ExecuteReply, Executor, InterruptTarget, Job, Lane, LaneCall, RequestId, Transfer};
 use super::routing::{self, Route};
 use super::{Kernel, SetAside, Waiter};
 use crate::wire::quoted;
@@ -20,12 +20,13 @@ const SET_ASIDE_GRACE: Duration = Duration::from_secs(2);
 impl<E: Executor> Kernel<E> {
     /// The lane of a cell (`None`: any fresh lane) and its code without the magic line (sharing
     /// the cell's text), or an error message for the user.
-    pub(super) fn route(&self, code: &CellCode, tags: &[String]) -> Result<(Option<Lane>, CellCode), String> {
+    pub(super) fn route(&self, code: &CellCode, tags: &[String]) -> Result<(Option<Lane>, Transfer, CellCode), String> {
         let routed = routing::route(code, tags).map_err(|error| error.to_string())?;
         // The routed code is what is left after the magic line.
         let routed_code = code.suffix(code.len() - routed.code.len());
+        let transfer = routed.transfer;
         let lane = match routed.route {
-            Route::Main => return Ok((Some(Lane::Main), routed_code)),
+            Route::Main => return Ok((Some(Lane::Main), transfer, routed_code)),
             Route::Named(name) => Some(Lane::Named(name)),
             Route::Fresh => None,
         };
@@ -36,7 +37,7 @@ impl<E: Executor> Kernel<E> {
         if lane.is_none() && self.executor.fresh_lanes() == 0 {
             return Err("no fresh lanes are configured (PARAKERNEL_FRESH_LANES=0); use %%lane NAME".to_owned());
         }
-        Ok((lane, routed_code))
+        Ok((lane, transfer, routed_code))
     }
 
     /// A cell that cannot run: an `error` output the user sees under the cell, and an error
@@ -190,6 +191,7 @@ impl<E: Executor> Kernel<E> {
             allow_stdin: false,
             execution_count,
             parent_header,
+            transfer: Transfer::default(),
         }));
         Ok(json!({"job": id}))
     }

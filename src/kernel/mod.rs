@@ -345,7 +345,7 @@ impl<E: Executor> Kernel<E> {
         flight.execution_count = self.execution_count;
         let tags = cell_tags(&flight.message.metadata);
         let parent_header = header_json(&flight.message.header);
-        let (lane, code) = match self.route(&code, &tags) {
+        let (lane, transfer, code) = match self.route(&code, &tags) {
             Ok(routed) => routed,
             Err(message) => {
                 self.refuse_cell(id, "LaneError", &message);
@@ -361,6 +361,7 @@ impl<E: Executor> Kernel<E> {
             allow_stdin: execute.allow_stdin,
             execution_count: self.execution_count,
             parent_header,
+            transfer,
         });
         match lane {
             Some(lane) => self.enqueue(lane, job),

@@ -11,16 +11,24 @@ pub enum Route {
     Fresh,
 }
 
-/// A routed cell: where it runs and its code without the magic line (a suffix of the cell's
-/// code, borrowed: the kernel shares the cell's text with the job instead of copying it).
+/// A routed cell: where it runs, the names it moves (`--in` / `--out`) and its code without the
+/// magic line (a suffix of the cell's code, borrowed: the kernel shares the cell's text with the
+/// job instead of copying it).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Routed<'a> {
     pub route: Route,
+    pub transfer: Transfer,
     pub code: &'a str,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RouteError {
+    #[error("{0:?} is not a Python name: `--in` and `--out` take names separated by commas, e.g. %%lane fit --in data,lr --out model")]
+    BadVariable(String),
+    #[error("{0} needs names: e.g. %%lane fit --in data,lr --out model")]
+    MissingVariables(&'static str),
+    #[error("--in and --out copy values between the main lane and another lane; a cell that runs in the main lane has them already")]
+    TransferInMain,
     #[error("{0:?} is not a lane name: use 1-64 letters, digits, '_' or '-' (e.g. %%lane sweep_1)")]
     BadName(String),
     #[error("{0:?} is the kernel's own name for one of its fresh lanes (`%%parallel` cells); choose another name, e.g. %%lane my-{0}")]
@@ -34,6 +42,39 @@ pub enum RouteError {
 }
 
 const MAX_NAME: usize = 64;
+
+pub use crate::lanes::Transfer;
+
+/// Whether `name` is a Python identifier (as `str.isidentifier`, for the letters Rust knows).
+fn identifier(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars.next().is_some_and(|first| first == '_' || first.is_alphabetic())
+        && chars.all(|c| c == '_' || c.is_alphanumeric())
+        && name.len() <= 256
+}
+
+/// Reads `--in a,b` / `--out c` options (repeatable) after the lane on the magic line.
+fn transfer<'w>(words: impl Iterator<Item = &'w str>) -> Result<Transfer, RouteError> {
+    let mut transfer = Transfer::default();
+    let mut words = words.peekable();
+    while let Some(option) = words.next() {
+        let (names, option) = match option {
+            "--in" => (&mut transfer.inputs, "--in"),
+            "--out" => (&mut transfer.outputs, "--out"),
+            other => return Err(RouteError::UnknownOption(other.to_owned())),
+        };
+        let list = words.next().filter(|list| !list.starts_with("--")).ok_or(RouteError::MissingVariables(option))?;
+        for name in list.split(',').filter(|name| !name.is_empty()) {
+            if !identifier(name) {
+                return Err(RouteError::BadVariable(name.to_owned()));
+            }
+            if !names.iter().any(|known| known == name) {
+                names.push(name.to_owned());
+            }
+        }
+    }
+    Ok(transfer)
+}
 
 /// Whether `name` can name a lane.
 pub fn valid_name(name: &str) -> bool {
@@ -65,25 +106,23 @@ pub fn route<'a>(code: &'a str, tags: &[String]) -> Result<Routed<'a>, RouteErro
     let mut words = first.split_whitespace();
     let magic = match words.next() {
         Some("%%lane") => {
-            let route = match (words.next(), words.next()) {
-                (None, _) => return Err(RouteError::MissingName),
-                (Some("--fresh"), None) => Route::Fresh,
-                (Some(option), _) if option.starts_with('-') => {
-                    return Err(RouteError::UnknownOption(option.to_owned()))
-                }
-                (Some(name), None) => named(name)?,
-                (Some(_), Some(extra)) => return Err(RouteError::UnknownOption(extra.to_owned())),
+            let route = match words.next() {
+                None => return Err(RouteError::MissingName),
+                Some("--fresh") => Route::Fresh,
+                Some(option) if option.starts_with('-') => return Err(RouteError::UnknownOption(option.to_owned())),
+                Some(name) => named(name)?,
             };
             Some(route)
         }
-        Some("%%parallel") => match words.next() {
-            None => Some(Route::Fresh),
-            Some(extra) => return Err(RouteError::UnknownOption(extra.to_owned())),
-        },
+        Some("%%parallel") => Some(Route::Fresh),
         _ => None,
     };
     if let Some(route) = magic {
-        return Ok(Routed { route, code: rest });
+        let transfer = transfer(words)?;
+        if route == Route::Main && !transfer.is_empty() {
+            return Err(RouteError::TransferInMain);
+        }
+        return Ok(Routed { route, transfer, code: rest });
     }
     let mut chosen: Option<(Route, &str)> = None;
     for tag in tags {
@@ -103,7 +142,7 @@ pub fn route<'a>(code: &'a str, tags: &[String]) -> Result<Routed<'a>, RouteErro
         }
     }
     let route = chosen.map_or(Route::Main, |(route, _)| route);
-    Ok(Routed { route, code })
+    Ok(Routed { route, transfer: Transfer::default(), code })
 }
 
 #[cfg(test)]
@@ -119,10 +158,10 @@ mod tests {
         let routed = route("%%lane sweep-1\nx = 1\ny = 2", &tags(&["lane:other"])).unwrap();
         assert_eq!(routed.route, Route::Named("sweep-1".into()));
         assert_eq!(routed.code, "x = 1\ny = 2");
-        assert_eq!(route("%%lane main\nx", &[]).unwrap(), Routed { route: Route::Main, code: "x" });
+        assert_eq!(route("%%lane main\nx", &[]).unwrap(), Routed { route: Route::Main, transfer: Transfer::default(), code: "x" });
         assert_eq!(route("%%parallel\nx", &[]).unwrap().route, Route::Fresh);
         assert_eq!(route("%%lane --fresh\nx", &[]).unwrap().route, Route::Fresh);
-        assert_eq!(route("%%lane  a  ", &[]).unwrap(), Routed { route: Route::Named("a".into()), code: "" });
+        assert_eq!(route("%%lane  a  ", &[]).unwrap(), Routed { route: Route::Named("a".into()), transfer: Transfer::default(), code: "" });
         // The code is the cell's own text after the magic line, not a copy of it.
         let cell = "%%lane a\nx = 1";
         assert!(std::ptr::eq(route(cell, &[]).unwrap().code.as_ptr(), cell[9..].as_ptr()));
@@ -137,7 +176,7 @@ mod tests {
         assert_eq!(route("x", &tags(&["lane:main"])).unwrap().route, Route::Main);
         assert_eq!(route("x", &tags(&["lane:a", "lane=a"])).unwrap().route, Route::Named("a".into()));
         let plain = route("%lanes\nx", &tags(&["unrelated"])).unwrap();
-        assert_eq!(plain, Routed { route: Route::Main, code: "%lanes\nx" });
+        assert_eq!(plain, Routed { route: Route::Main, transfer: Transfer::default(), code: "%lanes\nx" });
     }
 
     #[test]
@@ -152,6 +191,25 @@ mod tests {
         assert_eq!(route(&format!("%%lane {long}\n"), &[]), Err(RouteError::BadName(long)));
         assert!(matches!(route("x", &tags(&["lane:a", "parallel"])), Err(RouteError::ConflictingTags(..))));
         assert!(RouteError::BadName("a/b".into()).to_string().contains("1-64 letters"));
+    }
+
+    #[test]
+    fn in_and_out_name_the_values_that_move() {
+        let routed = route("%%lane fit --in data,lr --out model --in data,seed\nx", &[]).unwrap();
+        assert_eq!(routed.route, Route::Named("fit".into()));
+        assert_eq!(routed.transfer.inputs, ["data", "lr", "seed"]);
+        assert_eq!(routed.transfer.outputs, ["model"]);
+        assert_eq!(routed.code, "x");
+        let parallel = route("%%parallel --out total\nx", &[]).unwrap();
+        assert_eq!((parallel.route, parallel.transfer.outputs), (Route::Fresh, vec!["total".to_owned()]));
+        assert_eq!(route("%%lane --fresh --in a\nx", &[]).unwrap().transfer.inputs, ["a"]);
+        assert_eq!(route("%%lane a --in\nx", &[]), Err(RouteError::MissingVariables("--in")));
+        assert_eq!(route("%%lane a --out --in b\nx", &[]), Err(RouteError::MissingVariables("--out")));
+        assert_eq!(route("%%lane a --in 1x\nx", &[]), Err(RouteError::BadVariable("1x".into())));
+        assert_eq!(route("%%lane a --in a.b\nx", &[]), Err(RouteError::BadVariable("a.b".into())));
+        assert_eq!(route("%%lane main --in a\nx", &[]), Err(RouteError::TransferInMain));
+        assert_eq!(route("%%lane a --fast b\nx", &[]), Err(RouteError::UnknownOption("--fast".into())));
+        assert!(route("%%lane a --in données\nx", &[]).is_ok());
     }
 
     #[test]

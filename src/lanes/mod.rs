@@ -137,6 +137,22 @@ pub struct ExecuteJob {
     /// The request's header, for code that asks "which request am I running?" (ipywidgets'
     /// `Output` widget captures output by the parent's `msg_id`).
     pub parent_header: Value,
+    /// The names copied from the main lane before the cell and back after it.
+    pub transfer: Transfer,
+}
+
+/// `%%lane NAME --in a,b --out c`: the values copied from the main lane's namespace into the
+/// lane's before the cell (`inputs`), and back after it (`outputs`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Transfer {
+    pub inputs: Vec<String>,
+    pub outputs: Vec<String>,
+}
+
+impl Transfer {
+    pub fn is_empty(&self) -> bool {
+        self.inputs.is_empty() && self.outputs.is_empty()
+    }
 }
 
 /// Work that runs in a lane in request order, one at a time: the kernel hands a lane its next

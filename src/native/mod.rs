@@ -16,7 +16,8 @@
 //! # Parts
 //!
 //! - `module`: the module definition, method table and per-module state.
-//! - `functions`: the module's functions (`channels`: those of channels and shared buffers); `arguments`: reading their arguments, raising errors.
+//! - `functions`: the module's functions (`channels`: those of channels and shared buffers;
+//!   `transfer`: `--in`/`--out` copies between the main lane and a lane); `arguments`: reading their arguments, raising errors.
 //! - `lane_state`: [`LaneState`], one lane's Rust side: its request, its waits and their replies.
 //! - `outlet`: the ordered, coalescing way out of a lane to the kernel.
 //! - `cpu`: [`CpuMeter`], CPU time per lane.
@@ -32,6 +33,7 @@ mod module;
 mod outlet;
 mod registry;
 mod threads;
+mod transfer;
 mod values;
 
 pub use cpu::{cpu_meter, cpu_times, CpuMeter};

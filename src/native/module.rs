@@ -11,6 +11,7 @@ use pyo3_ffi as ffi;
 use super::channels::{channel_close, channel_discard, channel_open, channel_recv, channel_send, channels_json, shared_buffer, shared_buffers_json};
 use super::functions::{allow_stdin, call, cpu_times_json, flush, input, publish, sleep, write_stderr, write_stdout};
 use super::registry::lookup;
+use super::transfer::{main_values, set_main_values};
 use super::LaneState;
 
 /// The name every interpreter imports the module under.
@@ -39,7 +40,7 @@ impl<T> FfiTable<T> {
     }
 }
 
-static METHODS: FfiTable<[ffi::PyMethodDef; 18]> = FfiTable(std::cell::UnsafeCell::new([
+static METHODS: FfiTable<[ffi::PyMethodDef; 20]> = FfiTable(std::cell::UnsafeCell::new([
     ffi::PyMethodDef {
         ml_name: c"write_stdout".as_ptr(),
         ml_meth: ffi::PyMethodDefPointer { PyCFunction: write_stdout },
@@ -123,6 +124,18 @@ static METHODS: FfiTable<[ffi::PyMethodDef; 18]> = FfiTable(std::cell::UnsafeCel
         ml_meth: ffi::PyMethodDefPointer { PyCFunction: shared_buffers_json },
         ml_flags: ffi::METH_NOARGS,
         ml_doc: c"shared_buffers()\n--\n\nJSON list: every living shared block's name, size and holders.".as_ptr(),
+    },
+    ffi::PyMethodDef {
+        ml_name: c"main_values".as_ptr(),
+        ml_meth: ffi::PyMethodDefPointer { PyCFunction: main_values },
+        ml_flags: ffi::METH_O,
+        ml_doc: c"main_values(names, /)\n--\n\nA dict of the main lane's values of `names`, copied into this lane (--in).".as_ptr(),
+    },
+    ffi::PyMethodDef {
+        ml_name: c"set_main_values".as_ptr(),
+        ml_meth: ffi::PyMethodDefPointer { PyCFunctionFast: set_main_values },
+        ml_flags: ffi::METH_FASTCALL,
+        ml_doc: c"set_main_values(names, values, /)\n--\n\nCopy this lane's values into the main lane's namespace (--out), all or none.".as_ptr(),
     },
     ffi::PyMethodDef {
         ml_name: c"cpu_times".as_ptr(),

@@ -136,6 +136,7 @@ impl<'py> LaneRuntime<'py> {
             "user_expressions": job.user_expressions,
             "execution_count": job.execution_count,
             "parent_header": job.parent_header,
+            "transfer": job.transfer,
         })
         .to_string();
         let reply = self

@@ -130,8 +130,16 @@ def execute(job_json, code):
         # per cell kept the lane's memory flat: DESIGN.md).
         run = functools.partial(contextvars.Context().run, shell.run_cell)
         fresh.before_job["environ"], fresh.before_job["cwd"] = dict(os.environ), os.getcwd()
+    transfer = job.get("transfer") or {}
+    shell._last_traceback = None
     try:
+        failed = transfer.get("inputs") and _copy_in(shell, transfer["inputs"])
+        if failed:
+            return _failed(shell, job, failed)
         result = run(code, store_history=job["store_history"], silent=job["silent"])
+        failed = transfer.get("outputs") and result.success and _copy_out(shell, transfer["outputs"])
+        if failed:
+            return _failed(shell, job, failed)
     finally:
         builtins.input, getpass.getpass = saved_input, saved_getpass
     # With the history database off, IPython still queues every cell's source for it, forever.
@@ -169,6 +177,50 @@ def execute(job_json, code):
     reply["payload"] = shell.payload_manager.read_payload()
     shell.payload_manager.clear_payload()
     return messages.dumps(reply)
+
+
+def _copy_in(shell, names):
+    """`--in`: once the main lane has run every cell sent before this one, its values of
+    `names` are copied into this lane. Returns the error (shown under the cell) if that fails."""
+    from .magics import _call
+
+    try:
+        _call("wait", lanes=["main"])
+        shell.user_ns.update(_parakernel.main_values(names))
+    except BaseException as error:  # noqa: BLE001 - shown under the cell, as its own errors are
+        shell.showtraceback()
+        return error
+    return None
+
+
+def _copy_out(shell, names):
+    """`--out`: the cell's values of `names` are copied into the main lane. Returns the error
+    (shown under the cell) if a name was not set or a value cannot cross."""
+    try:
+        missing = [name for name in names if name not in shell.user_ns]
+        if missing:
+            raise NameError(
+                f"--out {', '.join(missing)}: the cell did not set "
+                + ", ".join(repr(name) for name in missing)
+            )
+        _parakernel.set_main_values(list(names), [shell.user_ns[name] for name in names])
+    except BaseException as error:  # noqa: BLE001 - shown under the cell
+        shell.showtraceback()
+        return error
+    return None
+
+
+def _failed(shell, job, error):
+    """The error reply of a cell whose `--in` or `--out` failed (its traceback already shown)."""
+    return messages.dumps({
+        "status": "error",
+        "execution_count": job["execution_count"],
+        "ename": type(error).__name__,
+        "evalue": str(error),
+        "traceback": shell._last_traceback or [],
+        "user_expressions": {},
+        "payload": [],
+    })
 
 
 def comm(msg_type, message_json, buffers):
