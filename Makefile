@@ -10,9 +10,12 @@ KERNELSPEC := $(VENV)/share/jupyter/kernels/parakernel/kernel.json
 
 .PHONY: demo test bench setup rust-test python-test browser libzmq clean-venv
 
+# channels_pipeline's cells meet each other, so it runs as Run All sends it; the in-turn
+# comparison pass (one cell after another) would wait at its producer for good.
 demo: setup
 	$(PY) tests/run_notebook.py notebooks/demo.ipynb
 	$(PY) tests/run_notebook.py --run-all notebooks/parallel_experiments.ipynb
+	$(PY) tests/run_notebook.py --run-all --no-compare notebooks/channels_pipeline.ipynb
 
 test: setup browser
 	PYO3_PYTHON=$$(cat $(VENV)/.base-python) cargo test --release --locked

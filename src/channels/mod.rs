@@ -67,9 +67,22 @@ pub struct Stats {
 #[derive(Debug)]
 pub struct Channel {
     name: String,
-    maxsize: usize,
     state: Mutex<State>,
     changed: Condvar,
+}
+
+/// A waiter counted in [`Stats`] while it lives (see [`Channel::waiting`]).
+pub struct Waiting<'a> {
+    channel: &'a Channel,
+    sender: bool,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        let mut state = self.channel.lock();
+        let count = if self.sender { &mut state.waiting_senders } else { &mut state.waiting_receivers };
+        *count = count.saturating_sub(1);
+    }
 }
 
 /// Called after every change of a channel (a send, a receive, a close, a wake), without the
@@ -78,6 +91,10 @@ pub type Waker = Arc<dyn Fn() + Send + Sync>;
 
 #[derive(Default)]
 struct State {
+    /// 0: unbounded.
+    maxsize: usize,
+    /// Whether someone asked for `maxsize` (else the first who does sets it).
+    bound_fixed: bool,
     wakers: BTreeMap<u64, Waker>,
     next_waker: u64,
     queue: VecDeque<Value>,
@@ -135,8 +152,25 @@ impl Channel {
         self.len() == 0
     }
 
-    fn full(&self, state: &State) -> bool {
-        self.maxsize != 0 && state.queue.len() >= self.maxsize
+    fn full(state: &State) -> bool {
+        state.maxsize != 0 && state.queue.len() >= state.maxsize
+    }
+
+    /// Counts the caller as a waiting sender (or receiver) until the guard is dropped: for
+    /// waits outside [`Channel::send`] / [`Channel::recv`] (a lane waits on its own condition).
+    pub fn waiting(&self, sender: bool) -> Waiting<'_> {
+        let mut state = self.lock();
+        if sender {
+            state.waiting_senders += 1;
+        } else {
+            state.waiting_receivers += 1;
+        }
+        Waiting { channel: self, sender }
+    }
+
+    /// The bound: 0 for none.
+    pub fn maxsize(&self) -> usize {
+        self.lock().maxsize
     }
 
     /// Sends `value`, waiting while the channel is bounded and full: until `deadline` (`None`:
@@ -148,7 +182,7 @@ impl Channel {
             if state.closed {
                 return Err(SendError::Closed(value));
             }
-            if !self.full(&state) {
+            if !Self::full(&state) {
                 state.queue.push_back(value);
                 state.sent += 1;
                 self.changed(state);
@@ -170,6 +204,11 @@ impl Channel {
         loop {
             if let Some(value) = state.queue.pop_front() {
                 state.received += 1;
+                // A flood's queue gives its memory back as it drains.
+                let capacity = state.queue.capacity();
+                if capacity > 1024 && state.queue.len() < capacity / 4 {
+                    state.queue.shrink_to(capacity / 2);
+                }
                 self.changed(state);
                 return Ok(value);
             }
@@ -228,7 +267,7 @@ impl Channel {
         Stats {
             name: self.name.clone(),
             depth: state.queue.len(),
-            maxsize: self.maxsize,
+            maxsize: state.maxsize,
             sent: state.sent,
             received: state.received,
             waiting_senders: state.waiting_senders,
@@ -247,35 +286,60 @@ pub struct Registry {
 /// The longest channel name.
 pub const MAX_NAME: usize = 128;
 
+/// A name as an error quotes it: at most 60 characters of it.
+fn shortened(name: &str) -> String {
+    if name.chars().count() <= 60 {
+        return name.to_owned();
+    }
+    let head: String = name.chars().take(60).collect();
+    format!("{head}… ({} characters)", name.chars().count())
+}
+
 impl Registry {
-    /// The channel `name`, created with `maxsize` (0: unbounded) if it does not exist. Opening
-    /// an existing channel with another nonzero `maxsize` is an error; `maxsize` 0 opens it as
-    /// it is.
-    pub fn channel(&self, name: &str, maxsize: usize) -> Result<Arc<Channel>, ChannelError> {
+    /// The channel `name`, created if it does not exist. `maxsize` `Some(n)` asks for a bound
+    /// (0: none): the first to ask sets it, whoever opened the channel before (so a receiver
+    /// may open it first); asking for another bound later is an error. `None` opens it as it
+    /// is (unbounded until someone asks).
+    pub fn channel(&self, name: &str, maxsize: Option<usize>) -> Result<Arc<Channel>, ChannelError> {
         if name.is_empty() || name.chars().count() > MAX_NAME || name.chars().any(char::is_control) {
-            return Err(ChannelError::BadName(name.to_owned()));
+            return Err(ChannelError::BadName(shortened(name)));
         }
         let mut channels = self.channels.lock_unpoisoned();
         if let Some(channel) = channels.get(name) {
-            if maxsize != 0 && maxsize != channel.maxsize {
-                return Err(ChannelError::MaxsizeMismatch { name: name.to_owned(), existing: channel.maxsize });
+            if let Some(maxsize) = maxsize {
+                let mut state = channel.lock();
+                if !state.bound_fixed {
+                    state.maxsize = maxsize;
+                    state.bound_fixed = true;
+                } else if maxsize != state.maxsize {
+                    return Err(ChannelError::MaxsizeMismatch { name: name.to_owned(), existing: state.maxsize });
+                }
             }
             return Ok(Arc::clone(channel));
         }
-        let channel = Arc::new(Channel {
-            name: name.to_owned(),
-            maxsize,
-            state: Mutex::new(State::default()),
-            changed: Condvar::new(),
-        });
+        let state = State { maxsize: maxsize.unwrap_or(0), bound_fixed: maxsize.is_some(), ..State::default() };
+        let channel = Arc::new(Channel { name: name.to_owned(), state: Mutex::new(state), changed: Condvar::new() });
         channels.insert(name.to_owned(), Arc::clone(&channel));
         Ok(channel)
     }
 
-    /// Forgets the channel `name` (its holders keep it; a later `channel(name)` makes a new
-    /// one). Whether there was one.
-    pub fn discard(&self, name: &str) -> bool {
-        self.channels.lock_unpoisoned().remove(name).is_some()
+    /// The channel `name` if it exists.
+    pub fn get(&self, name: &str) -> Option<Arc<Channel>> {
+        self.channels.lock_unpoisoned().get(name).cloned()
+    }
+
+    /// `Channel.unlink()`: closes the channel (its waiters wake: senders fail, receivers get
+    /// what is queued, then closed), frees what nobody received and forgets the name, so that
+    /// `channel(name)` makes a new one. Whether there was one.
+    pub fn unlink(&self, name: &str) -> bool {
+        let Some(channel) = self.channels.lock_unpoisoned().remove(name) else {
+            return false;
+        };
+        let mut state = channel.lock();
+        state.closed = true;
+        state.queue = VecDeque::new();
+        channel.changed(state);
+        true
     }
 
     /// Every channel's stats, by name.

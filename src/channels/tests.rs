@@ -26,7 +26,7 @@ fn guard() -> Option<Instant> {
 #[test]
 fn messages_come_out_in_order_and_the_counters_follow() {
     let registry = Registry::default();
-    let channel = registry.channel("fifo", 0).unwrap();
+    let channel = registry.channel("fifo", Some(0)).unwrap();
     for n in 0..10 {
         channel.send(int(n), None, &never).unwrap();
     }
@@ -43,19 +43,28 @@ fn messages_come_out_in_order_and_the_counters_follow() {
 #[test]
 fn a_name_is_one_channel_and_a_maxsize_mismatch_says_so() {
     let registry = Registry::default();
-    let first = registry.channel("results", 2).unwrap();
-    let again = registry.channel("results", 0).unwrap();
+    let first = registry.channel("results", Some(2)).unwrap();
+    let again = registry.channel("results", None).unwrap();
     assert!(Arc::ptr_eq(&first, &again));
-    let error = registry.channel("results", 3).unwrap_err();
+    let error = registry.channel("results", Some(3)).unwrap_err();
     assert!(error.to_string().contains("maxsize 2"), "{error}");
-    assert!(registry.channel("", 0).is_err());
-    assert!(registry.channel("a\nb", 0).is_err());
-    assert!(registry.channel(&"x".repeat(MAX_NAME + 1), 0).is_err());
+    assert!(registry.channel("results", Some(0)).is_err(), "0 asks for no bound: another bound");
+    // Opened first without a bound (a receiver), the first who asks for one sets it.
+    let receiver = registry.channel("jobs", None).unwrap();
+    assert_eq!(receiver.maxsize(), 0);
+    registry.channel("jobs", Some(4)).unwrap();
+    assert_eq!((receiver.maxsize(), receiver.stats().maxsize), (4, 4));
+    assert!(registry.channel("jobs", Some(5)).is_err());
+    let long = registry.channel(&"y".repeat(10_000), None).unwrap_err().to_string();
+    assert!(long.len() < 200 && long.contains("10000 characters"), "{long}");
+    assert!(registry.channel("", Some(0)).is_err());
+    assert!(registry.channel("a\nb", Some(0)).is_err());
+    assert!(registry.channel(&"x".repeat(MAX_NAME + 1), Some(0)).is_err());
 }
 
 #[test]
 fn a_bounded_send_waits_until_a_receive_makes_room() {
-    let channel = Registry::default().channel("bounded", 1).unwrap();
+    let channel = Registry::default().channel("bounded", Some(1)).unwrap();
     channel.send(int(1), None, &never).unwrap();
     assert_eq!(channel.send(int(2), Some(Instant::now()), &never), Err(SendError::Full(int(2))));
     let sender = {
@@ -74,7 +83,7 @@ fn a_bounded_send_waits_until_a_receive_makes_room() {
 
 #[test]
 fn close_drains_then_stops_and_senders_fail_at_once() {
-    let channel = Registry::default().channel("closing", 0).unwrap();
+    let channel = Registry::default().channel("closing", Some(0)).unwrap();
     channel.send(Value::Str("last".into()), None, &never).unwrap();
     channel.close();
     assert_eq!(channel.send(int(1), None, &never), Err(SendError::Closed(int(1))));
@@ -85,7 +94,7 @@ fn close_drains_then_stops_and_senders_fail_at_once() {
 
 #[test]
 fn close_wakes_a_blocked_receiver() {
-    let channel = Registry::default().channel("close-wakes", 0).unwrap();
+    let channel = Registry::default().channel("close-wakes", Some(0)).unwrap();
     let receiver = {
         let channel = Arc::clone(&channel);
         thread::spawn(move || channel.recv(guard(), &never))
@@ -100,8 +109,8 @@ fn close_wakes_a_blocked_receiver() {
 #[test]
 fn a_wake_with_stop_set_ends_a_blocked_recv_and_send() {
     let registry = Registry::default();
-    let empty = registry.channel("empty", 0).unwrap();
-    let full = registry.channel("full", 1).unwrap();
+    let empty = registry.channel("empty", Some(0)).unwrap();
+    let full = registry.channel("full", Some(1)).unwrap();
     full.send(int(0), None, &never).unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let receiver = {
@@ -128,7 +137,7 @@ fn a_wake_with_stop_set_ends_a_blocked_recv_and_send() {
 fn four_senders_two_receivers_every_message_exactly_once() {
     const SENDERS: i64 = 4;
     const EACH: i64 = 5_000;
-    let channel = Registry::default().channel("many", 64).unwrap();
+    let channel = Registry::default().channel("many", Some(64)).unwrap();
     let senders: Vec<_> = (0..SENDERS)
         .map(|sender| {
             let channel = Arc::clone(&channel);
@@ -176,7 +185,7 @@ fn four_senders_two_receivers_every_message_exactly_once() {
 
 #[test]
 fn one_receiver_sees_each_senders_messages_in_order() {
-    let channel = Registry::default().channel("ordered", 8).unwrap();
+    let channel = Registry::default().channel("ordered", Some(8)).unwrap();
     let senders: Vec<_> = (0..3)
         .map(|sender| {
             let channel = Arc::clone(&channel);
@@ -205,7 +214,7 @@ fn one_receiver_sees_each_senders_messages_in_order() {
 #[test]
 fn two_threads_ping_pong_a_thousand_times() {
     let registry = Registry::default();
-    let (ping, pong) = (registry.channel("ping", 1).unwrap(), registry.channel("pong", 1).unwrap());
+    let (ping, pong) = (registry.channel("ping", Some(1)).unwrap(), registry.channel("pong", Some(1)).unwrap());
     let other = {
         let (ping, pong) = (Arc::clone(&ping), Arc::clone(&pong));
         thread::spawn(move || {
@@ -236,7 +245,7 @@ fn sizes_count_nested_values() {
 
 #[test]
 fn a_subscribed_waker_hears_of_every_change_until_unsubscribed() {
-    let channel = Registry::default().channel("wakers", 0).unwrap();
+    let channel = Registry::default().channel("wakers", Some(0)).unwrap();
     let heard = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let id = {
         let heard = Arc::clone(&heard);
@@ -251,4 +260,35 @@ fn a_subscribed_waker_hears_of_every_change_until_unsubscribed() {
     channel.unsubscribe(id);
     channel.close();
     assert_eq!(heard.load(Ordering::SeqCst), 3);
+}
+
+#[test]
+fn waiting_counts_and_unlink() {
+    let registry = Registry::default();
+    let channel = registry.channel("counted", None).unwrap();
+    {
+        let _receiver = channel.waiting(false);
+        let _sender = channel.waiting(true);
+        assert_eq!((channel.stats().waiting_senders, channel.stats().waiting_receivers), (1, 1));
+    }
+    assert_eq!((channel.stats().waiting_senders, channel.stats().waiting_receivers), (0, 0));
+    channel.send(int(1), None, &never).unwrap();
+    assert!(registry.unlink("counted"));
+    assert!(!registry.unlink("counted"));
+    // The holder sees it closed and empty; the name makes a new channel.
+    assert_eq!(channel.recv(None, &never), Err(RecvError::Closed));
+    let new = registry.channel("counted", None).unwrap();
+    assert!(!Arc::ptr_eq(&channel, &new) && !new.stats().closed);
+}
+
+#[test]
+fn a_drained_flood_gives_its_queue_back() {
+    let channel = Registry::default().channel("flood", None).unwrap();
+    for n in 0..100_000 {
+        channel.send(int(n), None, &never).unwrap();
+    }
+    let full = channel.lock().queue.capacity();
+    while channel.recv(Some(Instant::now()), &never).is_ok() {}
+    let drained = channel.lock().queue.capacity();
+    assert!(full >= 100_000 && drained <= 2048, "{full} -> {drained}");
 }

@@ -32,10 +32,20 @@ unsafe fn deadline_of(timeout: *mut ffi::PyObject) -> Result<Option<Instant>, ()
         if timeout == ffi::Py_None() {
             return Ok(None);
         }
+        if ffi::PyBool_Check(timeout) != 0 || (ffi::PyLong_Check(timeout) == 0 && ffi::PyFloat_Check(timeout) == 0) {
+            let kind = std::ffi::CStr::from_ptr((*ffi::Py_TYPE(timeout)).tp_name).to_string_lossy();
+            raise(ffi::PyExc_TypeError, &format!("timeout must be None or a number of seconds, not {kind}"));
+            return Err(());
+        }
         let seconds = ffi::PyFloat_AsDouble(timeout);
         #[allow(clippy::float_cmp)]
         if seconds == -1.0 && !ffi::PyErr_Occurred().is_null() {
-            return Err(());
+            if ffi::PyErr_ExceptionMatches(ffi::PyExc_OverflowError) == 0 {
+                return Err(());
+            }
+            // An int beyond any float: longer than the process will live.
+            ffi::PyErr_Clear();
+            return Ok(None);
         }
         if seconds.is_nan() || seconds < 0.0 {
             raise(ffi::PyExc_ValueError, "timeout must be None or a non-negative number of seconds");
@@ -46,23 +56,31 @@ unsafe fn deadline_of(timeout: *mut ffi::PyObject) -> Result<Option<Instant>, ()
     }
 }
 
-/// A `maxsize` argument: 0 (unbounded) or more, or `None` with an exception set.
-unsafe fn maxsize_of(maxsize: *mut ffi::PyObject) -> Option<usize> {
+/// A `maxsize` argument: `None` (open as it is), 0 (unbounded) or more; `Err` with an exception
+/// set otherwise.
+unsafe fn maxsize_of(maxsize: *mut ffi::PyObject) -> Result<Option<usize>, ()> {
+    const WHAT: &str = "maxsize must be None, 0 (unbounded) or a positive int";
     // SAFETY: GIL held, `maxsize` alive (caller).
     unsafe {
+        if maxsize == ffi::Py_None() {
+            return Ok(None);
+        }
+        if ffi::PyBool_Check(maxsize) != 0 || ffi::PyLong_Check(maxsize) == 0 {
+            raise(ffi::PyExc_TypeError, WHAT);
+            return Err(());
+        }
         let maxsize = ffi::PyLong_AsSsize_t(maxsize);
         if maxsize < 0 {
-            if ffi::PyErr_Occurred().is_null() {
-                raise(ffi::PyExc_ValueError, "maxsize must be 0 (unbounded) or more");
-            }
-            return None;
+            ffi::PyErr_Clear();
+            raise(ffi::PyExc_ValueError, WHAT);
+            return Err(());
         }
-        Some(maxsize.unsigned_abs())
+        Ok(Some(maxsize.unsigned_abs()))
     }
 }
 
-/// The channel `name` (opened with `maxsize`), or `None` with an exception set.
-unsafe fn open_channel(name: &str, maxsize: usize) -> Option<Arc<crate::channels::Channel>> {
+/// The channel `name` (opened asking for `maxsize`), or `None` with an exception set.
+unsafe fn open_channel(name: &str, maxsize: Option<usize>) -> Option<Arc<crate::channels::Channel>> {
     match crate::channels::registry().channel(name, maxsize) {
         Ok(channel) => Some(channel),
         Err(error) => {
@@ -81,6 +99,7 @@ unsafe fn open_channel(name: &str, maxsize: usize) -> Option<Arc<crate::channels
 unsafe fn wait_on_channel<T: Send>(
     lane: &LaneState,
     channel: &Arc<crate::channels::Channel>,
+    sender: bool,
     deadline: Option<Instant>,
     mut attempt: impl FnMut() -> Option<T>,
 ) -> WaitEnd<T> {
@@ -100,10 +119,15 @@ unsafe fn wait_on_channel<T: Send>(
         })
     };
     let subscription = channel.subscribe(waker);
+    // Counted as waiting (`%channels`) from the first wait on.
+    let mut counted = None;
     let end = loop {
         let seen = changes.load(Ordering::SeqCst);
         if let Some(value) = attempt() {
             break WaitEnd::Ready(value);
+        }
+        if counted.is_none() {
+            counted = Some(channel.waiting(sender));
         }
         let moved_on = |_: &mut super::lane_state::Waits| (changes.load(Ordering::SeqCst) != seen).then_some(());
         // SAFETY: GIL held (caller); `moved_on` touches no Python object.
@@ -115,6 +139,7 @@ unsafe fn wait_on_channel<T: Send>(
             WaitEnd::Raised => break WaitEnd::Raised,
         }
     };
+    drop(counted);
     channel.unsubscribe(subscription);
     end
 }
@@ -134,12 +159,12 @@ pub(super) unsafe extern "C" fn channel_send(
         let lane = or_null!(lane_of(module));
         let args = or_null!(fastcall_args(args, nargs, 4, "channel_send"));
         let name = or_null!(text_of(args[0], "name"));
-        let maxsize = or_null!(maxsize_of(args[1]));
+        let Ok(maxsize) = maxsize_of(args[1]) else { return ptr::null_mut() };
         let Ok(deadline) = deadline_of(args[3]) else { return ptr::null_mut() };
         let channel = or_null!(open_channel(&name, maxsize));
         let mut value = Some(or_null!(super::values::to_value(args[2], &lane.lane().name())));
         let target = Arc::clone(&channel);
-        let end = wait_on_channel(lane, &channel, deadline, move || {
+        let end = wait_on_channel(lane, &channel, true, deadline, move || {
             let attempt = value.take()?;
             match target.send(attempt, Some(Instant::now()), &|| false) {
                 Ok(()) => Some(c"sent"),
@@ -178,9 +203,9 @@ pub(super) unsafe extern "C" fn channel_recv(
         let args = or_null!(fastcall_args(args, nargs, 2, "channel_recv"));
         let name = or_null!(text_of(args[0], "name"));
         let Ok(deadline) = deadline_of(args[1]) else { return ptr::null_mut() };
-        let channel = or_null!(open_channel(&name, 0));
+        let channel = or_null!(open_channel(&name, None));
         let source = Arc::clone(&channel);
-        let end = wait_on_channel(lane, &channel, deadline, move || {
+        let end = wait_on_channel(lane, &channel, false, deadline, move || {
             match source.recv(Some(Instant::now()), &|| false) {
                 Ok(value) => Some(Some(value)),
                 Err(crate::channels::RecvError::Closed) => Some(None),
@@ -226,7 +251,7 @@ pub(super) unsafe extern "C" fn channel_open(
     unsafe {
         let args = or_null!(fastcall_args(args, nargs, 2, "channel_open"));
         let name = or_null!(text_of(args[0], "name"));
-        let maxsize = or_null!(maxsize_of(args[1]));
+        let Ok(maxsize) = maxsize_of(args[1]) else { return ptr::null_mut() };
         or_null!(open_channel(&name, maxsize));
         ffi::Py_NewRef(ffi::Py_None())
     }
@@ -241,21 +266,37 @@ pub(super) unsafe extern "C" fn channel_close(
     // call.
     unsafe {
         let name = or_null!(text_of(name, "name"));
-        or_null!(open_channel(&name, 0)).close();
+        or_null!(open_channel(&name, None)).close();
         ffi::Py_NewRef(ffi::Py_None())
     }
 }
 
-/// `channel_discard(name)`: forgets the channel (a pool's own channels, once its workers left).
-pub(super) unsafe extern "C" fn channel_discard(
+/// `channel_stats(name)`: the channel's row of `channels()` as JSON, or `None` if there is no
+/// such channel.
+pub(super) unsafe extern "C" fn channel_stats(
     _module: *mut ffi::PyObject,
     name: *mut ffi::PyObject,
 ) -> *mut ffi::PyObject {
-    // SAFETY: called by CPython with the calling interpreter's GIL held; `name` is alive for
-    // the call.
+    // SAFETY: called by CPython with the calling interpreter's GIL held; `name` is alive.
     unsafe {
         let name = or_null!(text_of(name, "name"));
-        ffi::PyBool_FromLong(std::ffi::c_long::from(crate::channels::registry().discard(&name)))
+        let Some(channel) = crate::channels::registry().get(&name) else {
+            return ffi::Py_NewRef(ffi::Py_None());
+        };
+        let text = serde_json::to_string(&channel.stats()).unwrap_or_else(|_| "null".into());
+        ffi::PyUnicode_FromStringAndSize(text.as_ptr().cast(), isize::try_from(text.len()).unwrap_or(0))
+    }
+}
+
+/// `channel_unlink(name)`: closes the channel, frees what it holds and forgets the name.
+pub(super) unsafe extern "C" fn channel_unlink(
+    _module: *mut ffi::PyObject,
+    name: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    // SAFETY: called by CPython with the calling interpreter's GIL held; `name` is alive.
+    unsafe {
+        let name = or_null!(text_of(name, "name"));
+        ffi::PyBool_FromLong(std::ffi::c_long::from(crate::channels::registry().unlink(&name)))
     }
 }
 

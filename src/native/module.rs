@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use pyo3_ffi as ffi;
 
-use super::channels::{channel_close, channel_discard, channel_open, channel_recv, channel_send, channels_json, shared_buffer, shared_buffers_json};
+use super::channels::{channel_close, channel_stats, channel_unlink, channel_open, channel_recv, channel_send, channels_json, shared_buffer, shared_buffers_json};
 use super::functions::{allow_stdin, call, cpu_times_json, flush, input, publish, sleep, write_stderr, write_stdout};
 use super::registry::lookup;
 use super::transfer::{main_values, set_main_values};
@@ -40,7 +40,7 @@ impl<T> FfiTable<T> {
     }
 }
 
-static METHODS: FfiTable<[ffi::PyMethodDef; 20]> = FfiTable(std::cell::UnsafeCell::new([
+static METHODS: FfiTable<[ffi::PyMethodDef; 21]> = FfiTable(std::cell::UnsafeCell::new([
     ffi::PyMethodDef {
         ml_name: c"write_stdout".as_ptr(),
         ml_meth: ffi::PyMethodDefPointer { PyCFunction: write_stdout },
@@ -102,10 +102,16 @@ static METHODS: FfiTable<[ffi::PyMethodDef; 20]> = FfiTable(std::cell::UnsafeCel
         ml_doc: c"channel_close(name, /)\n--\n\nClose the channel: senders fail, receivers drain.".as_ptr(),
     },
     ffi::PyMethodDef {
-        ml_name: c"channel_discard".as_ptr(),
-        ml_meth: ffi::PyMethodDefPointer { PyCFunction: channel_discard },
+        ml_name: c"channel_stats".as_ptr(),
+        ml_meth: ffi::PyMethodDefPointer { PyCFunction: channel_stats },
         ml_flags: ffi::METH_O,
-        ml_doc: c"channel_discard(name, /)\n--\n\nForget the channel; its holders keep it. Whether there was one.".as_ptr(),
+        ml_doc: c"channel_stats(name, /)\n--\n\nThe channel's stats as JSON, or None if there is no such channel.".as_ptr(),
+    },
+    ffi::PyMethodDef {
+        ml_name: c"channel_unlink".as_ptr(),
+        ml_meth: ffi::PyMethodDefPointer { PyCFunction: channel_unlink },
+        ml_flags: ffi::METH_O,
+        ml_doc: c"channel_unlink(name, /)\n--\n\nClose the channel, free what it holds and forget the name.".as_ptr(),
     },
     ffi::PyMethodDef {
         ml_name: c"channels".as_ptr(),

@@ -123,7 +123,7 @@ unsafe fn convert(object: *mut ffi::PyObject, lane: &str, depth: usize) -> Optio
             return (!failed).then_some(Value::Dict(items));
         }
         if ffi::PyObject_CheckBuffer(object) != 0 {
-            return buffer(object);
+            return buffer(object, lane, depth);
         }
         pickled(object, lane)
     }
@@ -143,8 +143,67 @@ unsafe fn utf8(object: *mut ffi::PyObject) -> Option<String> {
     }
 }
 
-/// One copy of a buffer's bytes (C order), with its format and shape.
-unsafe fn buffer(object: *mut ffi::PyObject) -> Option<Value> {
+/// The formats a receiver's `memoryview.cast` rebuilds (native, one character, `@` optional).
+const CASTABLE: &[u8] = b"bBhHiIlLqQnNfdP?c";
+
+/// How a buffer with this format and shape crosses.
+enum BufferKind {
+    /// As one copy of its bytes, rebuilt as a read-only memoryview.
+    Bytes,
+    /// A 0-d number (a numpy scalar): as the Python number it stands for.
+    Number(u8),
+    /// Anything a memoryview cannot be rebuilt as (another byte order, a struct, zeros in the
+    /// shape): pickled.
+    Pickled,
+}
+
+fn buffer_kind(format: &str, shape: &[usize], ndim: usize) -> BufferKind {
+    let code = match format.strip_prefix('@').unwrap_or(format).as_bytes() {
+        [code] if CASTABLE.contains(code) => *code,
+        _ => return BufferKind::Pickled,
+    };
+    if ndim == 0 {
+        return if code == b'c' || code == b'P' { BufferKind::Bytes } else { BufferKind::Number(code) };
+    }
+    if ndim > 64 || shape.contains(&0) {
+        return BufferKind::Pickled;
+    }
+    BufferKind::Bytes
+}
+
+/// A 0-d buffer's object as the number it holds (`float`, `int` or `bool`).
+unsafe fn number(object: *mut ffi::PyObject, code: u8, lane: &str, depth: usize) -> Option<Value> {
+    // SAFETY: GIL held, `object` valid (caller); the new reference is released.
+    unsafe {
+        match code {
+            b'f' | b'd' => {
+                let value = ffi::PyFloat_AsDouble(object);
+                #[allow(clippy::float_cmp)]
+                if value == -1.0 && !ffi::PyErr_Occurred().is_null() {
+                    return None;
+                }
+                Some(Value::Float(value))
+            }
+            b'?' => match ffi::PyObject_IsTrue(object) {
+                -1 => None,
+                truth => Some(Value::Bool(truth == 1)),
+            },
+            _ => {
+                let index = ffi::PyNumber_Index(object);
+                if index.is_null() {
+                    return None;
+                }
+                let value = convert(index, lane, depth + 1);
+                ffi::Py_DecRef(index);
+                value
+            }
+        }
+    }
+}
+
+/// One copy of a buffer's bytes (C order), with its format and shape; a 0-d number as the
+/// number; a buffer no receiver could rebuild as a memoryview, pickled.
+unsafe fn buffer(object: *mut ffi::PyObject, lane: &str, depth: usize) -> Option<Value> {
     // SAFETY: GIL held, `object` has the buffer protocol (caller); the view is released on
     // every path once copied.
     unsafe {
@@ -153,16 +212,27 @@ unsafe fn buffer(object: *mut ffi::PyObject) -> Option<Value> {
             return None;
         }
         let view_ptr = view.as_mut_ptr();
-        let length = usize::try_from((*view_ptr).len).unwrap_or(0);
-        let mut bytes = vec![0_u8; length];
-        let copied = ffi::PyBuffer_ToContiguous(bytes.as_mut_ptr().cast(), view_ptr, (*view_ptr).len, b'C'.cast_signed());
         let format = if (*view_ptr).format.is_null() { "B".to_owned() } else { CStr::from_ptr((*view_ptr).format).to_string_lossy().into_owned() };
         let ndim = usize::try_from((*view_ptr).ndim).unwrap_or(0);
-        let shape = if (*view_ptr).shape.is_null() || ndim == 0 {
+        let shape: Vec<usize> = if (*view_ptr).shape.is_null() || ndim == 0 {
             Vec::new()
         } else {
             std::slice::from_raw_parts((*view_ptr).shape, ndim).iter().map(|&n| usize::try_from(n).unwrap_or(0)).collect()
         };
+        match buffer_kind(&format, &shape, ndim) {
+            BufferKind::Bytes => {}
+            BufferKind::Number(code) => {
+                ffi::PyBuffer_Release(view_ptr);
+                return number(object, code, lane, depth);
+            }
+            BufferKind::Pickled => {
+                ffi::PyBuffer_Release(view_ptr);
+                return pickled(object, lane);
+            }
+        }
+        let length = usize::try_from((*view_ptr).len).unwrap_or(0);
+        let mut bytes = vec![0_u8; length];
+        let copied = ffi::PyBuffer_ToContiguous(bytes.as_mut_ptr().cast(), view_ptr, (*view_ptr).len, b'C'.cast_signed());
         ffi::PyBuffer_Release(view_ptr);
         (copied == 0).then_some(Value::Buffer { bytes, format, shape })
     }

@@ -183,3 +183,74 @@ def test_the_channels_magic_shows_every_channel(fresh_kernel: Kernel):
     (line,) = [line for line in text.splitlines() if line.startswith("shown")]
     assert line.split()[:5] == ["shown", "1", "3", "1", "0"], text
     assert "<td>shown</td>" in bundle["text/html"]
+
+
+def test_odd_buffers_and_numpy_scalars_cross_as_what_they_are(kernel: Kernel):
+    """Buffers a receiver could not rebuild as a memoryview are pickled instead, and numpy's 0-d
+    scalars cross as numbers (found by a hostile pass: they were lost, or arrived as 0-d views)."""
+    cell = textwrap.dedent("""\
+        import array, ctypes
+        import numpy as np
+        from parakernel import channel
+        odd = channel("odd-values")
+        values = [array.array("w", "héllo"), np.array([1.5, 2], dtype=">f8"), np.zeros((0, 3)),
+                  np.float64(1.5), np.int64(7), np.bool_(True), {np.float32(2.5): "key"}]
+        for value in values:
+            odd.send(value)
+        got = [odd.recv() for _ in values]
+        print(type(got[0]).__name__, got[0].tounicode())
+        print(type(got[1]).__name__, got[1].tolist(), got[2].shape)
+        print([(type(v).__name__, v) for v in got[3:6]], got[6])
+        """)
+    result = ok(kernel.execute(cell))
+    assert result.stdout.splitlines() == [
+        "array héllo",
+        "ndarray [1.5, 2.0] (0, 3)",
+        "[('float', 1.5), ('int', 7), ('bool', True)] {2.5: 'key'}",
+    ], describe(result)
+
+
+def test_mistakes_in_arguments_say_what_to_do(kernel: Kernel):
+    cell = textwrap.dedent("""\
+        from parakernel import channel
+        for call in (lambda: channel("m", maxsize=True), lambda: channel("m", maxsize=2**70),
+                     lambda: channel("x" * 10_000), lambda: channel("m").recv(timeout="1")):
+            try:
+                call()
+            except (TypeError, ValueError) as error:
+                print(type(error).__name__, str(error)[:70], len(str(error)) < 200)
+        """)
+    out = ok(kernel.execute(cell)).stdout.splitlines()
+    assert out[0].startswith("ValueError maxsize must be None, 0 (unbounded) or a positive int"), out
+    assert out[1].startswith("ValueError maxsize must be"), out
+    assert out[2].startswith("ValueError \"xxxx") and out[2].endswith("True"), out
+    assert out[3] == "TypeError timeout must be None or a number of seconds, not str True", out
+
+
+def test_the_first_bound_asked_for_wins_whoever_opened_first_and_unlink_frees_the_name(kernel: Kernel):
+    # The receiver opens "bound-late" first (Run All may start it first); the producer's bound holds.
+    receiver = kernel.submit(lane("bound-r", "from parakernel import channel\nprint(sum(channel('bound-late')))"))
+    producer = textwrap.dedent("""\
+        from parakernel import channel, Full
+        jobs = channel("bound-late", maxsize=2)
+        for n in range(100):
+            jobs.send(n)
+        jobs.close()
+        print(repr(jobs), bool(channel("bound-empty")))
+        """)
+    sent = kernel.submit(lane("bound-p", producer))
+    a, b = kernel.finish_all([receiver, sent])
+    assert ok(a).stdout == f"{sum(range(100))}\n" and ok(b).stdout == "channel('bound-late', maxsize=2) True\n"
+    again = textwrap.dedent("""\
+        from parakernel import channel, ChannelClosed
+        old = channel("bound-late")
+        try:
+            old.send(1)
+        except ChannelClosed:
+            print("closed")
+        old.unlink()
+        new = channel("bound-late", maxsize=5)
+        new.send("fresh")
+        print(len(new), new.recv(), repr(new))
+        """)
+    assert ok(kernel.execute(again)).stdout == "closed\n1 fresh channel('bound-late', maxsize=5)\n"

@@ -102,6 +102,9 @@ def _channels_table(rows):
     return _table(rows, _CHANNELS_COLUMNS, "(no channels)")
 
 
+# %channels shows this many channels; parakernel.channels() has them all.
+_SHOWN_CHANNELS = 200
+
 _BUFFERS_COLUMNS = (("name", "shared buffer"), ("size", "size (bytes)"), ("holders", "held by (views)"))
 
 
@@ -129,7 +132,11 @@ def register_magics(shell):
                 raise UsageError("%channels takes no arguments")
             from IPython.display import display
 
-            text, table = _channels_table(json.loads(_parakernel.channels()))
+            rows = json.loads(_parakernel.channels())
+            text, table = _channels_table(rows[:_SHOWN_CHANNELS])
+            if len(rows) > _SHOWN_CHANNELS:
+                more = f"... and {len(rows) - _SHOWN_CHANNELS} more channels (parakernel.channels() lists them all)"
+                text, table = f"{text}\n{more}", f"{table}<p>{more}</p>"
             buffers = json.loads(_parakernel.shared_buffers())
             if buffers:
                 more_text, more_table = _table(buffers, _BUFFERS_COLUMNS, "")

@@ -45,9 +45,21 @@ class Channel:
 
     __slots__ = ("maxsize", "name")
 
-    def __init__(self, name, maxsize=0):
+    def __init__(self, name, maxsize=None):
         self.name = name
+        # The bound this handle asked for (None: none asked); `bound` is the channel's.
         self.maxsize = maxsize
+
+    @property
+    def bound(self):
+        """The channel's bound (0: unbounded), whoever set it."""
+        stats = self.stats()
+        return stats["maxsize"] if stats else 0
+
+    def stats(self):
+        """This channel's row of `channels()`, or None once it is unlinked."""
+        text = _parakernel.channel_stats(self.name)
+        return None if text is None else json.loads(text)
 
     def send(self, value, timeout=None):
         """Sends `value`; waits while the channel is bounded and full (at most `timeout`
@@ -60,7 +72,7 @@ class Channel:
     def _sent(self, status, timeout):
         if status == "full":
             waited = "" if not timeout else f" for {timeout} s"
-            raise Full(f"channel {self.name!r} is full (maxsize {self.maxsize}){waited}")
+            raise Full(f"channel {self.name!r} is full (maxsize {self.bound}){waited}")
         if status == "closed":
             raise ChannelClosed(f"channel {self.name!r} is closed: nothing more can be sent")
 
@@ -84,6 +96,11 @@ class Channel:
         """Senders fail from now on; receivers get what is queued, then `ChannelClosed`."""
         _parakernel.channel_close(self.name)
 
+    def unlink(self):
+        """Closes the channel, frees what nobody received and forgets its name: `channel(name)`
+        makes a new one (for a notebook run again after it closed its channels)."""
+        _parakernel.channel_unlink(self.name)
+
     def __iter__(self):
         """Receives until the channel is closed and drained."""
         while True:
@@ -93,21 +110,25 @@ class Channel:
                 return
 
     def __len__(self):
-        for row in channels():
-            if row["name"] == self.name:
-                return row["depth"]
-        return 0
+        stats = self.stats()
+        return stats["depth"] if stats else 0
+
+    def __bool__(self):
+        # A handle is a handle, empty or not (as `queue.Queue`): `if ch:` is not a depth test.
+        return True
 
     def __repr__(self):
-        bound = f", maxsize={self.maxsize}" if self.maxsize else ""
-        return f"channel({self.name!r}{bound})"
+        bound = self.bound
+        return f"channel({self.name!r}{f', maxsize={bound}' if bound else ''})"
 
 
-def channel(name, maxsize=0):
-    """The channel `name`, created (unbounded, or holding at most `maxsize` messages) if it does
-    not exist yet. A different nonzero `maxsize` for an existing channel is a ValueError."""
-    if not isinstance(maxsize, int) or maxsize < 0:
-        raise ValueError("maxsize must be 0 (unbounded) or a positive int")
+def channel(name, maxsize=None):
+    """The channel `name`, created if it does not exist. `maxsize` bounds it (0: unbounded): the
+    first lane to ask for a bound sets it, even if a receiver opened the channel before; asking
+    for another bound later is a ValueError. Without `maxsize` the channel is opened as it is.
+    """
+    if maxsize is not None and (not isinstance(maxsize, int) or isinstance(maxsize, bool) or maxsize < 0):
+        raise ValueError("maxsize must be None, 0 (unbounded) or a positive int")
     _parakernel.channel_open(name, maxsize)
     return Channel(name, maxsize)
 

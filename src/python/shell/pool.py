@@ -17,8 +17,6 @@ import time
 import traceback
 import uuid
 
-import _parakernel
-
 from . import lane
 
 # Types whose values cross a channel as data (the channel value rules, without buffers).
@@ -309,9 +307,8 @@ class LanePool(concurrent.futures.Executor):
                 future.set_exception(error)
 
     def _discard(self):
-        self._results.close()
-        _parakernel.channel_discard(self._tasks.name)
-        _parakernel.channel_discard(self._results.name)
+        self._tasks.unlink()
+        self._results.unlink()
         self._all_exited.set()
 
     def cancel_pending(self):
