@@ -23,6 +23,9 @@ to `Row`s; add one to BENCHMARKS to add rows. Rows may have an anchor of their o
 - lane-life: what a lane's life leaves behind (RSS per `%lane restart` cycle, over 1,000
   fresh-lane cells that import modules, per named lane and given back by `%lane stop`) beside
   CPython's own create/destroy of an interpreter in a plain process, and ipykernel.
+- channels (bench/channels.py): messages between two lanes (64-byte round trips, 1 MiB
+  throughput) beside mp.Pipe, CPython's `_interpqueues` and memcpy; the shared_buffer
+  handover by size; parakernel.map against multiprocessing.Pool and a thread pool.
 - big-request: one 200 MB execute_request (`s = '<200 MB>'`, signed, to a new kernel of each
   kind): peak RSS (VmHWM), RSS kept after the cell and after `del s`, each also as a multiple
   of the request's size, and the time to the reply.
@@ -70,12 +73,13 @@ class Row:
     target cannot be judged on this machine (too few free cores) says so in ``note``."""
 
     metric: str
-    unit: str  # "s", "bytes" or "" (a count)
+    unit: str  # "s", "µs" (seconds, shown in µs), "bytes", "MB/s" or "" (a count)
     anchor: str  # what parakernel is compared with on this row
     anchor_value: float | None
     value: float | None
     max_ratio: float | None = None  # target for value / anchor_value
     max_value: float | None = None  # target for value itself
+    min_ratio: float | None = None  # target for value / anchor_value, when more is better
     note: str = ""
     unavailable: str | None = None  # why the row could not be measured
     judged: bool = True  # False: the target does not apply on this machine (see note)
@@ -101,6 +105,8 @@ class Row:
             checks.append(self.ratio <= self.max_ratio)
         if self.max_value is not None:
             checks.append(self.value <= self.max_value)
+        if self.min_ratio is not None:
+            checks.append(self.ratio >= self.min_ratio)
         return all(checks) if checks else None
 
     @property
@@ -112,6 +118,8 @@ class Row:
             parts.append(f"≤ {self.max_ratio:.2f}×")
         if self.max_value is not None:
             parts.append(f"≤ {format_value(self.max_value, self.unit)}")
+        if self.min_ratio is not None:
+            parts.append(f"≥ {self.min_ratio:.2f}×")
         return ", ".join(parts)
 
 
@@ -122,6 +130,10 @@ def format_value(value: float | None, unit: str) -> str:
         return f"{value * 1e3:.2f} ms" if abs(value) < 1 else f"{value:.3f} s"
     if unit == "bytes":
         return f"{value / 2**20:.1f} MiB"
+    if unit == "µs":
+        return f"{value * 1e6:.1f} µs"
+    if unit == "MB/s":
+        return f"{value:,.0f} MB/s"
     return f"{value:g}"
 
 
@@ -880,6 +892,11 @@ def big_request(bench: Bench) -> list[Row]:
     return rows
 
 
+# The channels group lives in its own file and imports this one: as `bench`, also when this
+# file runs as the script (`__main__`), so that both see the same Row and Bench.
+sys.modules.setdefault("bench", sys.modules[__name__])
+from channels import channels  # noqa: E402
+
 BENCHMARKS: dict[str, Callable[[Bench], list[Row]]] = {
     "startup": startup,
     "pass": pass_round_trip,
@@ -892,6 +909,7 @@ BENCHMARKS: dict[str, Callable[[Bench], list[Row]]] = {
     "fresh-latency": fresh_latency,
     "fresh-growth": fresh_growth,
     "lane-life": lane_life,
+    "channels": channels,
     "big-request": big_request,
 }
 
