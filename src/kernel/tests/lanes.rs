@@ -270,3 +270,37 @@ async fn an_idle_lane_is_waited_for_and_a_lane_that_cannot_answer_is_answered_at
     assert_eq!(reply.content, json!({"status": "ok", "found": false, "data": {}, "metadata": {}}));
     assert_eq!(asked.elapsed(), std::time::Duration::ZERO, "answered without waiting for the deadline");
 }
+
+#[tokio::test]
+async fn a_spawned_job_runs_on_a_fresh_lane_under_the_calling_cell_and_owes_no_reply() {
+    let mut h = Harness::start().await;
+    let caller = h.execute("parakernel.map(f, xs)").await;
+    let job_caller = h.started_on(&caller, Lane::Main).await;
+    let spawn = LaneCall::Spawn { code: "work()".into() };
+    h.event(Event::Call { lane: Lane::Main, id: 3, request: Some(job_caller.request), call: spawn });
+    // No execute_input, no busy: the job goes straight to a fresh lane, silent and unrecorded.
+    let (lane, job) = match h.call().await {
+        Call::Run(lane, Job::Execute(job)) => (lane, job),
+        other => panic!("expected the spawned job, got {other:?}"),
+    };
+    assert!(matches!(lane, Lane::Fresh(_)), "{lane:?}");
+    assert!(job.silent && !job.store_history && job.code == "work()");
+    assert_eq!(job.parent_header["msg_id"], json!(caller.header.msg_id), "its output goes under the caller");
+    let (_, id, reply) = h.call_reply().await;
+    assert_eq!(id, 3);
+    assert_eq!(reply.unwrap()["job"], json!(job.request));
+    // Its output is parented to the calling cell.
+    h.event(Event::Stream { request: Some(job.request), name: crate::lanes::StreamName::Stdout, text: "from a worker\n".into() });
+    let stream = h.next(Channel::Iopub).await;
+    assert_eq!(stream.parent_header.unwrap().msg_id, caller.header.msg_id);
+    // A %wait from main does not wait for it, and its end sends nothing to any client.
+    h.event(Event::Call { lane: Lane::Main, id: 4, request: Some(job_caller.request + 10), call: LaneCall::Wait { lanes: vec![] } });
+    let (_, id, reply) = h.call_reply().await;
+    assert!(id == 4 && reply.is_ok());
+    h.event(Event::Finished { request: job.request, reply: ok_reply(job.execution_count) });
+    h.finish_ok(&job_caller, &caller).await;
+    // Spawning from no running cell is refused with a reason.
+    h.event(Event::Call { lane: Lane::Main, id: 5, request: Some(job_caller.request), call: LaneCall::Spawn { code: "x".into() } });
+    let (_, _, reply) = h.call_reply().await;
+    assert!(reply.unwrap_err().contains("only while a cell runs"));
+}
