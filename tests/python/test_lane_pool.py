@@ -114,3 +114,22 @@ def test_an_interrupt_cancels_the_tasks_not_started(fresh_kernel: Kernel):
         time.sleep(0.1)
     assert out == "[('pool-started', 2)] []\n", out
     assert ok(kernel.execute("print(parakernel.map(abs, [-3, 4]))")).stdout == "[3, 4]\n"
+
+
+def test_a_pool_dropped_without_shutdown_lets_its_workers_go(kernel: Kernel):
+    cell = textwrap.dedent("""\
+        import gc, parakernel
+        pool = parakernel.LanePool(max_workers=2)
+        print([pool.submit(abs, -n).result() for n in range(4)])
+        del pool
+        gc.collect()
+        """)
+    assert ok(kernel.execute(cell)).stdout == "[0, 1, 2, 3]\n"
+    check = "from parakernel import channels\nprint([c['name'] for c in channels() if c['name'].startswith('__pool')])"
+    deadline = time.monotonic() + 30
+    while (out := ok(kernel.execute(check)).stdout) != "[]\n" and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert out == "[]\n", f"the dropped pool's workers never left: {out}"
+    # Both fresh lanes serve cells again.
+    runs = kernel.finish_all([kernel.submit("%%parallel\nprint('free')") for _ in range(2)])
+    assert [ok(run).stdout for run in runs] == ["free\n", "free\n"]

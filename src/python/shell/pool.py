@@ -153,10 +153,9 @@ def _rebuild_error(payload):
     return cancelled, error
 
 
-class LanePool(concurrent.futures.Executor):
-    """An executor whose workers are fresh lanes (own-GIL subinterpreters of the kernel): as
-    `ProcessPoolExecutor`, without processes. `max_workers` defaults to the number of fresh
-    lanes (one per core)."""
+class _Workers:
+    """A pool's channels, workers and futures; its collector thread holds this, not the
+    `LanePool`, so that a pool dropped without `shutdown()` is collected and lets its workers go."""
 
     def __init__(self, max_workers=None):
         available = _fresh_lane_count()
@@ -199,7 +198,7 @@ class LanePool(concurrent.futures.Executor):
             self._last_function = (function, cloudpickle.dumps(function))
         return self._last_function[1]
 
-    def _submit_items(self, function, items, kwargs):
+    def submit_items(self, function, items, kwargs):
         """One task: `function(*args, **kwargs)` for each `args` in `items`; its future's result
         is the list of what they returned."""
         function_bytes = self._function_bytes(function)
@@ -234,35 +233,13 @@ class LanePool(concurrent.futures.Executor):
                 self._discard()
             raise
 
-    def submit(self, fn, /, *args, **kwargs):
-        """Runs `fn(*args, **kwargs)` on a worker lane; returns its Future."""
-        inner = self._submit_items(fn, [args], kwargs)
-        outer = concurrent.futures.Future()
-
-        def relay(done):
-            if done.cancelled():
-                outer.cancel()
-            elif done.exception() is not None:
-                outer.set_exception(done.exception())
-            else:
-                outer.set_result(done.result()[0])
-
-        outer.set_running_or_notify_cancel()
-        inner.add_done_callback(relay)
-        return outer
-
-    def map(self, fn, *iterables, timeout=None, chunksize=1):
-        """As `Executor.map`: the results in order; `chunksize` items go to a worker at once."""
-        futures = self._map_futures(fn, zip(*iterables), chunksize)
-        return _in_order(futures, timeout)
-
-    def _map_futures(self, fn, argument_tuples, chunksize):
+    def map_futures(self, fn, argument_tuples, chunksize):
         if chunksize < 1:
             raise ValueError("chunksize must be 1 or more")
         futures = []
         iterator = iter(argument_tuples)
         while chunk := list(itertools.islice(iterator, chunksize)):
-            futures.append((len(chunk), self._submit_items(fn, chunk, {})))
+            futures.append((len(chunk), self.submit_items(fn, chunk, {})))
         return futures
 
     def _collect(self):
@@ -307,21 +284,29 @@ class LanePool(concurrent.futures.Executor):
                 future.set_exception(error)
 
     def _discard(self):
+        """Once every worker has left: the channels go (names and all); once only."""
+        with self._lock:
+            if self._all_exited.is_set():
+                return
+            self._all_exited.set()
         self._tasks.unlink()
         self._results.unlink()
-        self._all_exited.set()
 
     def cancel_pending(self):
         """Cancels every task no worker has taken yet; returns how many."""
-        from parakernel import Empty
+        from parakernel import ChannelClosed, Empty
 
         cancelled = 0
         while True:
-            try:
-                task_id, *_ = self._tasks.recv_nowait()
-            except Empty:
-                break
             with self._lock:
+                # Once the channels are gone, a receive would make the name anew: the check
+                # and the receive happen under the lock `_discard` sets the flag under.
+                if self._all_exited.is_set():
+                    break
+                try:
+                    task_id, *_ = self._tasks.recv_nowait()
+                except (Empty, ChannelClosed):
+                    break
                 future = self._futures.pop(task_id, None)
             if future is not None and future.cancel():
                 cancelled += 1
@@ -342,10 +327,59 @@ class LanePool(concurrent.futures.Executor):
                 self._discard()
                 return
             with self._lock:
-                if self._exited >= self._spawned and not self._all_exited.is_set():
-                    self._discard()
+                gone = self._exited >= self._spawned
+            if gone:
+                self._discard()
         if wait:
             self._all_exited.wait()
+
+
+class LanePool(concurrent.futures.Executor):
+    """An executor whose workers are fresh lanes (own-GIL subinterpreters of the kernel): as
+    `ProcessPoolExecutor`, without processes. `max_workers` defaults to the number of fresh
+    lanes (one per core). A pool dropped without `shutdown()` (a cell run again) lets its
+    workers go when it is collected, as does the end of the lane that made it."""
+
+    def __init__(self, max_workers=None):
+        import weakref
+
+        self._workers = _Workers(max_workers)
+        weakref.finalize(self, self._workers.shutdown, False, cancel_futures=True)
+
+    @property
+    def workers(self):
+        """How many worker lanes the pool uses at most."""
+        return self._workers.workers
+
+    def submit(self, fn, /, *args, **kwargs):
+        """Runs `fn(*args, **kwargs)` on a worker lane; returns its Future."""
+        inner = self._workers.submit_items(fn, [args], kwargs)
+        outer = concurrent.futures.Future()
+
+        def relay(done):
+            if done.cancelled():
+                outer.cancel()
+            elif done.exception() is not None:
+                outer.set_exception(done.exception())
+            else:
+                outer.set_result(done.result()[0])
+
+        outer.set_running_or_notify_cancel()
+        inner.add_done_callback(relay)
+        return outer
+
+    def map(self, fn, *iterables, timeout=None, chunksize=1):
+        """As `Executor.map`: the results in order; `chunksize` items go to a worker at once."""
+        return _in_order(self._workers.map_futures(fn, zip(*iterables), chunksize), timeout)
+
+    def cancel_pending(self):
+        """Cancels every task no worker has taken yet; returns how many."""
+        return self._workers.cancel_pending()
+
+    def shutdown(self, wait=True, *, cancel_futures=False):
+        """No new tasks; the workers leave once the tasks taken are done (`cancel_futures`:
+        the others are cancelled). `wait`: until every worker has left."""
+        self._workers.shutdown(wait, cancel_futures=cancel_futures)
 
 
 def _in_order(futures, timeout):
@@ -368,7 +402,7 @@ def map(function, iterable, lanes=None, chunksize=None):  # noqa: A001 - paraker
     bar = _Progress(len(items), pool.workers) if len(items) > PROGRESS_FROM else None
     results = []
     try:
-        futures = pool._map_futures(function, items, chunksize)
+        futures = pool._workers.map_futures(function, items, chunksize)
         for _, future in futures:
             if bar is not None:
                 bar.show(sum(n for n, f in futures if f.done()))
