@@ -7,6 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 BIN := target/release/parakernel
 KERNELSPEC := $(VENV)/share/jupyter/kernels/parakernel/kernel.json
+LANES_KERNELSPEC := $(VENV)/share/jupyter/kernels/parakernel-lanes/kernel.json
 
 .PHONY: demo test bench setup rust-test python-test browser libzmq clean-venv
 
@@ -25,7 +26,7 @@ test: setup browser
 bench: setup
 	$(PY) bench/bench.py
 
-setup: $(KERNELSPEC)
+setup: $(KERNELSPEC) $(LANES_KERNELSPEC)
 
 # The base interpreter is recorded so that cargo builds against the very Python the venv uses.
 $(VENV)/.base-python:
@@ -41,6 +42,10 @@ $(BIN): $(VENV)/.base-python Cargo.toml Cargo.lock build.rs $(shell find src -ty
 
 $(KERNELSPEC): $(BIN) $(VENV)/.installed
 	$(BIN) install --sys-prefix --python $(PY)
+
+# The second kernelspec: "Python (parakernel, one lane per notebook)".
+$(LANES_KERNELSPEC): $(BIN) $(VENV)/.installed
+	$(BIN) install --sys-prefix --python $(PY) --lane-per-session
 
 # The sockets are libzmq's (with CurveZMQ through libsodium): Debian's libzmq3-dev, installed
 # when pkg-config cannot find it.

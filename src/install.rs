@@ -20,12 +20,18 @@ pub struct InstallArgs {
     /// Install into `<DIR>/share/jupyter/kernels`.
     #[arg(long, group = "place", value_name = "DIR")]
     pub prefix: Option<PathBuf>,
-    /// The kernelspec's directory name.
-    #[arg(long, default_value = "parakernel")]
-    pub name: String,
-    /// The name clients show.
-    #[arg(long, default_value = "Python (parakernel)")]
-    pub display_name: String,
+    /// The kernelspec's directory name (default `parakernel`, or `parakernel-lanes` with
+    /// `--lane-per-session`).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// The name clients show (default "Python (parakernel)", or "Python (parakernel, one lane
+    /// per notebook)" with `--lane-per-session`).
+    #[arg(long)]
+    pub display_name: Option<String>,
+    /// The kernel gives every client session (each notebook attached to it) a lane of its own
+    /// for the cells that name no lane: several notebooks share one process, each isolated.
+    #[arg(long)]
+    pub lane_per_session: bool,
     /// The Python environment the kernel runs (its `python` executable). Default: the active
     /// virtual environment, else the interpreter parakernel was built against.
     #[arg(long, value_name = "PYTHON")]
@@ -57,11 +63,24 @@ pub enum InstallError {
 }
 
 /// Writes the kernelspec and returns its directory.
+impl InstallArgs {
+    /// The kernelspec's directory name.
+    pub fn kernel_name(&self) -> String {
+        self.name.clone().unwrap_or_else(|| if self.lane_per_session { "parakernel-lanes" } else { "parakernel" }.to_owned())
+    }
+
+    fn shown_name(&self) -> String {
+        self.display_name.clone().unwrap_or_else(|| {
+            if self.lane_per_session { "Python (parakernel, one lane per notebook)" } else { "Python (parakernel)" }.to_owned()
+        })
+    }
+}
+
 pub fn install(args: &InstallArgs) -> Result<PathBuf, InstallError> {
-    let valid_name = !args.name.is_empty()
-        && args.name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    let name = args.kernel_name();
+    let valid_name = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
     if !valid_name {
-        return Err(InstallError::BadName(args.name.clone()));
+        return Err(InstallError::BadName(name));
     }
     let python = environment_python(args.python.as_deref());
     let kernels = if args.sys_prefix {
@@ -71,11 +90,16 @@ pub fn install(args: &InstallArgs) -> Result<PathBuf, InstallError> {
     } else {
         user_data_dir()?.join("kernels")
     };
-    let directory = kernels.join(&args.name);
+    let directory = kernels.join(&name);
     let executable = std::env::current_exe().map_err(InstallError::CurrentExe)?;
+    let mut argv = vec![json!(executable), json!("kernel"), json!("--python"), json!(python)];
+    if args.lane_per_session {
+        argv.push(json!("--lane-per-session"));
+    }
+    argv.extend([json!("-f"), json!("{connection_file}")]);
     let spec = json!({
-        "argv": [executable, "kernel", "--python", python, "-f", "{connection_file}"],
-        "display_name": args.display_name,
+        "argv": argv,
+        "display_name": args.shown_name(),
         "language": "python",
         "interrupt_mode": "message",
         "kernel_protocol_version": crate::wire::PROTOCOL_VERSION,
@@ -144,9 +168,10 @@ mod tests {
             user: false,
             sys_prefix: false,
             prefix: Some(dir.path().to_path_buf()),
-            name: "pk-test".into(),
-            display_name: "Python (parakernel)".into(),
+            name: Some("pk-test".into()),
+            display_name: None,
             python: Some(PathBuf::from("/some/env/bin/python")),
+            lane_per_session: false,
         };
         let written = install(&args).unwrap();
         assert_eq!(written, dir.path().join("share/jupyter/kernels/pk-test"));
@@ -158,6 +183,16 @@ mod tests {
         let argv: Vec<&str> = spec["argv"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
         assert_eq!(&argv[1..], ["kernel", "--python", "/some/env/bin/python", "-f", "{connection_file}"]);
         assert!(written.join("logo-64x64.png").exists());
+        assert_eq!(spec["display_name"], "Python (parakernel)");
+        // The second kernelspec: one lane per notebook.
+        let lanes = InstallArgs { name: None, lane_per_session: true, ..args };
+        let written = install(&lanes).unwrap();
+        assert_eq!(written, dir.path().join("share/jupyter/kernels/parakernel-lanes"));
+        let spec: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(written.join("kernel.json")).unwrap()).unwrap();
+        assert_eq!(spec["display_name"], "Python (parakernel, one lane per notebook)");
+        let argv: Vec<&str> = spec["argv"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+        assert_eq!(&argv[1..], ["kernel", "--python", "/some/env/bin/python", "--lane-per-session", "-f", "{connection_file}"]);
     }
 
     #[test]
@@ -166,9 +201,10 @@ mod tests {
             user: true,
             sys_prefix: false,
             prefix: None,
-            name: "bad name/..".into(),
-            display_name: String::new(),
+            name: Some("bad name/..".into()),
+            display_name: None,
             python: None,
+            lane_per_session: false,
         };
         assert!(matches!(install(&args), Err(InstallError::BadName(_))));
     }

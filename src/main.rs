@@ -43,6 +43,10 @@ enum Command {
         /// `PARAKERNEL_MAX_MESSAGE_SIZE`.
         #[arg(long, env = "PARAKERNEL_MAX_MESSAGE_SIZE", value_parser = parse_size, default_value = "512M")]
         max_message_size: u64,
+        /// Give every client session (each notebook attached to the kernel) a lane of its own
+        /// for its cells that name no lane.
+        #[arg(long)]
+        lane_per_session: bool,
     },
     /// Install the kernelspec.
     Install(parakernel::install::InstallArgs),
@@ -53,11 +57,11 @@ fn main() {
     init_logging();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Kernel { connection_file, python, max_message_size } => {
-            run_kernel(&connection_file, python, max_message_size)
+        Command::Kernel { connection_file, python, max_message_size, lane_per_session } => {
+            run_kernel(&connection_file, python, max_message_size, lane_per_session)
         }
         Command::Install(args) => parakernel::install::install(&args).map(|directory| {
-            println!("Installed kernelspec {} in {}", args.name, directory.display());
+            println!("Installed kernelspec {} in {}", args.kernel_name(), directory.display());
         }).map_err(anyhow::Error::from),
     };
     if let Err(error) = result {
@@ -127,7 +131,7 @@ fn parse_size(text: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("{text:?} is not a size between 1 byte and 16 EiB"))
 }
 
-fn run_kernel(connection_file: &std::path::Path, python: Option<PathBuf>, max_message_size: u64) -> anyhow::Result<()> {
+fn run_kernel(connection_file: &std::path::Path, python: Option<PathBuf>, max_message_size: u64, lane_per_session: bool) -> anyhow::Result<()> {
     // Before any thread starts: it may run the program again, with mimalloc's options set.
     python::configure_allocator_environment();
     let connection = ConnectionInfo::from_file(connection_file)?;
@@ -177,7 +181,7 @@ fn run_kernel(connection_file: &std::path::Path, python: Option<PathBuf>, max_me
                 let transport = bound.start()?;
                 let _ = closer_out.send(transport.closer());
                 let outgoing = transport.outgoing.clone();
-                Kernel::new(session, executor, outgoing, info).serve(transport, events).await;
+                Kernel::new(session, executor, outgoing, info).with_lane_per_session(lane_per_session).serve(transport, events).await;
                 Ok::<(), transport::TransportError>(())
             });
             // Dropping the runtime ends the socket tasks (their sockets close); closing the

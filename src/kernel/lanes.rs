@@ -20,13 +20,17 @@ const SET_ASIDE_GRACE: Duration = Duration::from_secs(2);
 impl<E: Executor> Kernel<E> {
     /// The lane of a cell (`None`: any fresh lane) and its code without the magic line (sharing
     /// the cell's text), or an error message for the user.
-    pub(super) fn route(&self, code: &CellCode, tags: &[String]) -> Result<(Option<Lane>, Transfer, CellCode), String> {
+    pub(super) fn route(&mut self, code: &CellCode, tags: &[String], session: &str) -> Result<(Option<Lane>, Transfer, CellCode), String> {
         let routed = routing::route(code, tags).map_err(|error| error.to_string())?;
         // The routed code is what is left after the magic line.
         let routed_code = code.suffix(code.len() - routed.code.len());
         let transfer = routed.transfer;
         let lane = match routed.route {
             Route::Main => return Ok((Some(Lane::Main), transfer, routed_code)),
+            Route::Default => match self.session_lane(session) {
+                None => return Ok((Some(Lane::Main), transfer, routed_code)),
+                lane => lane,
+            },
             Route::Named(name) => Some(Lane::Named(name)),
             Route::Fresh => None,
         };
@@ -38,6 +42,28 @@ impl<E: Executor> Kernel<E> {
             return Err("no fresh lanes are configured (PARAKERNEL_FRESH_LANES=0); use %%lane NAME".to_owned());
         }
         Ok((lane, transfer, routed_code))
+    }
+
+    /// One lane per session: the lane of a client session (made on its first cell), named after
+    /// the session (`session-1a2b3c4d` for a uuid, else the session's own name, made a lane
+    /// name). `None` when the kernel runs without lanes per session, or without lanes at all.
+    pub(super) fn session_lane(&mut self, session: &str) -> Option<Lane> {
+        if !self.lane_per_session || self.executor.lanes_unavailable().is_some() {
+            return None;
+        }
+        let name = match self.session_lanes.get(session) {
+            Some(name) => name.clone(),
+            None => {
+                let base = session_lane_name(session);
+                let taken = |name: &str| self.session_lanes.values().any(|known| known == name);
+                let name = (1..).map(|n| if n == 1 { base.clone() } else { format!("{base}-{n}") }).find(|name| !taken(name)).expect("a free name");
+                self.session_lanes.insert(session.to_owned(), name.clone());
+                name
+            }
+        };
+        // Again after a `%lane stop`, which forgets the lane's queue.
+        self.lanes.entry(Lane::Named(name.clone())).or_default().session = Some(session.to_owned());
+        Some(Lane::Named(name))
     }
 
     /// A cell that cannot run: an `error` output the user sees under the cell, and an error
@@ -76,14 +102,21 @@ impl<E: Executor> Kernel<E> {
     /// Which lane answers a query on `code`: a `%%lane NAME` cell asks that lane (when it exists)
     /// about the code below the magic line. Returns the lane, the code and cursor it sees, and
     /// how many characters were cut off the front.
-    pub(super) fn query_lane(&self, code: &str, cursor_pos: usize) -> (Lane, String, usize, usize) {
+    pub(super) fn query_lane(&self, code: &str, cursor_pos: usize, session: &str) -> (Lane, String, usize, usize) {
+        // Without a magic line: the session's own lane (one lane per session), else main.
+        let default = self
+            .session_lanes
+            .get(session)
+            .map(|name| Lane::Named(name.clone()))
+            .filter(|lane| self.lanes.contains_key(lane))
+            .unwrap_or(Lane::Main);
         let Some((first, rest)) = code.split_once('\n') else {
-            return (Lane::Main, code.to_owned(), cursor_pos, 0);
+            return (default, code.to_owned(), cursor_pos, 0);
         };
         let offset = first.chars().count() + 1;
         let magic = first.trim_start().starts_with("%%lane") || first.trim_start().starts_with("%%parallel");
         if !magic || cursor_pos < offset {
-            return (Lane::Main, code.to_owned(), cursor_pos, 0);
+            return (default, code.to_owned(), cursor_pos, 0);
         }
         let lane = match routing::route(code, &[]) {
             Ok(routed) => match routed.route {
@@ -300,6 +333,7 @@ impl<E: Executor> Kernel<E> {
                     "name": lane.name(), "kind": kind, "state": state,
                     "running": queue.running_label, "queued": queue.waiting.len(),
                     "cells_run": queue.cells_run, "cpu": cpu.get(&lane.name()),
+                    "session": queue.session,
                 })
             })
             .collect();
@@ -318,5 +352,20 @@ impl<E: Executor> Kernel<E> {
             }));
         }
         Value::Array(rows)
+    }
+}
+
+/// A lane name for a client session: `session-` and the first 8 characters of a uuid, else
+/// the session's letters, digits, `_` and `-` (at most 48; `session` if none).
+fn session_lane_name(session: &str) -> String {
+    let uuid_like = session.len() >= 8 && session.chars().all(|c| c.is_ascii_hexdigit() || c == '-');
+    if uuid_like {
+        return format!("session-{}", &session[..8]);
+    }
+    let kept: String = session.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-').take(48).collect();
+    if kept.is_empty() || kept == "main" || routing::reserved_name(&kept) {
+        format!("session-{kept}")
+    } else {
+        kept
     }
 }

@@ -79,6 +79,8 @@ struct LaneQueue {
     running_label: Option<String>,
     waiting: VecDeque<Job>,
     cells_run: u64,
+    /// The client session whose default lane this is (one lane per session).
+    session: Option<String>,
 }
 
 /// A job whose lane was restarted or stopped while it ran. The lane's name went to a new
@@ -133,6 +135,11 @@ pub struct Kernel<E: Executor> {
     /// `input_request`s sent and not yet answered: (its msg_id, the lane that waits).
     awaiting_input: VecDeque<(String, Lane)>,
     shutting_down: bool,
+    /// One lane per client session: a session's cells without a magic line or a lane tag run
+    /// in a lane of its own (`parakernel install --lane-per-session`, `parakernel run`).
+    lane_per_session: bool,
+    /// The lane name of each session that has sent a cell.
+    session_lanes: BTreeMap<String, String>,
 }
 
 impl<E: Executor> Kernel<E> {
@@ -163,7 +170,16 @@ impl<E: Executor> Kernel<E> {
             history: History::default(),
             awaiting_input: VecDeque::new(),
             shutting_down: false,
+            lane_per_session: false,
+            session_lanes: BTreeMap::new(),
         }
+    }
+
+    /// Gives each client session a lane of its own (see `lane_per_session`).
+    #[must_use]
+    pub fn with_lane_per_session(mut self, on: bool) -> Self {
+        self.lane_per_session = on;
+        self
     }
 
     /// Serves until a `shutdown_request` has been answered, or the transport is gone. Control is
@@ -248,6 +264,7 @@ impl<E: Executor> Kernel<E> {
 
     /// The one dispatch table: what each request does.
     fn dispatch(&mut self, id: RequestId, request: Request) {
+        let session = self.in_flight[&id].message.header.session.clone();
         match request {
             Request::KernelInfo(_) => {
                 let reply = self.kernel_info();
@@ -256,7 +273,7 @@ impl<E: Executor> Kernel<E> {
             Request::Execute(execute) => self.execute(id, execute),
             Request::Complete(complete) => {
                 let cursor_pos = complete.cursor_pos.unwrap_or_else(|| complete.code.chars().count());
-                let (lane, code, cursor_pos, offset) = self.query_lane(&complete.code, cursor_pos);
+                let (lane, code, cursor_pos, offset) = self.query_lane(&complete.code, cursor_pos, &session);
                 let fallback = json!({
                     "status": "ok", "matches": [], "cursor_start": cursor_pos + offset,
                     "cursor_end": cursor_pos + offset, "metadata": {},
@@ -265,7 +282,7 @@ impl<E: Executor> Kernel<E> {
             }
             Request::Inspect(inspect) => {
                 let cursor_pos = inspect.cursor_pos.unwrap_or_else(|| inspect.code.chars().count());
-                let (lane, code, cursor_pos, offset) = self.query_lane(&inspect.code, cursor_pos);
+                let (lane, code, cursor_pos, offset) = self.query_lane(&inspect.code, cursor_pos, &session);
                 let detail_level = inspect.detail_level;
                 let fallback = json!({"status": "ok", "found": false, "data": {}, "metadata": {}});
                 self.query(id, &lane, Query::Inspect { code, cursor_pos, detail_level }, fallback, offset);
@@ -307,7 +324,13 @@ impl<E: Executor> Kernel<E> {
                 self.enqueue(lane, job);
             }
             Request::Interrupt(_) => {
-                self.executor.interrupt(&InterruptTarget::All);
+                // One lane per session: a session interrupts its own lane (and the cells it
+                // sent to other lanes run on); else every running lane.
+                let target = match self.session_lanes.get(&session) {
+                    Some(name) if self.lane_per_session => InterruptTarget::Lane(Lane::Named(name.clone())),
+                    _ => InterruptTarget::All,
+                };
+                self.executor.interrupt(&target);
                 self.finish(id, Some(json!({"status": "ok"})));
             }
             Request::Shutdown(shutdown) => {
@@ -345,7 +368,8 @@ impl<E: Executor> Kernel<E> {
         flight.execution_count = self.execution_count;
         let tags = cell_tags(&flight.message.metadata);
         let parent_header = header_json(&flight.message.header);
-        let (lane, transfer, code) = match self.route(&code, &tags) {
+        let session = flight.message.header.session.clone();
+        let (lane, transfer, code) = match self.route(&code, &tags, &session) {
             Ok(routed) => routed,
             Err(message) => {
                 self.refuse_cell(id, "LaneError", &message);

@@ -6,6 +6,9 @@
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {
     Main,
+    /// No magic line and no lane tag: the default lane of the request's session (one lane per
+    /// session), else the main lane.
+    Default,
     Named(String),
     /// Any lane of the warm pool; it keeps nothing of the cell.
     Fresh,
@@ -141,7 +144,7 @@ pub fn route<'a>(code: &'a str, tags: &[String]) -> Result<Routed<'a>, RouteErro
             None => chosen = Some((route, tag)),
         }
     }
-    let route = chosen.map_or(Route::Main, |(route, _)| route);
+    let route = chosen.map_or(Route::Default, |(route, _)| route);
     Ok(Routed { route, transfer: Transfer::default(), code })
 }
 
@@ -176,7 +179,7 @@ mod tests {
         assert_eq!(route("x", &tags(&["lane:main"])).unwrap().route, Route::Main);
         assert_eq!(route("x", &tags(&["lane:a", "lane=a"])).unwrap().route, Route::Named("a".into()));
         let plain = route("%lanes\nx", &tags(&["unrelated"])).unwrap();
-        assert_eq!(plain, Routed { route: Route::Main, transfer: Transfer::default(), code: "%lanes\nx" });
+        assert_eq!(plain, Routed { route: Route::Default, transfer: Transfer::default(), code: "%lanes\nx" });
     }
 
     #[test]

@@ -304,3 +304,51 @@ async fn a_spawned_job_runs_on_a_fresh_lane_under_the_calling_cell_and_owes_no_r
     let (_, _, reply) = h.call_reply().await;
     assert!(reply.unwrap_err().contains("only while a cell runs"));
 }
+
+#[tokio::test]
+async fn one_lane_per_session_runs_each_sessions_cells_in_its_own_lane() {
+    let mut h = Harness::start_per_session().await;
+    let from = |h: &Harness, session: &str, code: &str| {
+        let mut request = h.request("execute_request", json!({"code": code}));
+        request.header.session = session.to_owned();
+        request
+    };
+    let a = from(&h, "1a2b3c4d-0000-4000-8000-000000000000", "x = 1");
+    h.send(Channel::Shell, &a).await;
+    h.expect_status("busy", &a).await;
+    let job_a = h.started_on(&a, Lane::Named("session-1a2b3c4d".into())).await;
+    // Another session's cell runs beside it, in its lane; a name that is no uuid is kept.
+    let b = from(&h, "train-notebook", "x = 2");
+    h.send(Channel::Shell, &b).await;
+    h.expect_status("busy", &b).await;
+    let job_b = h.started_on(&b, Lane::Named("train-notebook".into())).await;
+    // `%%lane main` and tags still choose.
+    let main = from(&h, "train-notebook", "%%lane main\nshared = 1");
+    h.send(Channel::Shell, &main).await;
+    h.expect_status("busy", &main).await;
+    let job_main = h.started_on(&main, Lane::Main).await;
+    // %lanes says which session each lane serves.
+    h.event(Event::Call { lane: Lane::Main, id: 1, request: Some(job_main.request), call: LaneCall::Lanes });
+    let (_, _, table) = h.call_reply().await;
+    let rows = table.unwrap();
+    let session_of = |name: &str| rows.as_array().unwrap().iter().find(|row| row["name"] == name).map(|row| row["session"].clone());
+    assert_eq!(session_of("train-notebook"), Some(json!("train-notebook")));
+    assert_eq!(session_of("main"), Some(Value::Null));
+    // An interrupt from a session reaches its own lane only.
+    let mut interrupt = h.request("interrupt_request", json!({}));
+    interrupt.header.session = "train-notebook".into();
+    h.send(Channel::Control, &interrupt).await;
+    h.expect_status("busy", &interrupt).await;
+    match h.call().await {
+        Call::Interrupt(target) => assert_eq!(target, InterruptTarget::Lane(Lane::Named("train-notebook".into()))),
+        other => panic!("expected an interrupt, got {other:?}"),
+    }
+    h.next(Channel::Control).await;
+    h.expect_status("idle", &interrupt).await;
+    h.expect_status("busy", &a).await;
+    h.finish_ok(&job_a, &a).await;
+    h.expect_status("busy", &b).await;
+    h.finish_ok(&job_b, &b).await;
+    h.expect_status("busy", &main).await;
+    h.finish_ok(&job_main, &main).await;
+}

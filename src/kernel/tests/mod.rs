@@ -78,11 +78,21 @@ impl Harness {
 
     /// A kernel whose executor says lanes cannot run, and why (`None`: they can).
     async fn start_with(lanes_unavailable: Option<String>) -> Self {
+        Self::start_kernel(lanes_unavailable, false).await
+    }
+
+    /// A kernel that gives each client session a lane of its own.
+    async fn start_per_session() -> Self {
+        Self::start_kernel(None, true).await
+    }
+
+    async fn start_kernel(lanes_unavailable: Option<String>, lane_per_session: bool) -> Self {
         let (transport, peer) = Transport::unbound();
         let (calls_tx, calls) = mpsc::unbounded_channel();
         let (events, events_rx) = mpsc::unbounded_channel();
         let info = KernelInfo { language_info: json!({"name": "python"}), banner: "test".into() };
-        let kernel = Kernel::new(Session::new(Signer::new(KEY)), MockExecutor(calls_tx, lanes_unavailable), transport.outgoing.clone(), info);
+        let kernel = Kernel::new(Session::new(Signer::new(KEY)), MockExecutor(calls_tx, lanes_unavailable), transport.outgoing.clone(), info)
+            .with_lane_per_session(lane_per_session);
         let kernel = tokio::spawn(kernel.serve(transport, events_rx));
         let mut harness = Self {
             peer,

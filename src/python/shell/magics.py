@@ -93,7 +93,9 @@ def _table(rows, columns, empty):
 def _lanes_table(rows):
     """The %lanes table as text/plain and text/html."""
     rows = [dict(row, cpu=_format_seconds(row.get("cpu"))) for row in rows]
-    return _table(rows, _LANES_COLUMNS, "(no lanes)")
+    # One lane per session: which client session (notebook) each lane serves.
+    columns = _LANES_COLUMNS + ((("session", "session"),) if any(row.get("session") for row in rows) else ())
+    return _table(rows, columns, "(no lanes)")
 
 
 def _channels_table(rows):
