@@ -122,7 +122,7 @@ pub fn install(args: &InstallArgs) -> Result<PathBuf, InstallError> {
 
 /// The environment's interpreter, as an absolute path that keeps the virtual environment's
 /// symlink (resolving it would lose the environment).
-fn environment_python(explicit: Option<&Path>) -> PathBuf {
+pub fn environment_python(explicit: Option<&Path>) -> PathBuf {
     let chosen = explicit.map(Path::to_path_buf).unwrap_or_else(|| {
         std::env::var_os("VIRTUAL_ENV")
             .map(|venv| PathBuf::from(venv).join("bin/python"))

@@ -25,9 +25,10 @@
 //!   init, per-interpreter GIL): its definition, its functions (stream writers, display
 //!   publishing, `input()`, lane calls), each lane's state and waits, output coalescing, CPU
 //!   time per lane, and the registry of lanes by interpreter.
-//! - [`channels`]: the process-wide channels between lanes, their messages as owned Rust values
-//!   (knows nothing of Python; the native module converts). Issue 8, first step: not reachable
-//!   from Python yet.
+//! - [`channels`]: the process-wide channels between lanes, their messages as owned Rust values,
+//!   and the shared buffers (knows nothing of Python; the native module converts and exports).
+//! - [`run`]: `parakernel run`: whole notebooks on lanes, a client of the kernel core in the
+//!   same process (no sockets), one session (and lane) per notebook.
 //! - [`children`]: the processes cells started, ended with the kernel (SIGTERM, then SIGKILL).
 //! - [`install`]: writes the kernelspec.
 //! - [`sync`]: locks and condition variables without a poison check at every use.
@@ -40,7 +41,8 @@
 //! kernel -> transport, wire, lanes
 //! lanes  -> wire
 //! python -> lanes, native, children, fatal
-//! native -> lanes
+//! native -> lanes, channels
+//! run    -> kernel, transport, wire, lanes
 //! ```
 //! `main.rs` joins them: it binds the transport, starts `python` and hands its executor to the
 //! `kernel`.
@@ -53,6 +55,7 @@ pub mod kernel;
 pub mod lanes;
 pub mod native;
 pub mod python;
+pub mod run;
 pub mod sync;
 pub mod transport;
 pub mod wire;

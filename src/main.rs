@@ -50,6 +50,8 @@ enum Command {
     },
     /// Install the kernelspec.
     Install(parakernel::install::InstallArgs),
+    /// Run notebooks headless, each on a lane of its own, all in this process.
+    Run(parakernel::run::RunArgs),
 }
 
 fn main() {
@@ -60,6 +62,7 @@ fn main() {
         Command::Kernel { connection_file, python, max_message_size, lane_per_session } => {
             run_kernel(&connection_file, python, max_message_size, lane_per_session)
         }
+        Command::Run(args) => run_notebooks(&args),
         Command::Install(args) => parakernel::install::install(&args).map(|directory| {
             println!("Installed kernelspec {} in {}", args.kernel_name(), directory.display());
         }).map_err(anyhow::Error::from),
@@ -213,4 +216,36 @@ fn run_kernel(connection_file: &std::path::Path, python: Option<PathBuf>, max_me
     let _ = kernel_ended.recv_timeout(SHUTDOWN_BOUND);
     parakernel::children::kill_descendants();
     std::process::exit(0);
+}
+
+/// `parakernel run`: the kernel core serves the notebooks' sessions in this process; the main
+/// thread runs the main lane, as under `parakernel kernel`. Exits 0 when every notebook ran, 1
+/// when one failed or timed out.
+fn run_notebooks(args: &parakernel::run::RunArgs) -> anyhow::Result<()> {
+    python::configure_allocator_environment();
+    let notebooks = parakernel::run::prepare(args)?;
+    let python = Some(parakernel::install::environment_python(args.python.as_deref()));
+    let info = KernelInfo { language_info: python::language_info(), banner: python::banner() };
+    let (events_tx, events) = tokio::sync::mpsc::unbounded_channel();
+    let (executor, main_lane) = python::start(PythonOptions { python }, events_tx)?;
+    let mut sigint = SigSet::empty();
+    sigint.add(Signal::SIGINT);
+    sigint.thread_block().context("cannot block SIGINT for the runner's thread")?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start the tokio runtime")?;
+    let (done, outcomes) = mpsc::channel();
+    let owned = args.clone();
+    std::thread::Builder::new()
+        .name("parakernel-runner".into())
+        .spawn(move || {
+            let ran = runtime.block_on(parakernel::run::serve_and_drive(executor, events, info, notebooks, &owned));
+            let _ = done.send(ran);
+        })
+        .context("cannot start the runner's thread")?;
+    sigint.thread_unblock().context("cannot unblock SIGINT on the main thread")?;
+    main_lane.run()?;
+    let outcomes = outcomes.recv_timeout(SHUTDOWN_BOUND).context("the runner did not finish")?;
+    println!("{}", parakernel::run::summary(&outcomes));
+    let failed = outcomes.iter().any(|outcome| outcome.status != parakernel::run::Status::Ok);
+    parakernel::children::kill_descendants();
+    std::process::exit(i32::from(failed));
 }

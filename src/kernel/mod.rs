@@ -140,6 +140,8 @@ pub struct Kernel<E: Executor> {
     lane_per_session: bool,
     /// The lane name of each session that has sent a cell.
     session_lanes: BTreeMap<String, String>,
+    /// One lane per session: each session's execution count.
+    session_counts: HashMap<String, u64>,
 }
 
 impl<E: Executor> Kernel<E> {
@@ -172,6 +174,7 @@ impl<E: Executor> Kernel<E> {
             shutting_down: false,
             lane_per_session: false,
             session_lanes: BTreeMap::new(),
+            session_counts: HashMap::new(),
         }
     }
 
@@ -359,16 +362,26 @@ impl<E: Executor> Kernel<E> {
         // Moved, never copied: the history, the echo and the job share this text.
         let code = CellCode::from(execute.code);
         let counted = !execute.silent && execute.store_history;
+        let session = self.in_flight[&id].message.header.session.clone();
+        // One lane per session: each session (notebook) counts its own cells, as a kernel of
+        // its own would.
+        let count = if self.lane_per_session {
+            self.session_counts.entry(session.clone()).or_insert(0)
+        } else {
+            &mut self.execution_count
+        };
         if counted {
-            self.execution_count += 1;
-            self.history.record(self.execution_count, code.clone());
+            *count += 1;
+        }
+        let count = *count;
+        if counted {
+            self.history.record(count, code.clone());
         }
         let flight = self.in_flight.get_mut(&id).expect("begun");
         flight.stop_on_error = execute.stop_on_error;
-        flight.execution_count = self.execution_count;
+        flight.execution_count = count;
         let tags = cell_tags(&flight.message.metadata);
         let parent_header = header_json(&flight.message.header);
-        let session = flight.message.header.session.clone();
         let (lane, transfer, code) = match self.route(&code, &tags, &session) {
             Ok(routed) => routed,
             Err(message) => {
@@ -383,7 +396,7 @@ impl<E: Executor> Kernel<E> {
             store_history: execute.store_history,
             user_expressions: execute.user_expressions,
             allow_stdin: execute.allow_stdin,
-            execution_count: self.execution_count,
+            execution_count: count,
             parent_header,
             transfer,
         });

@@ -1,0 +1,262 @@
+//! `parakernel run NOTEBOOK...` (issue 9): whole notebooks on lanes, headless, in one process.
+//!
+//! The runner is a client of the kernel core in the same process: the [`Kernel`] serves a
+//! socketless [`Transport`] (no ZeroMQ), with one lane per client session, and the runner
+//! speaks to it as JupyterLab's Run All does, one session per notebook. So each notebook's
+//! cells run in order on a lane of its own (an own-GIL subinterpreter), its tagged cells on
+//! their lanes, `%wait` meeting them; up to `--jobs` notebooks at once. Nothing of execution,
+//! streams or lanes is implemented twice.
+
+mod notebook;
+
+use std::collections::{HashMap, VecDeque};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::kernel::{Kernel, KernelInfo};
+use crate::lanes::Executor;
+use crate::transport::{Channel, Incoming, Peer, Transport};
+use crate::wire::{Message, Session, Signer, Verifier};
+pub use notebook::{Notebook, NotebookError, Status};
+
+/// `parakernel run`'s options.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunArgs {
+    /// The notebooks to run, each on a lane of its own.
+    #[arg(required_unless_present = "main", value_name = "NOTEBOOK")]
+    pub notebooks: Vec<PathBuf>,
+    /// How many notebooks run at once (default: the number of cores).
+    #[arg(short = 'j', long)]
+    pub jobs: Option<usize>,
+    /// Write each notebook run as DIR/NAME.ipynb (default: NAME.out.ipynb beside the input).
+    #[arg(long, value_name = "DIR", conflicts_with = "inplace")]
+    pub output_dir: Option<PathBuf>,
+    /// Write the outputs into the notebooks themselves.
+    #[arg(long)]
+    pub inplace: bool,
+    /// Run every cell even when one raises (the notebook still counts as run).
+    #[arg(long)]
+    pub allow_errors: bool,
+    /// Interrupt a cell that runs longer than this many seconds; the notebook fails.
+    #[arg(long, value_name = "SECONDS")]
+    pub timeout: Option<f64>,
+    /// Run this notebook on the main lane (for numpy, pandas and other modules lanes refuse;
+    /// such notebooks run one at a time). Also notebook metadata `"parakernel": {"lane": "main"}`.
+    #[arg(long = "main", value_name = "NOTEBOOK")]
+    pub main: Vec<PathBuf>,
+    /// The Python environment to run (its `python`). Default: the active virtual environment,
+    /// else the interpreter parakernel was built against.
+    #[arg(long, value_name = "PYTHON")]
+    pub python: Option<PathBuf>,
+}
+
+/// How one notebook ended, for the summary.
+#[derive(Debug)]
+pub struct Outcome {
+    pub name: String,
+    pub status: Status,
+    pub cells_done: usize,
+    pub cells: usize,
+    pub seconds: f64,
+    pub output: PathBuf,
+}
+
+/// Where a notebook's outputs go.
+fn output_path(args: &RunArgs, path: &Path) -> PathBuf {
+    if args.inplace {
+        return path.to_owned();
+    }
+    let stem = path.file_stem().map_or_else(|| "notebook".into(), |stem| stem.to_string_lossy().into_owned());
+    match &args.output_dir {
+        Some(dir) => dir.join(format!("{stem}.ipynb")),
+        None => path.with_file_name(format!("{stem}.out.ipynb")),
+    }
+}
+
+/// A session name for the `index`th notebook: its file's stem as a lane name, numbered.
+fn session_name(path: &Path, index: usize) -> String {
+    let stem = path.file_stem().map(|stem| stem.to_string_lossy().into_owned()).unwrap_or_default();
+    let kept: String = stem.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '-' { c } else { '-' }).take(40).collect();
+    format!("nb{}-{kept}", index + 1)
+}
+
+/// Reads every notebook (all or nothing: a notebook that cannot be read is reported before any
+/// runs).
+pub fn prepare(args: &RunArgs) -> Result<Vec<Notebook>, NotebookError> {
+    if let Some(dir) = &args.output_dir {
+        std::fs::create_dir_all(dir).map_err(|source| NotebookError::Write { path: dir.display().to_string(), source })?;
+    }
+    let on_main = |path: &Path| args.main.iter().any(|main| main == path || std::fs::canonicalize(main).ok() == std::fs::canonicalize(path).ok());
+    let mut all: Vec<PathBuf> = args.notebooks.clone();
+    all.extend(args.main.iter().filter(|main| !args.notebooks.contains(main)).cloned());
+    all.iter()
+        .enumerate()
+        .map(|(index, path)| Notebook::read(path, output_path(args, path), session_name(path, index), on_main(path)))
+        .collect()
+}
+
+/// Runs `notebooks` against a kernel served on `transport` (whose far end is `peer`); `key` is
+/// the kernel's signing key. Returns each notebook's outcome, in the order given.
+pub async fn drive(mut peer: Peer, key: &[u8], mut notebooks: Vec<Notebook>, args: &RunArgs, log: &mut dyn Write) -> Vec<Outcome> {
+    let jobs = args.jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, usize::from)).max(1);
+    let mut verifier = Verifier::new(Signer::new(key));
+    let signer = Signer::new(key);
+    let mut waiting: VecDeque<usize> = (0..notebooks.len()).collect();
+    let mut running: Vec<usize> = Vec::new();
+    // msg_id of a cell's request -> (notebook, code cell).
+    let mut requests: HashMap<String, (usize, usize)> = HashMap::new();
+    let mut started: HashMap<usize, Instant> = HashMap::new();
+    // (notebook, cell) -> when its --timeout passes, from its execute_input.
+    let mut deadlines: HashMap<(usize, usize), Instant> = HashMap::new();
+    let mut outcomes: Vec<Option<Outcome>> = (0..notebooks.len()).map(|_| None).collect();
+    let timeout = args.timeout.filter(|seconds| seconds.is_finite() && *seconds > 0.0);
+
+    loop {
+        // Start notebooks while there is room; main-lane notebooks one at a time.
+        while running.len() < jobs {
+            let main_busy = running.iter().any(|&n| notebooks[n].on_main);
+            let Some(position) = waiting.iter().position(|&n| !(notebooks[n].on_main && main_busy)) else { break };
+            let n = waiting.remove(position).expect("a position in the queue");
+            let session = Session { id: notebooks[n].session.clone(), signer: signer.clone() };
+            let _ = writeln!(log, "[{}] started: {} code cells", notebooks[n].name(), notebooks[n].code_cell_count());
+            for cell in 0..notebooks[n].code_cell_count() {
+                let (content, metadata) = notebooks[n].request(cell, args.allow_errors);
+                let mut message = session.message("execute_request", content, None, vec![bytes::Bytes::from_static(b"runner")]);
+                message.metadata = metadata;
+                requests.insert(message.header.msg_id.clone(), (n, cell));
+                let _ = peer.shell.send(Incoming { channel: Channel::Shell, frames: message.encode(&signer) }).await;
+            }
+            started.insert(n, Instant::now());
+            running.push(n);
+        }
+        if running.is_empty() {
+            break;
+        }
+        let next_deadline = deadlines.values().min().copied();
+        let received = tokio::select! {
+            outgoing = peer.outgoing.recv() => outgoing,
+            () = sleep_until(next_deadline), if next_deadline.is_some() => {
+                let now = Instant::now();
+                let expired: Vec<(usize, usize)> = deadlines.iter().filter(|(_, at)| **at <= now).map(|(key, _)| *key).collect();
+                for (n, cell) in expired {
+                    deadlines.remove(&(n, cell));
+                    let seconds = timeout.unwrap_or_default();
+                    notebooks[n].timed_out(cell, seconds);
+                    let _ = writeln!(log, "[{}] cell {} ran longer than {seconds} s: interrupted", notebooks[n].name(), cell + 1);
+                    // The notebook's own session: the kernel interrupts that notebook's lane.
+                    let session = Session { id: notebooks[n].session.clone(), signer: signer.clone() };
+                    let interrupt = session.message("interrupt_request", json!({}), None, vec![bytes::Bytes::from_static(b"runner")]);
+                    let _ = peer.control.send(Incoming { channel: Channel::Control, frames: interrupt.encode(&signer) }).await;
+                }
+                continue;
+            }
+        };
+        let Some(outgoing) = received else { break };
+        let Ok(message) = Message::decode(outgoing.frames, &mut verifier) else { continue };
+        let Some(&(n, cell)) = message.parent_header.as_ref().and_then(|parent| requests.get(&parent.msg_id)) else { continue };
+        if message.msg_type() == "execute_input" {
+            if let Some(seconds) = timeout {
+                deadlines.insert((n, cell), Instant::now() + Duration::from_secs_f64(seconds));
+            }
+            let source = notebooks[n].source(cell);
+            let first = source.lines().find(|line| !line.trim().is_empty()).unwrap_or("").chars().take(60).collect::<String>();
+            let _ = writeln!(log, "[{}] cell {}/{}: {first}", notebooks[n].name(), cell + 1, notebooks[n].code_cell_count());
+        }
+        if message.msg_type() == "execute_reply" {
+            deadlines.remove(&(n, cell));
+        }
+        notebooks[n].take(cell, &message, args.allow_errors);
+        if notebooks[n].finished() {
+            running.retain(|&r| r != n);
+            requests.retain(|_, (owner, _)| *owner != n);
+            deadlines.retain(|(owner, _), _| *owner != n);
+            let seconds = started.get(&n).map_or(0.0, |at| at.elapsed().as_secs_f64());
+            let written = notebooks[n].write();
+            if let Err(error) = &written {
+                notebooks[n].status = Status::Failed(error.to_string());
+            }
+            let outcome = Outcome {
+                name: notebooks[n].name(),
+                status: notebooks[n].status.clone(),
+                cells_done: notebooks[n].cells_done(),
+                cells: notebooks[n].code_cell_count(),
+                seconds,
+                output: notebooks[n].output.clone(),
+            };
+            let _ = writeln!(log, "[{}] {} in {seconds:.1} s -> {}", outcome.name, describe(&outcome.status), outcome.output.display());
+            outcomes[n] = Some(outcome);
+        }
+    }
+    let session = Session::new(signer.clone());
+    let shutdown = session.message("shutdown_request", json!({"restart": false}), None, vec![bytes::Bytes::from_static(b"runner")]);
+    let _ = peer.control.send(Incoming { channel: Channel::Control, frames: shutdown.encode(&signer) }).await;
+    outcomes.into_iter().flatten().collect()
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn describe(status: &Status) -> String {
+    match status {
+        Status::Ok => "ok".to_owned(),
+        Status::Failed(error) => format!("failed ({error})"),
+        Status::TimedOut(what) => format!("timed out ({what})"),
+    }
+}
+
+/// The table printed at the end: notebook, status, cells, time, output file.
+pub fn summary(outcomes: &[Outcome]) -> String {
+    let rows: Vec<[String; 5]> = outcomes
+        .iter()
+        .map(|o| {
+            let status = match &o.status {
+                Status::Ok => "ok".to_owned(),
+                Status::Failed(_) => "failed".to_owned(),
+                Status::TimedOut(_) => "timed out".to_owned(),
+            };
+            [o.name.clone(), status, format!("{}/{}", o.cells_done, o.cells), format!("{:.1} s", o.seconds), o.output.display().to_string()]
+        })
+        .collect();
+    let titles = ["notebook", "status", "cells", "time", "output"];
+    let widths: Vec<usize> = (0..5).map(|i| rows.iter().map(|row| row[i].chars().count()).chain([titles[i].len()]).max().unwrap_or(0)).collect();
+    let line = |cells: &[String]| cells.iter().zip(&widths).map(|(cell, width)| format!("{cell:<width$}")).collect::<Vec<_>>().join("  ").trim_end().to_owned();
+    let mut text = line(&titles.map(str::to_owned));
+    text.push('\n');
+    text.push_str(&line(&widths.iter().map(|width| "-".repeat(*width)).collect::<Vec<_>>()));
+    for row in &rows {
+        text.push('\n');
+        text.push_str(&line(row));
+    }
+    for outcome in outcomes {
+        if outcome.status != Status::Ok {
+            text.push_str(&format!("\n{}: {}", outcome.name, describe(&outcome.status)));
+        }
+    }
+    text
+}
+
+/// Serves the kernel on a socketless transport with one lane per session and drives it with
+/// `notebooks`; the kernel's executor comes from the caller (the Python lanes).
+pub async fn serve_and_drive<E: Executor>(
+    executor: E,
+    events: tokio::sync::mpsc::UnboundedReceiver<crate::lanes::Event>,
+    info: KernelInfo,
+    notebooks: Vec<Notebook>,
+    args: &RunArgs,
+) -> Vec<Outcome> {
+    let key = uuid::Uuid::new_v4().to_string().into_bytes();
+    let (transport, peer) = Transport::unbound();
+    let outgoing = transport.outgoing.clone();
+    let kernel = Kernel::new(Session::new(Signer::new(&key)), executor, outgoing, info).with_lane_per_session(true);
+    // The original stderr: fd 2 carries the main lane's cell output while cells run.
+    let mut log = crate::fatal::original_stderr();
+    let ((), outcomes) = tokio::join!(kernel.serve(transport, events), drive(peer, &key, notebooks, args, &mut log));
+    outcomes
+}

@@ -1,0 +1,255 @@
+//! One notebook of `parakernel run`: its code cells as requests, and the outputs written back as
+//! nbclient writes them (streams merged, display updates applied, `clear_output` honoured,
+//! `metadata.execution` timestamps from the kernel's message dates).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use serde_json::{json, Map, Value};
+
+use crate::wire::Message;
+
+/// Why a notebook cannot be run.
+#[derive(Debug, thiserror::Error)]
+pub enum NotebookError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("{path} is not a notebook: {reason}")]
+    Invalid { path: String, reason: String },
+    #[error("cannot write {path}: {source}")]
+    Write { path: String, source: std::io::Error },
+}
+
+/// What became of a notebook.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Status {
+    Ok,
+    /// A cell raised (its `ename: evalue`).
+    Failed(String),
+    /// A cell ran longer than `--timeout`.
+    TimedOut(String),
+}
+
+/// A notebook being run: its JSON (kept whole: what parakernel does not touch is written back
+/// as it was read) and the state of each code cell.
+#[derive(Debug)]
+pub struct Notebook {
+    pub path: PathBuf,
+    pub output: PathBuf,
+    /// The client session its requests carry: the kernel gives it a lane of its own.
+    pub session: String,
+    pub on_main: bool,
+    document: Value,
+    /// Indexes of the code cells in `document["cells"]`.
+    code_cells: Vec<usize>,
+    cells: Vec<CellRun>,
+    /// `display_id` -> (cell, output index) of the outputs an update replaces.
+    displays: HashMap<String, Vec<(usize, usize)>>,
+    pub status: Status,
+}
+
+#[derive(Debug, Default)]
+struct CellRun {
+    outputs: Vec<Value>,
+    execution_count: Option<u64>,
+    timing: Map<String, Value>,
+    /// `clear_output(wait=True)`: clear at the next output.
+    clear_pending: bool,
+    replied: bool,
+    idle: bool,
+}
+
+impl Notebook {
+    /// Reads `path`; `output` is where it will be written.
+    pub fn read(path: &Path, output: PathBuf, session: String, force_main: bool) -> Result<Notebook, NotebookError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| NotebookError::Read { path: shown.clone(), source })?;
+        let document: Value = serde_json::from_str(&text).map_err(|error| NotebookError::Invalid { path: shown.clone(), reason: error.to_string() })?;
+        let invalid = |reason: &str| NotebookError::Invalid { path: shown.clone(), reason: reason.to_owned() };
+        if document.get("nbformat").and_then(Value::as_u64) != Some(4) {
+            return Err(invalid("only nbformat 4 notebooks can be run (open and save it in JupyterLab to upgrade it)"));
+        }
+        let cells = document.get("cells").and_then(Value::as_array).ok_or_else(|| invalid("it has no \"cells\" list"))?;
+        let code_cells: Vec<usize> = cells.iter().enumerate().filter(|(_, cell)| cell["cell_type"] == "code").map(|(index, _)| index).collect();
+        let on_main = force_main || document["metadata"]["parakernel"]["lane"] == "main";
+        let runs = code_cells.iter().map(|_| CellRun::default()).collect();
+        Ok(Notebook { path: path.to_owned(), output, session, on_main, document, code_cells, cells: runs, displays: HashMap::new(), status: Status::Ok })
+    }
+
+    pub fn name(&self) -> String {
+        self.path.file_name().map_or_else(|| self.path.display().to_string(), |name| name.to_string_lossy().into_owned())
+    }
+
+    pub fn code_cell_count(&self) -> usize {
+        self.code_cells.len()
+    }
+
+    /// How many code cells have run to their end.
+    pub fn cells_done(&self) -> usize {
+        self.cells.iter().filter(|cell| cell.replied && cell.idle).count()
+    }
+
+    pub fn finished(&self) -> bool {
+        self.cells.iter().all(|cell| cell.replied && cell.idle)
+    }
+
+    /// The `index`th code cell's source, as one string.
+    pub fn source(&self, index: usize) -> String {
+        match &self.document["cells"][self.code_cells[index]]["source"] {
+            Value::String(text) => text.clone(),
+            Value::Array(lines) => lines.iter().filter_map(Value::as_str).collect(),
+            _ => String::new(),
+        }
+    }
+
+    /// The `index`th code cell's execute_request content and metadata, as JupyterLab's Run All
+    /// sends it: the cell's tags in the metadata (a main-lane notebook's untagged cells are
+    /// tagged `lane:main`), `stop_on_error` unless errors are allowed.
+    pub fn request(&self, index: usize, allow_errors: bool) -> (Value, Map<String, Value>) {
+        let cell = &self.document["cells"][self.code_cells[index]];
+        let mut tags: Vec<Value> = cell["metadata"]["tags"].as_array().cloned().unwrap_or_default();
+        let tagged = tags.iter().filter_map(Value::as_str).any(|tag| tag.starts_with("lane:") || tag.starts_with("lane=") || tag == "parallel");
+        if self.on_main && !tagged {
+            tags.push(json!("lane:main"));
+        }
+        let raises = tags.iter().any(|tag| tag == "raises-exception");
+        let content = json!({
+            "code": self.source(index), "silent": false, "store_history": true,
+            "user_expressions": {}, "allow_stdin": false, "stop_on_error": !allow_errors && !raises,
+        });
+        let mut metadata = Map::new();
+        metadata.insert("tags".into(), Value::Array(tags));
+        metadata.insert("cellId".into(), cell.get("id").cloned().unwrap_or(Value::Null));
+        (content, metadata)
+    }
+
+    /// Takes one message the kernel sent for the `index`th code cell. Returns whether the cell
+    /// has now run to its end (reply and idle both in).
+    pub fn take(&mut self, index: usize, message: &Message, allow_errors: bool) -> bool {
+        let date = Value::String(message.header.date.clone());
+        let content = &message.content;
+        let cell = &mut self.cells[index];
+        match message.msg_type() {
+            "status" => match content["execution_state"].as_str() {
+                Some("busy") => {
+                    cell.timing.insert("iopub.status.busy".into(), date);
+                }
+                Some("idle") => {
+                    cell.timing.insert("iopub.status.idle".into(), date);
+                    cell.idle = true;
+                }
+                _ => {}
+            },
+            "execute_input" => {
+                cell.timing.insert("iopub.execute_input".into(), date);
+                cell.execution_count = content["execution_count"].as_u64();
+            }
+            "execute_reply" => {
+                cell.timing.insert("shell.execute_reply".into(), date);
+                // A cell answered `aborted` never ran: nbclient leaves its count empty.
+                if content["status"] == "aborted" {
+                    cell.execution_count = None;
+                } else if let Some(count) = content["execution_count"].as_u64() {
+                    cell.execution_count.get_or_insert(count);
+                }
+                cell.replied = true;
+                if content["status"] == "error" && !allow_errors && self.status == Status::Ok {
+                    let (ename, evalue) = (content["ename"].as_str().unwrap_or("Error"), content["evalue"].as_str().unwrap_or(""));
+                    let mut error = format!("{ename}: {}", evalue.lines().next().unwrap_or(""));
+                    if ename == "ImportError" && evalue.contains("main lane") {
+                        // A module lanes refuse: the whole notebook can run on the main lane.
+                        let name = self.name();
+                        error.push_str(&format!(
+                            "; run the notebook on the main lane: parakernel run --main {name}, or give it the metadata \"parakernel\": {{\"lane\": \"main\"}}"
+                        ));
+                    }
+                    self.status = Status::Failed(error);
+                }
+            }
+            "stream" => {
+                let (name, text) = (content["name"].as_str().unwrap_or("stdout"), content["text"].as_str().unwrap_or(""));
+                Self::clear_if_pending(cell);
+                match cell.outputs.last_mut() {
+                    Some(last) if last["output_type"] == "stream" && last["name"] == name => {
+                        let joined = format!("{}{text}", last["text"].as_str().unwrap_or(""));
+                        last["text"] = Value::String(joined);
+                    }
+                    _ => cell.outputs.push(json!({"output_type": "stream", "name": name, "text": text})),
+                }
+            }
+            "display_data" | "execute_result" | "error" => {
+                Self::clear_if_pending(cell);
+                let mut output = content.clone();
+                let display_id = output.get("transient").and_then(|t| t["display_id"].as_str()).map(str::to_owned);
+                if let Some(map) = output.as_object_mut() {
+                    map.remove("transient");
+                    map.insert("output_type".into(), json!(message.msg_type()));
+                }
+                if let Some(id) = display_id {
+                    self.displays.entry(id).or_default().push((index, cell.outputs.len()));
+                }
+                cell.outputs.push(output);
+            }
+            "update_display_data" => {
+                if let Some(id) = content["transient"]["display_id"].as_str() {
+                    for &(at, output) in self.displays.get(id).into_iter().flatten() {
+                        if let Some(target) = self.cells[at].outputs.get_mut(output) {
+                            target["data"] = content["data"].clone();
+                            target["metadata"] = content["metadata"].clone();
+                        }
+                    }
+                }
+            }
+            "clear_output" => {
+                if content["wait"].as_bool() == Some(true) {
+                    cell.clear_pending = true;
+                } else {
+                    cell.outputs.clear();
+                    self.displays.values_mut().for_each(|places| places.retain(|(at, _)| *at != index));
+                }
+            }
+            _ => {}
+        }
+        let cell = &self.cells[index];
+        cell.replied && cell.idle
+    }
+
+    fn clear_if_pending(cell: &mut CellRun) {
+        if std::mem::take(&mut cell.clear_pending) {
+            cell.outputs.clear();
+        }
+    }
+
+    /// A cell stopped by `--timeout`: an error output as nbclient's `CellTimeoutError` reads.
+    pub fn timed_out(&mut self, index: usize, seconds: f64) {
+        let message = format!("A cell timed out while it was being executed, after {seconds} seconds (--timeout); it was interrupted");
+        self.cells[index].outputs.push(json!({
+            "output_type": "error", "ename": "CellTimeoutError", "evalue": message, "traceback": [format!("CellTimeoutError: {message}")],
+        }));
+        if !matches!(self.status, Status::TimedOut(_)) {
+            self.status = Status::TimedOut(format!("cell {} ran longer than {seconds} s", index + 1));
+        }
+    }
+
+    /// Writes the notebook with every code cell's outputs, count and timing (cells that did not
+    /// run are written without outputs and without a count, as nbclient leaves them).
+    pub fn write(&mut self) -> Result<(), NotebookError> {
+        for (index, &at) in self.code_cells.iter().enumerate() {
+            let run = std::mem::take(&mut self.cells[index]);
+            let cell = &mut self.document["cells"][at];
+            cell["outputs"] = Value::Array(run.outputs);
+            cell["execution_count"] = run.execution_count.map_or(Value::Null, Value::from);
+            if !run.timing.is_empty() {
+                if !cell["metadata"].is_object() {
+                    cell["metadata"] = json!({});
+                }
+                cell["metadata"]["execution"] = Value::Object(run.timing);
+            }
+            self.cells[index] = CellRun { replied: run.replied, idle: run.idle, ..CellRun::default() };
+        }
+        let shown = self.output.display().to_string();
+        let mut text = serde_json::to_string_pretty(&self.document).map_err(|error| NotebookError::Invalid { path: shown.clone(), reason: error.to_string() })?;
+        text.push('\n');
+        std::fs::write(&self.output, text).map_err(|source| NotebookError::Write { path: shown, source })
+    }
+}

@@ -1,0 +1,152 @@
+"""`parakernel run` (issue 9): whole notebooks on lanes, headless, in one process; the files it
+writes are read back with nbformat and compared with what nbclient writes on ipykernel."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbformat.v4 import new_code_cell, new_notebook
+
+from kernel_helpers import find_kernel_spec
+
+pytestmark = [pytest.mark.parakernel_only("parakernel run is parakernel's own"), pytest.mark.needs_lanes]
+
+REPO = Path(__file__).resolve().parents[2]
+BINARY = REPO / "target" / "release" / "parakernel"
+RUN_TIMEOUT = 120
+
+
+def write(path: Path, *cells: str, metadata: dict | None = None) -> Path:
+    notebook = new_notebook(cells=[new_code_cell(source) for source in cells])
+    notebook.metadata.update(metadata or {})
+    nbformat.write(notebook, path)
+    return path
+
+
+def run(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    command = [str(BINARY), "run", "--python", sys.executable, *map(str, args)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=RUN_TIMEOUT)
+
+
+def outputs(path: Path) -> list[list[tuple]]:
+    """Each code cell's count and outputs as a reader sees them (ids and times left out)."""
+    notebook = nbformat.read(path, as_version=4)
+    nbformat.validate(notebook)
+    cells = []
+    for cell in notebook.cells:
+        shown = [cell.execution_count]
+        for output in cell.outputs:
+            kind = output.output_type
+            if kind == "stream":
+                shown.append((kind, output.name, output.text))
+            elif kind == "error":
+                shown.append((kind, output.ename, output.evalue))
+            else:
+                shown.append((kind, output.get("execution_count"), dict(output.data)))
+        cells.append(shown)
+    return cells
+
+
+def streams_apart(path: Path) -> list[list]:
+    """As `outputs`, with each cell's stdout and stderr text joined: how a kernel interleaves
+    the two streams depends on when it flushes each (ipykernel buffers them apart)."""
+    cells = []
+    for cell in outputs(path):
+        texts = {name: "".join(o[2] for o in cell[1:] if o[0] == "stream" and o[1] == name) for name in ("stdout", "stderr")}
+        cells.append([cell[0], texts, *[o for o in cell[1:] if o[0] != "stream"]])
+    return cells
+
+
+def test_two_notebooks_that_must_meet_run_at_once_each_isolated(tmp_path: Path):
+    first = write(tmp_path / "first.ipynb",
+                  "from parakernel import channel\nflag = 'first'",
+                  "channel('nb-meet-a').send(1)\nprint(channel('nb-meet-b').recv())",
+                  "print('flag' in globals())")
+    second = write(tmp_path / "second.ipynb",
+                   "from parakernel import channel\nchannel('nb-meet-b').send(2)\nprint(channel('nb-meet-a').recv())",
+                   "print('flag' in globals())")
+    ran = run(first, second, "--jobs", "2")
+    assert ran.returncode == 0, ran.stderr + ran.stdout
+    assert outputs(tmp_path / "first.out.ipynb") == [[1], [2, ("stream", "stdout", "2\n")], [3, ("stream", "stdout", "True\n")]]
+    assert outputs(tmp_path / "second.out.ipynb") == [[1, ("stream", "stdout", "1\n")], [2, ("stream", "stdout", "False\n")]]
+    # Progress without a terminal: plain lines, then the table.
+    assert "[first.ipynb] cell 2/3: channel('nb-meet-a').send(1)" in ran.stderr, ran.stderr
+    table = ran.stdout.splitlines()
+    assert table[0].split() == ["notebook", "status", "cells", "time", "output"], ran.stdout
+    assert any(line.split()[:3] == ["second.ipynb", "ok", "2/2"] for line in table), ran.stdout
+
+
+CELLS = (
+    "print('to stdout')\nimport sys\nprint('to stderr', file=sys.stderr)\nprint('more')",
+    "x = 6 * 7\nx",
+    "from IPython.display import display, HTML\ndisplay(HTML('<b>bold</b>'))\nhandle = display('first', display_id=True)\nhandle.update('second')",
+    "from IPython.display import clear_output\nprint('gone')\nclear_output()\nprint('kept')",
+    "1 / 0",
+    "print('after the error')",
+)
+
+
+def test_outputs_match_nbclient_on_ipykernel(tmp_path: Path):
+    if find_kernel_spec("python3") is None:
+        pytest.skip("ipykernel's python3 kernelspec is not installed")
+    from nbclient import NotebookClient
+
+    source = write(tmp_path / "same.ipynb", *CELLS)
+    reference = nbformat.read(source, as_version=4)
+    client = NotebookClient(reference, kernel_name="python3", allow_errors=True, timeout=60)
+    client.execute()
+    nbformat.write(reference, tmp_path / "reference.ipynb")
+    ran = run(source, "--allow-errors", "--output-dir", tmp_path / "out")
+    assert ran.returncode == 0, ran.stderr + ran.stdout
+    mine, theirs = streams_apart(tmp_path / "out" / "same.ipynb"), streams_apart(tmp_path / "reference.ipynb")
+    for index, (got, want) in enumerate(zip(mine, theirs, strict=True)):
+        if len(want) > 2 and isinstance(want[-1], tuple) and want[-1][0] == "error":
+            # Tracebacks differ in file names; the error itself must match.
+            assert got[:-1] == want[:-1] and got[-1][:2] == want[-1][:2], (index, got, want)
+        else:
+            assert got == want, (index, got, want)
+    timing = nbformat.read(tmp_path / "out" / "same.ipynb", as_version=4).cells[0].metadata.execution
+    assert {"iopub.status.busy", "iopub.execute_input", "shell.execute_reply", "iopub.status.idle"} <= set(timing)
+
+
+def test_an_error_stops_its_notebook_only_and_the_exit_code_says_so(tmp_path: Path):
+    failing = write(tmp_path / "failing.ipynb", "print('before')", "raise ValueError('broken')", "print('never')")
+    fine = write(tmp_path / "fine.ipynb", "print('fine')")
+    ran = run(failing, fine)
+    assert ran.returncode == 1, ran.stdout
+    failed = outputs(tmp_path / "failing.out.ipynb")
+    assert failed[1][1][:3] == ("error", "ValueError", "broken") and failed[2] == [None], failed
+    assert outputs(tmp_path / "fine.out.ipynb") == [[1, ("stream", "stdout", "fine\n")]]
+    assert "failing.ipynb: failed (ValueError: broken)" in ran.stdout, ran.stdout
+    allowed = run(failing, "--allow-errors", "--inplace")
+    assert allowed.returncode == 0, allowed.stdout
+    assert outputs(failing)[2] == [3, ("stream", "stdout", "never\n")]
+
+
+def test_a_cell_over_the_timeout_is_interrupted_and_recorded(tmp_path: Path):
+    slow = write(tmp_path / "slow.ipynb", "import time\ntime.sleep(600)", "print('not reached')")
+    fine = write(tmp_path / "quick.ipynb", "print('quick')")
+    ran = run(slow, fine, "--timeout", "1")
+    assert ran.returncode == 1, ran.stdout + ran.stderr
+    cells = outputs(tmp_path / "slow.out.ipynb")
+    kinds = [output[:2] for output in cells[0][1:]]
+    assert ("error", "CellTimeoutError") in kinds, cells
+    assert cells[1] == [None], cells
+    assert outputs(tmp_path / "quick.out.ipynb") == [[1, ("stream", "stdout", "quick\n")]]
+    assert "timed out" in ran.stdout, ran.stdout
+
+
+def test_numpy_needs_the_main_lane_and_says_so(tmp_path: Path):
+    lane = write(tmp_path / "arrays.ipynb", "import numpy as np\nprint(np.arange(3).sum())")
+    refused = run(lane)
+    assert refused.returncode == 1
+    assert "parakernel run --main arrays.ipynb" in refused.stdout, refused.stdout
+    ran = run("--main", lane)
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    assert outputs(tmp_path / "arrays.out.ipynb") == [[1, ("stream", "stdout", "3\n")]]
+    marked = write(tmp_path / "marked.ipynb", "import numpy\nprint('ok')", metadata={"parakernel": {"lane": "main"}})
+    assert run(marked).returncode == 0
