@@ -98,7 +98,7 @@ impl Buffers {
     /// with `size` bytes, zeroed.
     pub fn open(&self, name: &str, size: Option<usize>) -> Result<Arc<Block>, BufferError> {
         if name.is_empty() || name.chars().count() > super::MAX_NAME || name.chars().any(char::is_control) {
-            return Err(BufferError::BadName(name.to_owned()));
+            return Err(BufferError::BadName(super::shortened(name)));
         }
         let mut blocks = self.blocks.lock_unpoisoned();
         // Released blocks leave their names behind; forget them here.

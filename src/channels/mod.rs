@@ -287,7 +287,7 @@ pub struct Registry {
 pub const MAX_NAME: usize = 128;
 
 /// A name as an error quotes it: at most 60 characters of it.
-fn shortened(name: &str) -> String {
+pub(crate) fn shortened(name: &str) -> String {
     if name.chars().count() <= 60 {
         return name.to_owned();
     }

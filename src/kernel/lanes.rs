@@ -148,7 +148,7 @@ impl<E: Executor> Kernel<E> {
             }),
             LaneCall::Restart { lane: name } => self.end_lane(&lane, &name, true),
             LaneCall::Stop { lane: name } => self.end_lane(&lane, &name, false),
-            LaneCall::Spawn { code } => self.spawn(request, code),
+            LaneCall::Spawn { code } => self.spawn(&lane, request, code),
         };
         self.executor.call_reply(&lane, id, reply);
     }
@@ -189,7 +189,7 @@ impl<E: Executor> Kernel<E> {
     }
 
     /// `LaneCall::Spawn`: a job of its own on a fresh lane, under the calling cell's message.
-    fn spawn(&mut self, caller: Option<RequestId>, code: String) -> Result<Value, String> {
+    fn spawn(&mut self, owner: &Lane, caller: Option<RequestId>, code: String) -> Result<Value, String> {
         let Some(flight) = caller.and_then(|id| self.in_flight.get(&id)) else {
             return Err("lane jobs can be started only while a cell runs (the cell that starts them shows their output)".to_owned());
         };
@@ -213,7 +213,7 @@ impl<E: Executor> Kernel<E> {
             execution_count,
             fallback: None,
             query_offset: 0,
-            spawned: true,
+            spawned: Some(owner.clone()),
         });
         self.enqueue_fresh(Job::Execute(crate::lanes::ExecuteJob {
             request: id,
@@ -229,9 +229,32 @@ impl<E: Executor> Kernel<E> {
         Ok(json!({"job": id}))
     }
 
+    /// The jobs `owner` spawned (a lane pool's workers) end with it: the running ones are
+    /// interrupted (a worker leaves when interrupted), those not started are dropped.
+    fn end_spawned_by(&mut self, owner: &Lane) {
+        let mut running = Vec::new();
+        let mut queued = Vec::new();
+        for (id, flight) in &self.in_flight {
+            if flight.spawned.as_ref() != Some(owner) {
+                continue;
+            }
+            match &flight.lane {
+                Some(lane) => running.push(lane.clone()),
+                None => queued.push(*id),
+            }
+        }
+        for lane in running {
+            self.executor.interrupt(&InterruptTarget::Lane(lane));
+        }
+        self.pool.retain(|job| !queued.contains(&job.request()));
+        for id in queued {
+            self.finish(id, None);
+        }
+    }
+
     /// Whether an earlier job of the waiter's lanes is still queued or running.
     fn waiting_for(&self, waiter: &Waiter) -> bool {
-        self.in_flight.range(..waiter.before).filter(|(_, flight)| !flight.spawned).any(|(_, flight)| {
+        self.in_flight.range(..waiter.before).filter(|(_, flight)| flight.spawned.is_none()).any(|(_, flight)| {
             let in_target = |lane: &Lane| {
                 if waiter.targets.is_empty() {
                     *lane != waiter.caller
@@ -272,6 +295,7 @@ impl<E: Executor> Kernel<E> {
         }
         self.executor.end_lane(&lane, restart);
         self.close_comms_of(&lane);
+        self.end_spawned_by(&lane);
         // The running job is interrupted and leaves the lane: the name serves new cells at once,
         // whether or not the job can be interrupted.
         if let Some(queue) = self.lanes.get_mut(&lane) {

@@ -67,9 +67,10 @@ pub(super) struct InFlight {
     /// how many characters of the cell (a `%%lane` line) the lane did not see.
     fallback: Option<Value>,
     query_offset: usize,
-    /// A job a lane spawned (`LaneCall::Spawn`), under the message of the cell that spawned it:
-    /// no client waits for its reply or its status, and `%wait` does not wait for it.
-    spawned: bool,
+    /// A job a lane spawned (`LaneCall::Spawn`), under the message of the cell that spawned it,
+    /// and the lane that did: no client waits for its reply or its status, `%wait` does not
+    /// wait for it, and the end of the spawning lane interrupts it.
+    spawned: Option<Lane>,
 }
 
 #[derive(Debug, Default)]
@@ -469,7 +470,7 @@ impl<E: Executor> Kernel<E> {
                 execution_count: 0,
                 fallback: None,
                 query_offset: 0,
-                spawned: false,
+                spawned: None,
             });
         id
     }
@@ -482,7 +483,7 @@ impl<E: Executor> Kernel<E> {
             warn!(id, "finished a request twice");
             return;
         };
-        if flight.spawned {
+        if flight.spawned.is_some() {
             self.remember_finished(id, flight.message.header, flight.lane);
             return;
         }
@@ -491,7 +492,7 @@ impl<E: Executor> Kernel<E> {
             self.send(flight.channel, &message);
         }
         self.publish_status("idle", Some(&flight.message.header));
-        if let Some(still_running) = self.in_flight.values().find(|flight| !flight.spawned) {
+        if let Some(still_running) = self.in_flight.values().find(|flight| flight.spawned.is_none()) {
             let header = still_running.message.header.clone();
             self.publish_status("busy", Some(&header));
         }

@@ -26,7 +26,7 @@ pub struct Routed<'a> {
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RouteError {
-    #[error("{0:?} is not a Python name: `--in` and `--out` take names separated by commas, e.g. %%lane fit --in data,lr --out model")]
+    #[error("{0:?} is not a Python variable name (a keyword, or not an identifier): `--in` and `--out` take names separated by commas, e.g. %%lane fit --in data,lr --out model")]
     BadVariable(String),
     #[error("{0} needs names: e.g. %%lane fit --in data,lr --out model")]
     MissingVariables(&'static str),
@@ -50,6 +50,14 @@ pub use crate::lanes::Transfer;
 
 /// Whether `name` is a Python identifier (as `str.isidentifier`, for the letters Rust knows).
 fn identifier(name: &str) -> bool {
+    const KEYWORDS: &[&str] = &[
+        "False", "None", "True", "and", "as", "assert", "async", "await", "break", "class", "continue", "def", "del", "elif", "else",
+        "except", "finally", "for", "from", "global", "if", "import", "in", "is", "lambda", "nonlocal", "not", "or", "pass", "raise",
+        "return", "try", "while", "with", "yield",
+    ];
+    if KEYWORDS.contains(&name) {
+        return false;
+    }
     let mut chars = name.chars();
     chars.next().is_some_and(|first| first == '_' || first.is_alphabetic())
         && chars.all(|c| c == '_' || c.is_alphanumeric())
@@ -67,6 +75,9 @@ fn transfer<'w>(words: impl Iterator<Item = &'w str>) -> Result<Transfer, RouteE
             other => return Err(RouteError::UnknownOption(other.to_owned())),
         };
         let list = words.next().filter(|list| !list.starts_with("--")).ok_or(RouteError::MissingVariables(option))?;
+        if list.split(',').all(str::is_empty) {
+            return Err(RouteError::MissingVariables(option));
+        }
         for name in list.split(',').filter(|name| !name.is_empty()) {
             if !identifier(name) {
                 return Err(RouteError::BadVariable(name.to_owned()));
@@ -213,6 +224,8 @@ mod tests {
         assert_eq!(route("%%lane main --in a\nx", &[]), Err(RouteError::TransferInMain));
         assert_eq!(route("%%lane a --fast b\nx", &[]), Err(RouteError::UnknownOption("--fast".into())));
         assert!(route("%%lane a --in données\nx", &[]).is_ok());
+        assert_eq!(route("%%lane a --in class\nx", &[]), Err(RouteError::BadVariable("class".into())));
+        assert_eq!(route("%%lane a --in ,\nx", &[]), Err(RouteError::MissingVariables("--in")));
     }
 
     #[test]

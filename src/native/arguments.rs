@@ -65,6 +65,27 @@ pub(super) unsafe fn text_of<'a>(object: *mut ffi::PyObject, what: &str) -> Opti
     }
 }
 
+/// A name (of a channel, a shared buffer, a value): a `str` that is valid Unicode, or `None`
+/// with an exception set. Lone surrogates are refused rather than replaced, so that two names
+/// never become one.
+///
+/// # Safety
+/// As [`text_of`].
+pub(super) unsafe fn name_of<'a>(object: *mut ffi::PyObject, what: &str) -> Option<Cow<'a, str>> {
+    // SAFETY: GIL held and `object` alive (caller).
+    unsafe {
+        if ffi::PyUnicode_Check(object) != 0 {
+            let mut size: ffi::Py_ssize_t = 0;
+            if ffi::PyUnicode_AsUTF8AndSize(object, &raw mut size).is_null() {
+                ffi::PyErr_Clear();
+                raise(ffi::PyExc_ValueError, &format!("{what} must be text without lone surrogates"));
+                return None;
+            }
+        }
+        text_of(object, what)
+    }
+}
+
 /// The positional arguments of a `METH_FASTCALL` call, checked for count.
 ///
 /// # Safety

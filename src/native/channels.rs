@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use pyo3_ffi as ffi;
 
-use super::arguments::{fastcall_args, or_null, raise, text_of};
+use super::arguments::{fastcall_args, name_of, or_null, raise};
 use super::lane_state::{LaneState, WaitEnd};
 use super::functions::raise_for;
 use super::module::{buffer_type_of, lane_of};
@@ -158,7 +158,7 @@ pub(super) unsafe extern "C" fn channel_send(
     unsafe {
         let lane = or_null!(lane_of(module));
         let args = or_null!(fastcall_args(args, nargs, 4, "channel_send"));
-        let name = or_null!(text_of(args[0], "name"));
+        let name = or_null!(name_of(args[0], "name"));
         let Ok(maxsize) = maxsize_of(args[1]) else { return ptr::null_mut() };
         let Ok(deadline) = deadline_of(args[3]) else { return ptr::null_mut() };
         let channel = or_null!(open_channel(&name, maxsize));
@@ -201,7 +201,7 @@ pub(super) unsafe extern "C" fn channel_recv(
     unsafe {
         let lane = or_null!(lane_of(module));
         let args = or_null!(fastcall_args(args, nargs, 2, "channel_recv"));
-        let name = or_null!(text_of(args[0], "name"));
+        let name = or_null!(name_of(args[0], "name"));
         let Ok(deadline) = deadline_of(args[1]) else { return ptr::null_mut() };
         let channel = or_null!(open_channel(&name, None));
         let source = Arc::clone(&channel);
@@ -250,7 +250,7 @@ pub(super) unsafe extern "C" fn channel_open(
     // for the call.
     unsafe {
         let args = or_null!(fastcall_args(args, nargs, 2, "channel_open"));
-        let name = or_null!(text_of(args[0], "name"));
+        let name = or_null!(name_of(args[0], "name"));
         let Ok(maxsize) = maxsize_of(args[1]) else { return ptr::null_mut() };
         or_null!(open_channel(&name, maxsize));
         ffi::Py_NewRef(ffi::Py_None())
@@ -265,7 +265,7 @@ pub(super) unsafe extern "C" fn channel_close(
     // SAFETY: called by CPython with the lane interpreter's GIL held; `name` is alive for the
     // call.
     unsafe {
-        let name = or_null!(text_of(name, "name"));
+        let name = or_null!(name_of(name, "name"));
         or_null!(open_channel(&name, None)).close();
         ffi::Py_NewRef(ffi::Py_None())
     }
@@ -279,7 +279,7 @@ pub(super) unsafe extern "C" fn channel_stats(
 ) -> *mut ffi::PyObject {
     // SAFETY: called by CPython with the calling interpreter's GIL held; `name` is alive.
     unsafe {
-        let name = or_null!(text_of(name, "name"));
+        let name = or_null!(name_of(name, "name"));
         let Some(channel) = crate::channels::registry().get(&name) else {
             return ffi::Py_NewRef(ffi::Py_None());
         };
@@ -295,7 +295,7 @@ pub(super) unsafe extern "C" fn channel_unlink(
 ) -> *mut ffi::PyObject {
     // SAFETY: called by CPython with the calling interpreter's GIL held; `name` is alive.
     unsafe {
-        let name = or_null!(text_of(name, "name"));
+        let name = or_null!(name_of(name, "name"));
         ffi::PyBool_FromLong(std::ffi::c_long::from(crate::channels::registry().unlink(&name)))
     }
 }
@@ -373,15 +373,22 @@ pub(super) unsafe extern "C" fn shared_buffer(
     // for the call, and the exporter type is this interpreter's (the module's state).
     unsafe {
         let args = or_null!(fastcall_args(args, nargs, 2, "shared_buffer"));
-        let name = or_null!(text_of(args[0], "name"));
+        let name = or_null!(name_of(args[0], "name"));
         let size = if args[1] == ffi::Py_None() {
             None
         } else {
-            let size = ffi::PyLong_AsSsize_t(args[1]);
+            // Any integer (`__index__`: numpy's too), as `multiprocessing.shared_memory` takes.
+            let index = if ffi::PyBool_Check(args[1]) == 0 { ffi::PyNumber_Index(args[1]) } else { ptr::null_mut() };
+            if index.is_null() {
+                ffi::PyErr_Clear();
+                raise(ffi::PyExc_TypeError, "size must be an int (bytes) or None");
+                return ptr::null_mut();
+            }
+            let size = ffi::PyLong_AsSsize_t(index);
+            ffi::Py_DecRef(index);
             if size < 0 {
-                if ffi::PyErr_Occurred().is_null() {
-                    raise(ffi::PyExc_ValueError, "size must be a positive number of bytes");
-                }
+                ffi::PyErr_Clear();
+                raise(ffi::PyExc_ValueError, "size must be a positive number of bytes, at most the address space");
                 return ptr::null_mut();
             }
             Some(size.unsigned_abs())

@@ -254,3 +254,16 @@ def test_the_first_bound_asked_for_wins_whoever_opened_first_and_unlink_frees_th
         print(len(new), new.recv(), repr(new))
         """)
     assert ok(kernel.execute(again)).stdout == "closed\n1 fresh channel('bound-late', maxsize=5)\n"
+
+
+def test_names_with_lone_surrogates_are_refused_not_merged(kernel: Kernel):
+    cell = textwrap.dedent("""\
+        from parakernel import channel, shared_buffer
+        for make in (lambda: channel("\\ud800"), lambda: shared_buffer("\\udc00", 8)):
+            try:
+                make()
+            except ValueError as error:
+                print(error)
+        """)
+    out = ok(kernel.execute(cell)).stdout.splitlines()
+    assert out == ["name must be text without lone surrogates"] * 2, out

@@ -133,3 +133,88 @@ def test_a_pool_dropped_without_shutdown_lets_its_workers_go(kernel: Kernel):
     # Both fresh lanes serve cells again.
     runs = kernel.finish_all([kernel.submit("%%parallel\nprint('free')") for _ in range(2)])
     assert [ok(run).stdout for run in runs] == ["free\n", "free\n"]
+
+
+def test_a_task_whose_result_or_error_cannot_travel_still_answers(kernel: Kernel):
+    """Found by a hostile pass: these lost their task and the cell never ended."""
+    cell = textwrap.dedent("""\
+        import parakernel, threading, types, sys
+        class Mute(Exception):
+            def __str__(self):
+                raise ValueError("no str")
+        def mute(x):
+            raise Mute()
+        module = types.ModuleType("only_here")
+        exec("def g(x):\\n    return x + 1", module.__dict__)
+        sys.modules["only_here"] = module
+        for task, items in ((lambda x: threading.Lock(), [1]), (mute, [1]), (module.g, [1])):
+            try:
+                parakernel.map(task, items)
+            except BaseException as error:
+                print(type(error).__name__)
+        """)
+    result = ok(kernel.execute(cell))
+    lines = result.stdout.splitlines()
+    assert len(lines) == 3 and lines[1] in ("Mute", "RuntimeError"), describe(result)
+    assert lines[0] in ("TypeError", "PicklingError") and lines[2] in ("ModuleNotFoundError", "PicklingError", "AttributeError"), lines
+
+
+def test_a_pool_not_kept_in_a_variable_still_finishes_its_work(kernel: Kernel):
+    cell = textwrap.dedent("""\
+        import gc, parakernel
+        print(list(parakernel.LanePool().map(abs, [-1, -2, -3])))
+        future = parakernel.LanePool().submit(pow, 2, 10)
+        gc.collect()
+        print(future.result(timeout=60))
+        """)
+    assert ok(kernel.execute(cell)).stdout == "[1, 2, 3]\n1024\n"
+
+
+def test_submitted_futures_that_never_started_can_be_cancelled(kernel: Kernel):
+    cell = textwrap.dedent("""\
+        import concurrent.futures, parakernel
+        from parakernel import channel
+        pool = parakernel.LanePool(max_workers=1)
+        def gated():
+            channel("cancel-started").send(1)
+            return channel("cancel-gate").recv()
+        first = pool.submit(gated)
+        channel("cancel-started").recv()     # the one worker is busy with `first`
+        second = pool.submit(abs, -2)
+        print(second.cancel(), second.cancelled())
+        third = pool.submit(abs, -3)
+        channel("cancel-gate").send("go")
+        pool.shutdown(wait=True, cancel_futures=True)
+        print(first.result(), third.done())
+        try:
+            second.result()
+        except concurrent.futures.CancelledError:
+            print("cancelled")
+        """)
+    result = ok(kernel.execute(cell))
+    assert result.stdout == "True True\ngo True\ncancelled\n", describe(result)
+
+
+def test_restarting_the_lane_that_owns_a_pool_frees_its_workers(fresh_kernel: Kernel):
+    kernel = fresh_kernel
+    owner = textwrap.dedent("""\
+        import parakernel
+        pool = parakernel.LanePool()
+        print([f.result() for f in [pool.submit(abs, -i) for i in range(4)]])
+        """)
+    assert ok(kernel.execute(lane("pool-owner", owner))).stdout == "[0, 1, 2, 3]\n"
+    ok(kernel.execute("%lane restart pool-owner"))
+    # The fresh lanes serve cells again: both of these must meet.
+    cells = [
+        kernel.submit("%%parallel\nfrom parakernel import channel\nchannel('owner-a').send(1)\nprint(channel('owner-b').recv())"),
+        kernel.submit("%%parallel\nfrom parakernel import channel\nchannel('owner-b').send(2)\nprint(channel('owner-a').recv())"),
+    ]
+    a, b = kernel.finish_all(cells)
+    assert (ok(a).stdout, ok(b).stdout) == ("2\n", "1\n")
+
+
+def test_a_pool_inside_a_task_is_refused_with_a_reason(kernel: Kernel):
+    cell = "import parakernel\nparakernel.map(lambda x: parakernel.map(abs, [-x]), [1])"
+    result = kernel.execute(cell)
+    assert result.status == "error", describe(result)
+    assert result.content["ename"] == "RuntimeError" and "inside a task of another pool" in result.content["evalue"]

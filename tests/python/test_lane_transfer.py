@@ -34,7 +34,7 @@ def test_in_and_out_copy_values_between_main_and_a_lane(kernel: Kernel):
         ("%%lane tr-b --in lock\n1", "TypeError", "--in lock: the main lane's value cannot be copied"),
         ("%%lane tr-b --out Local\nclass Local:\n    pass", "ImportError", 'sent from lane "tr-b"'),
         ("%%lane main --in data\n1", "LaneError", "a cell that runs in the main lane has them already"),
-        ("%%lane tr-b --in 2x\n1", "LaneError", "is not a Python name"),
+        ("%%lane tr-b --in 2x\n1", "LaneError", "is not a Python variable name"),
     ],
 )
 def test_what_cannot_cross_is_an_error_under_the_cell(kernel: Kernel, cell: str, ename: str, words: str):

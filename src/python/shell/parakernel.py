@@ -148,8 +148,6 @@ def shared_buffer(name, size=None):
     restarting the lane that made it does not free it. `view.release()` (or dropping every
     view) in every lane frees it. Writes are not ordered between lanes: tell the readers that
     the data is ready through a channel."""
-    if size is not None and (not isinstance(size, int) or isinstance(size, bool)):
-        raise TypeError(f"size must be an int (bytes) or None, not {type(size).__name__}")
     return _parakernel.shared_buffer(name, size)
 
 

@@ -73,68 +73,83 @@ def _fresh_lane_count():
     return sum(1 for row in _call("lanes") if row.get("name", "").startswith("fresh-"))
 
 
-def work(tasks_name, results_name):
-    """A worker's loop, run as a spawned job on a fresh lane."""
-    import pickle
+# True while this lane runs a pool's worker loop: a pool started from a task would wait for
+# fresh lanes its own workers hold.
+in_worker = False
 
+
+def work(tasks_name, results_name):
+    """A worker's loop, run as a spawned job on a fresh lane. Every task it takes is answered,
+    whatever fails (the function's unpickling, the task, the packing of its result); an
+    interrupt, idle or in a task, makes it leave (the pool replaces it if it goes on)."""
+    global in_worker
     from parakernel import ChannelClosed, channel
 
     tasks, results = channel(tasks_name), channel(results_name)
     functions = {}
+    in_worker = True
     try:
         while True:
             try:
-                task_id, function_bytes, packed_items, packed_kwargs = tasks.recv()
+                task = tasks.recv()
             except KeyboardInterrupt:
-                # An interrupt of every lane reached this idle worker: the caller decides.
-                continue
-            function = functions.get(function_bytes)
-            if function is None:
-                if len(functions) > 16:
-                    functions.clear()
-                function = functions[function_bytes] = pickle.loads(function_bytes)
+                return
             try:
-                kwargs = _unpack(packed_kwargs)
-                out = [function(*args, **kwargs) for args in _unpack(packed_items)]
-            except BaseException as error:  # noqa: BLE001 - every failure goes back to the caller
-                results.send((task_id, "error", _error_payload(error)))
+                results.send(_run_task(task, functions))
+            except ChannelClosed:
+                raise
+            except BaseException as error:  # noqa: BLE001 - the task is answered, whatever failed
+                results.send((task[0], "error", _error_payload(error)))
                 if isinstance(error, KeyboardInterrupt):
-                    # Interrupted: this worker leaves, so that no task starts before the
-                    # caller has cancelled the rest (the pool replaces it if it goes on).
                     return
-                continue
-            packed = _pack(out)
-            try:
-                results.send((task_id, "ok", packed))
-            except Exception:  # noqa: BLE001 - not plain after all (a subclass): pickle it
-                import cloudpickle
-
-                results.send((task_id, "ok", ("pickled", cloudpickle.dumps(out))))
     except ChannelClosed:
         pass
     finally:
+        in_worker = False
         try:
             results.send(("exit", lane.name, None))
         except ChannelClosed:
             pass
 
 
+def _run_task(task, functions):
+    """The answer to one task: `(id, "ok", packed results)`; raises what the task raised."""
+    import pickle
+
+    task_id, function_bytes, packed_items, packed_kwargs = task
+    function = functions.get(function_bytes)
+    if function is None:
+        if len(functions) > 16:
+            functions.clear()
+        function = functions[function_bytes] = pickle.loads(function_bytes)
+    kwargs = _unpack(packed_kwargs)
+    out = [function(*args, **kwargs) for args in _unpack(packed_items)]
+    return (task_id, "ok", _pack(out))
+
+
 def _error_payload(error):
+    """What the caller needs to raise `error` again: each part made so that it cannot fail."""
     cancelled = isinstance(error, KeyboardInterrupt)
-    # From the task's own frames on: the worker's loop is not the user's business.
-    frames = error.__traceback__
-    while frames is not None and frames.tb_frame.f_code.co_filename == __file__:
-        frames = frames.tb_next
-    lines = traceback.format_exception(type(error), error, frames)
-    text = "".join(lines)
+    kind = f"{type(error).__module__}.{type(error).__qualname__}"
+    try:
+        # From the task's own frames on: the worker's loop is not the user's business.
+        frames = error.__traceback__
+        while frames is not None and frames.tb_frame.f_code.co_filename == __file__:
+            frames = frames.tb_next
+        text = "".join(traceback.format_exception(type(error), error, frames))
+    except BaseException:  # noqa: BLE001 - an exception whose formatting fails
+        text = f"{kind} (its traceback could not be formatted)\n"
+    try:
+        message = str(error)
+    except BaseException:  # noqa: BLE001 - an exception whose str() fails
+        message = f"<{kind} whose str() failed>"
     try:
         import cloudpickle
 
         pickled = cloudpickle.dumps(error)
-    except Exception:  # noqa: BLE001 - sent as text instead
+    except BaseException:  # noqa: BLE001 - sent as text instead
         pickled = None
-    kind = f"{type(error).__module__}.{type(error).__qualname__}"
-    return (cancelled, pickled, f'\n"""\nIn lane {lane.name}:\n{text}"""', kind, str(error))
+    return (cancelled, pickled, f'\n"""\nIn lane {lane.name}:\n{text}"""', kind, message)
 
 
 def _rebuild_error(payload):
@@ -158,6 +173,11 @@ class _Workers:
     `LanePool`, so that a pool dropped without `shutdown()` is collected and lets its workers go."""
 
     def __init__(self, max_workers=None):
+        if in_worker:
+            raise RuntimeError(
+                "a lane pool cannot start inside a task of another pool: its workers would wait "
+                "for the fresh lanes the outer pool's workers hold; do the inner work in the task"
+            )
         available = _fresh_lane_count()
         if lane.fresh:
             # This cell holds one fresh lane: the workers need others.
@@ -208,7 +228,8 @@ class _Workers:
                 raise RuntimeError("cannot schedule new tasks after shutdown")
             task_id = next(self._ids)
             self._futures[task_id] = future
-            spawn = self._spawned < self._max_workers and self._spawned < len(self._futures)
+            live = self._spawned - self._exited
+            spawn = live < self._max_workers and live < len(self._futures)
             if spawn:
                 self._spawned += 1
             if self._collector is None:
@@ -344,7 +365,9 @@ class LanePool(concurrent.futures.Executor):
         import weakref
 
         self._workers = _Workers(max_workers)
-        weakref.finalize(self, self._workers.shutdown, False, cancel_futures=True)
+        # Dropped without shutdown(): no new tasks, and the workers leave once the tasks sent
+        # are done (their futures still complete: the collector holds `_Workers`).
+        weakref.finalize(self, self._workers.shutdown, False)
 
     @property
     def workers(self):
@@ -357,14 +380,16 @@ class LanePool(concurrent.futures.Executor):
         outer = concurrent.futures.Future()
 
         def relay(done):
+            # A future cancelled by its caller stays cancelled (the task's answer is dropped).
             if done.cancelled():
                 outer.cancel()
-            elif done.exception() is not None:
+            if not outer.set_running_or_notify_cancel():
+                return
+            if done.exception() is not None:
                 outer.set_exception(done.exception())
             else:
                 outer.set_result(done.result()[0])
 
-        outer.set_running_or_notify_cancel()
         inner.add_done_callback(relay)
         return outer
 
@@ -397,14 +422,17 @@ def map(function, iterable, lanes=None, chunksize=None):  # noqa: A001 - paraker
     items = [(item,) for item in iterable]
     started = time.monotonic()
     pool = LanePool(lanes)
-    if chunksize is None:
-        chunksize = max(1, math.ceil(len(items) / (pool.workers * 4)))
     bar = _Progress(len(items), pool.workers) if len(items) > PROGRESS_FROM else None
+    if chunksize is None:
+        # Four chunks a worker (few messages); sixteen under a progress bar, so that it moves.
+        chunksize = max(1, math.ceil(len(items) / (pool.workers * (16 if bar else 4))))
     results = []
     try:
         futures = pool._workers.map_futures(function, items, chunksize)
         for _, future in futures:
-            if bar is not None:
+            # The bar moves with every chunk done, in any order, while this one is awaited.
+            while bar is not None and not future.done():
+                concurrent.futures.wait([future], timeout=0.25)
                 bar.show(sum(n for n, f in futures if f.done()))
             results.extend(future.result())
     except BaseException:
