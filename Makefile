@@ -12,11 +12,15 @@ LANES_KERNELSPEC := $(VENV)/share/jupyter/kernels/parakernel-lanes/kernel.json
 .PHONY: demo test bench setup rust-test python-test browser libzmq clean-venv
 
 # channels_pipeline's cells meet each other, so it runs as Run All sends it; the in-turn
-# comparison pass (one cell after another) would wait at its producer for good.
+# comparison pass (one cell after another) would wait at its producer for good. Then
+# `parakernel run` runs notebooks headless in one process (two at once, then a 2x2 sweep), into
+# .runs/.
 demo: setup
 	$(PY) tests/run_notebook.py notebooks/demo.ipynb
 	$(PY) tests/run_notebook.py --run-all notebooks/parallel_experiments.ipynb
 	$(PY) tests/run_notebook.py --run-all --no-compare notebooks/channels_pipeline.ipynb
+	$(BIN) run --python $(PY) --output-dir .runs notebooks/channels_pipeline.ipynb notebooks/parallel_experiments.ipynb
+	$(BIN) run --python $(PY) --output-dir .runs notebooks/sweep.ipynb --grid lr=0.05,0.2 --grid seed=1,2
 
 test: setup browser
 	PYO3_PYTHON=$$(cat $(VENV)/.base-python) cargo test --release --locked

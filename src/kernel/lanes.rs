@@ -24,7 +24,11 @@ impl<E: Executor> Kernel<E> {
         let routed = routing::route(code, tags).map_err(|error| error.to_string())?;
         // The routed code is what is left after the magic line.
         let routed_code = code.suffix(code.len() - routed.code.len());
-        let transfer = routed.transfer;
+        let mut transfer = routed.transfer;
+        if !transfer.is_empty() {
+            // One lane per session: the values come from (and go to) the session's own lane.
+            transfer.home = self.session_lane(session).map(|lane| lane.name());
+        }
         let lane = match routed.route {
             Route::Main => return Ok((Some(Lane::Main), transfer, routed_code)),
             Route::Default => match self.session_lane(session) {

@@ -141,12 +141,15 @@ pub struct ExecuteJob {
     pub transfer: Transfer,
 }
 
-/// `%%lane NAME --in a,b --out c`: the values copied from the main lane's namespace into the
-/// lane's before the cell (`inputs`), and back after it (`outputs`).
+/// `%%lane NAME --in a,b --out c`: the values copied from the home lane's namespace (the main
+/// lane's) into the lane's before the cell (`inputs`), and back after it (`outputs`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Transfer {
     pub inputs: Vec<String>,
     pub outputs: Vec<String>,
+    /// The lane the values come from and go to: `None` for the main lane; with one lane per
+    /// session, the session's own lane.
+    pub home: Option<String>,
 }
 
 impl Transfer {

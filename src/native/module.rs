@@ -11,7 +11,7 @@ use pyo3_ffi as ffi;
 use super::channels::{channel_close, channel_stats, channel_unlink, channel_open, channel_recv, channel_send, channels_json, shared_buffer, shared_buffers_json};
 use super::functions::{allow_stdin, call, cpu_times_json, flush, input, publish, sleep, write_stderr, write_stdout};
 use super::registry::lookup;
-use super::transfer::{main_values, set_main_values};
+use super::transfer::{home_values, set_home_values};
 use super::LaneState;
 
 /// The name every interpreter imports the module under.
@@ -132,16 +132,16 @@ static METHODS: FfiTable<[ffi::PyMethodDef; 21]> = FfiTable(std::cell::UnsafeCel
         ml_doc: c"shared_buffers()\n--\n\nJSON list: every living shared block's name, size and holders.".as_ptr(),
     },
     ffi::PyMethodDef {
-        ml_name: c"main_values".as_ptr(),
-        ml_meth: ffi::PyMethodDefPointer { PyCFunction: main_values },
-        ml_flags: ffi::METH_O,
-        ml_doc: c"main_values(names, /)\n--\n\nA dict of the main lane's values of `names`, copied into this lane (--in).".as_ptr(),
+        ml_name: c"home_values".as_ptr(),
+        ml_meth: ffi::PyMethodDefPointer { PyCFunctionFast: home_values },
+        ml_flags: ffi::METH_FASTCALL,
+        ml_doc: c"home_values(home, names, /)\n--\n\nA dict of the home lane's (None: the main lane's) values of `names`, copied into this lane (--in).".as_ptr(),
     },
     ffi::PyMethodDef {
-        ml_name: c"set_main_values".as_ptr(),
-        ml_meth: ffi::PyMethodDefPointer { PyCFunctionFast: set_main_values },
+        ml_name: c"set_home_values".as_ptr(),
+        ml_meth: ffi::PyMethodDefPointer { PyCFunctionFast: set_home_values },
         ml_flags: ffi::METH_FASTCALL,
-        ml_doc: c"set_main_values(names, values, /)\n--\n\nCopy this lane's values into the main lane's namespace (--out), all or none.".as_ptr(),
+        ml_doc: c"set_home_values(home, names, values, /)\n--\n\nCopy this lane's values into the home lane's (None: the main lane's) namespace (--out), all or none.".as_ptr(),
     },
     ffi::PyMethodDef {
         ml_name: c"cpu_times".as_ptr(),
@@ -214,7 +214,8 @@ unsafe extern "C" fn module_exec(module: *mut ffi::PyObject) -> c_int {
     // SAFETY: CPython runs the exec slot with the importing interpreter's GIL held; `module` is
     // the new module, whose state CPython allocated (zeroed) with `m_size` bytes.
     unsafe {
-        let id = ffi::PyInterpreterState_GetID(ffi::PyInterpreterState_Get());
+        let interpreter = ffi::PyInterpreterState_Get();
+        let id = ffi::PyInterpreterState_GetID(interpreter);
         let Some(lane) = lookup(id) else {
             ffi::PyErr_SetString(
                 ffi::PyExc_ImportError,
@@ -232,6 +233,7 @@ unsafe extern "C" fn module_exec(module: *mut ffi::PyObject) -> c_int {
         }
         (*state).buffer_type = buffer_type;
         (*state).lane = Arc::into_raw(lane);
+        super::registry::note_interpreter(id, interpreter as usize);
     }
     0
 }

@@ -1,9 +1,9 @@
-//! `%%lane NAME --in a,b --out c` (issue 8): values copied between the main lane's namespace
-//! and a lane's, by the channel value rules. The lane's thread takes the main interpreter's GIL
-//! for the copy (a thread state of its own there, made and deleted around it), turns the main
-//! lane's objects into owned [`Value`]s, lets that GIL go and rebuilds them in its own
-//! interpreter; and the other way for `--out`. No object of one interpreter is ever touched
-//! with the other's GIL.
+//! `%%lane NAME --in a,b --out c` (issue 8): values copied between the home lane's namespace
+//! (the main lane's; with one lane per session, the session's own lane) and a lane's, by the
+//! channel value rules. The lane's thread takes the home interpreter's GIL for the copy (a
+//! thread state of its own there, made and deleted around it), turns the home lane's objects
+//! into owned [`Value`]s, lets that GIL go and rebuilds them in its own interpreter; and the
+//! other way for `--out`. No object of one interpreter is ever touched with the other's GIL.
 
 use std::ptr;
 
@@ -73,20 +73,47 @@ unsafe fn take_exception() -> (String, bool) {
     }
 }
 
-/// Runs `work` with the main interpreter's GIL, from a lane's thread that holds its own lane's
-/// GIL; returns with the lane's GIL held again.
+/// The home interpreter: the main one (`None`), or the registered lane named `home`; `None`
+/// with an exception set when there is no such lane, or it is the calling lane itself.
 ///
 /// # Safety
-/// The calling thread holds the GIL of a subinterpreter (not the main interpreter's), and
-/// `work` touches only objects of the main interpreter.
-unsafe fn in_main<R>(work: impl FnOnce() -> R) -> R {
-    // SAFETY: the lane's thread state is saved (its GIL released) before the main interpreter's
+/// GIL held.
+unsafe fn home_interpreter(home: Option<&str>) -> Option<*mut ffi::PyInterpreterState> {
+    // SAFETY: GIL held (caller).
+    unsafe {
+        let interpreter = match home {
+            None => ffi::PyInterpreterState_Main(),
+            Some(name) => match super::registry::interpreter_of_lane(name) {
+                Some(address) => address as *mut ffi::PyInterpreterState,
+                None => {
+                    raise(ffi::PyExc_RuntimeError, &format!("--in/--out: the lane {name:?} these values come from or go to is not running"));
+                    return None;
+                }
+            },
+        };
+        if interpreter == ffi::PyInterpreterState_Get() {
+            raise(ffi::PyExc_RuntimeError, "--in and --out copy values between this lane and another; the cell runs in the lane they would come from");
+            return None;
+        }
+        Some(interpreter)
+    }
+}
+
+/// Runs `work` with the GIL of `home` (another interpreter), from a lane's thread that holds its
+/// own lane's GIL; returns with the lane's GIL held again.
+///
+/// # Safety
+/// The calling thread holds the GIL of an interpreter other than `home`, `home` is alive (the
+/// main interpreter, or a registered lane's: a lane is unregistered before its interpreter
+/// ends), and `work` touches only objects of `home`.
+unsafe fn in_home<R>(home: *mut ffi::PyInterpreterState, work: impl FnOnce() -> R) -> R {
+    // SAFETY: the lane's thread state is saved (its GIL released) before the home interpreter's
     // GIL is taken through a thread state made for this thread there, which is cleared and
     // deleted (releasing that GIL) before the lane's is taken back: the thread holds one GIL at
     // a time, and objects are touched only under their own interpreter's GIL.
     unsafe {
         let lane = ffi::PyEval_SaveThread();
-        let main = ffi::PyThreadState_New(ffi::PyInterpreterState_Main());
+        let main = ffi::PyThreadState_New(home);
         ffi::PyEval_RestoreThread(main);
         let result = work();
         ffi::PyThreadState_Clear(main);
@@ -96,11 +123,11 @@ unsafe fn in_main<R>(work: impl FnOnce() -> R) -> R {
     }
 }
 
-/// The main lane's namespace (`__main__`'s dict, which IPython makes its user namespace), as a
-/// new reference, or `None` with an exception set.
+/// The namespace of the lane whose GIL is held (`__main__`'s dict, which IPython makes its user
+/// namespace), as a new reference, or `None` with an exception set.
 ///
 /// # Safety
-/// The main interpreter's GIL is held.
+/// That interpreter's GIL is held.
 unsafe fn main_namespace() -> Option<*mut ffi::PyObject> {
     // SAFETY: GIL held (caller).
     unsafe {
@@ -115,19 +142,18 @@ unsafe fn main_namespace() -> Option<*mut ffi::PyObject> {
     }
 }
 
-/// Whether the calling interpreter is the main one (which has the values already); raises then.
+/// The `home` argument: `None` (the main lane) or a lane's name.
 ///
 /// # Safety
-/// GIL held.
-unsafe fn refuse_in_main() -> bool {
+/// GIL held; `home` alive.
+unsafe fn home_of(home: *mut ffi::PyObject) -> Result<Option<String>, ()> {
     // SAFETY: GIL held (caller).
     unsafe {
-        if ffi::PyInterpreterState_Get() == ffi::PyInterpreterState_Main() {
-            raise(ffi::PyExc_RuntimeError, "--in and --out copy values between the main lane and another lane; this is the main lane");
-            return true;
+        if home == ffi::Py_None() {
+            return Ok(None);
         }
+        text_of(home, "home").map(|name| Some(name.into_owned())).ok_or(())
     }
-    false
 }
 
 /// The names in a list of `str`, or `None` with an exception set.
@@ -149,16 +175,23 @@ unsafe fn names_of(list: *mut ffi::PyObject) -> Option<Vec<String>> {
     }
 }
 
-/// `main_values(names)`: a dict of the main lane's values of `names`, copied into this lane.
-pub(super) unsafe extern "C" fn main_values(_module: *mut ffi::PyObject, names: *mut ffi::PyObject) -> *mut ffi::PyObject {
-    // SAFETY: called by CPython with the lane's GIL held; `names` is alive for the call. The
-    // main interpreter's objects are touched only inside `in_main`.
+/// `home_values(home, names)`: a dict of the home lane's (`None`: the main lane's) values of
+/// `names`, copied into this lane.
+pub(super) unsafe extern "C" fn home_values(
+    _module: *mut ffi::PyObject,
+    args: *mut *mut ffi::PyObject,
+    nargs: ffi::Py_ssize_t,
+) -> *mut ffi::PyObject {
+    // SAFETY: called by CPython with the lane's GIL held; the arguments are alive for the call.
+    // The home interpreter's objects are touched only inside `in_home`.
     unsafe {
-        if refuse_in_main() {
-            return ptr::null_mut();
-        }
-        let names = or_null!(names_of(names));
-        let copied = in_main(|| -> Result<Vec<(String, Value)>, Failure> {
+        let args = or_null!(super::arguments::fastcall_args(args, nargs, 2, "home_values"));
+        let Ok(home_name) = home_of(args[0]) else { return ptr::null_mut() };
+        let names = or_null!(names_of(args[1]));
+        let home = or_null!(home_interpreter(home_name.as_deref()));
+        let where_from = home_name.as_deref().map_or_else(|| "the main lane".to_owned(), |name| format!("lane {name:?}"));
+        let from = home_name.clone().unwrap_or_else(|| "main".to_owned());
+        let copied = in_home(home, || -> Result<Vec<(String, Value)>, Failure> {
             let Some(namespace) = main_namespace() else {
                 let (message, _) = take_exception();
                 return Err(Failure { kind: Kind::Type, message });
@@ -169,13 +202,13 @@ pub(super) unsafe extern "C" fn main_values(_module: *mut ffi::PyObject, names: 
                 let object = ffi::PyDict_GetItemString(namespace, key.as_ptr());
                 if object.is_null() {
                     ffi::Py_DecRef(namespace);
-                    let message = format!("name '{name}' is not defined in the main lane (--in {name}): run the cell that sets it there first");
+                    let message = format!("name '{name}' is not defined in {where_from} (--in {name}): run the cell that sets it there first");
                     return Err(Failure { kind: Kind::Name, message });
                 }
-                let Some(value) = to_value(object, "main") else {
+                let Some(value) = to_value(object, &from) else {
                     ffi::Py_DecRef(namespace);
                     let (error, _) = take_exception();
-                    return Err(Failure { kind: Kind::Type, message: format!("--in {name}: the main lane's value cannot be copied to a lane ({error})") });
+                    return Err(Failure { kind: Kind::Type, message: format!("--in {name}: the value in {where_from} cannot be copied to this lane ({error})") });
                 };
                 values.push((name.clone(), value));
             }
@@ -211,21 +244,22 @@ pub(super) unsafe extern "C" fn main_values(_module: *mut ffi::PyObject, names: 
     }
 }
 
-/// `set_main_values(names, values)`: copies this lane's `values` (a list, one per name) into
-/// the main lane's namespace, all or none.
-pub(super) unsafe extern "C" fn set_main_values(
+/// `set_home_values(home, names, values)`: copies this lane's `values` (a list, one per name)
+/// into the home lane's (`None`: the main lane's) namespace, all or none.
+pub(super) unsafe extern "C" fn set_home_values(
     module: *mut ffi::PyObject,
     args: *mut *mut ffi::PyObject,
     nargs: ffi::Py_ssize_t,
 ) -> *mut ffi::PyObject {
     // SAFETY: called by CPython with the lane's GIL held; the arguments are alive for the call.
-    // The main interpreter's objects are touched only inside `in_main`.
+    // The home interpreter's objects are touched only inside `in_home`.
     unsafe {
-        if refuse_in_main() {
-            return ptr::null_mut();
-        }
         let lane = or_null!(super::module::lane_of(module)).lane().name();
-        let args = or_null!(super::arguments::fastcall_args(args, nargs, 2, "set_main_values"));
+        let args = or_null!(super::arguments::fastcall_args(args, nargs, 3, "set_home_values"));
+        let Ok(home_name) = home_of(args[0]) else { return ptr::null_mut() };
+        let home = or_null!(home_interpreter(home_name.as_deref()));
+        let where_to = home_name.as_deref().map_or_else(|| "the main lane".to_owned(), |name| format!("lane {name:?}"));
+        let args = &args[1..];
         let names = or_null!(names_of(args[0]));
         if ffi::PyList_Check(args[1]) == 0 || usize::try_from(ffi::PyList_Size(args[1])).ok() != Some(names.len()) {
             raise(ffi::PyExc_TypeError, "values must be a list, one value per name");
@@ -235,12 +269,12 @@ pub(super) unsafe extern "C" fn set_main_values(
         for (index, name) in names.iter().enumerate() {
             let Some(value) = to_value(ffi::PyList_GetItem(args[1], isize::try_from(index).unwrap_or(0)), &lane) else {
                 let (error, _) = take_exception();
-                raise(ffi::PyExc_TypeError, &format!("--out {name}: the value cannot be copied to the main lane ({error})"));
+                raise(ffi::PyExc_TypeError, &format!("--out {name}: the value cannot be copied to {where_to} ({error})"));
                 return ptr::null_mut();
             };
             values.push(value);
         }
-        let stored = in_main(|| -> Result<(), Failure> {
+        let stored = in_home(home, || -> Result<(), Failure> {
             let mut objects = Vec::with_capacity(values.len());
             let release = |objects: &[*mut ffi::PyObject]| objects.iter().for_each(|object| ffi::Py_DecRef(*object));
             for (name, value) in names.iter().zip(&values) {
@@ -249,7 +283,7 @@ pub(super) unsafe extern "C" fn set_main_values(
                     release(&objects);
                     let (error, import) = take_exception();
                     let kind = if import { Kind::Import } else { Kind::Type };
-                    return Err(Failure { kind, message: format!("--out {name}: the main lane cannot rebuild the value ({error})") });
+                    return Err(Failure { kind, message: format!("--out {name}: {where_to} cannot rebuild the value ({error})") });
                 }
                 objects.push(object);
             }

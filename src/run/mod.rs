@@ -8,6 +8,7 @@
 //! streams or lanes is implemented twice.
 
 mod notebook;
+pub mod params;
 
 use std::collections::{HashMap, VecDeque};
 use std::io::Write;
@@ -51,12 +52,27 @@ pub struct RunArgs {
     /// else the interpreter parakernel was built against.
     #[arg(long, value_name = "PYTHON")]
     pub python: Option<PathBuf>,
+    /// A parameter, as papermill takes it: injected in a cell tagged `injected-parameters`
+    /// after the cell tagged `parameters` (VALUE typed: int, float, True/False, None, else text).
+    #[arg(short = 'p', long = "parameter", num_args = 2, value_names = ["NAME", "VALUE"], action = clap::ArgAction::Append)]
+    pub parameters: Vec<String>,
+    /// Parameters from a YAML or JSON file (a mapping of names to values).
+    #[arg(short = 'f', long = "parameters-file", value_name = "FILE")]
+    pub parameters_file: Option<PathBuf>,
+    /// A sweep: one isolated run of each notebook per combination of the values (repeat for
+    /// more names), in parallel, each written to its own file.
+    #[arg(long, value_name = "NAME=V1,V2", conflicts_with = "inplace")]
+    pub grid: Vec<String>,
 }
 
 /// How one notebook ended, for the summary.
 #[derive(Debug)]
 pub struct Outcome {
     pub name: String,
+    /// `name=value,...` of the run's parameters.
+    pub parameters: String,
+    /// What the notebook recorded (`parakernel.record`).
+    pub records: Vec<(String, serde_json::Value)>,
     pub status: Status,
     pub cells_done: usize,
     pub cells: usize,
@@ -64,12 +80,15 @@ pub struct Outcome {
     pub output: PathBuf,
 }
 
-/// Where a notebook's outputs go.
-fn output_path(args: &RunArgs, path: &Path) -> PathBuf {
+/// Where a notebook's outputs go; a sweep's runs carry their parameters in the name.
+fn output_path(args: &RunArgs, path: &Path, run: Option<&str>) -> PathBuf {
     if args.inplace {
         return path.to_owned();
     }
-    let stem = path.file_stem().map_or_else(|| "notebook".into(), |stem| stem.to_string_lossy().into_owned());
+    let mut stem = path.file_stem().map_or_else(|| "notebook".into(), |stem| stem.to_string_lossy().into_owned());
+    if let Some(run) = run {
+        stem = format!("{stem}[{}]", run.replace('/', "_"));
+    }
     match &args.output_dir {
         Some(dir) => dir.join(format!("{stem}.ipynb")),
         None => path.with_file_name(format!("{stem}.out.ipynb")),
@@ -83,19 +102,38 @@ fn session_name(path: &Path, index: usize) -> String {
     format!("nb{}-{kept}", index + 1)
 }
 
-/// Reads every notebook (all or nothing: a notebook that cannot be read is reported before any
-/// runs).
-pub fn prepare(args: &RunArgs) -> Result<Vec<Notebook>, NotebookError> {
+/// Reads every notebook, once per run of the sweep, with its parameters injected (all or
+/// nothing: a notebook or a parameter that cannot be read is reported before anything runs).
+pub fn prepare(args: &RunArgs) -> anyhow::Result<Vec<Notebook>> {
     if let Some(dir) = &args.output_dir {
         std::fs::create_dir_all(dir).map_err(|source| NotebookError::Write { path: dir.display().to_string(), source })?;
     }
+    let mut common = match &args.parameters_file {
+        Some(file) => params::from_file(file)?,
+        None => Vec::new(),
+    };
+    common.extend(params::from_pairs(&args.parameters)?);
+    let runs = params::grid(&args.grid)?;
     let on_main = |path: &Path| args.main.iter().any(|main| main == path || std::fs::canonicalize(main).ok() == std::fs::canonicalize(path).ok());
     let mut all: Vec<PathBuf> = args.notebooks.clone();
     all.extend(args.main.iter().filter(|main| !args.notebooks.contains(main)).cloned());
-    all.iter()
-        .enumerate()
-        .map(|(index, path)| Notebook::read(path, output_path(args, path), session_name(path, index), on_main(path)))
-        .collect()
+    let mut notebooks = Vec::new();
+    for path in &all {
+        for run in &runs {
+            let mut parameters = common.clone();
+            for (name, value) in run {
+                parameters.retain(|(known, _)| known != name);
+                parameters.push((name.clone(), value.clone()));
+            }
+            let label = (!args.grid.is_empty()).then(|| params::label(run));
+            let output = output_path(args, path, label.as_deref());
+            let mut notebook = Notebook::read(path, output, session_name(path, notebooks.len()), on_main(path))?;
+            notebook.inject(&parameters);
+            notebook.label = params::label(&parameters);
+            notebooks.push(notebook);
+        }
+    }
+    Ok(notebooks)
 }
 
 /// Runs `notebooks` against a kernel served on `transport` (whose far end is `peer`); `key` is
@@ -180,6 +218,8 @@ pub async fn drive(mut peer: Peer, key: &[u8], mut notebooks: Vec<Notebook>, arg
             }
             let outcome = Outcome {
                 name: notebooks[n].name(),
+                parameters: notebooks[n].label.clone(),
+                records: notebooks[n].records(),
                 status: notebooks[n].status.clone(),
                 cells_done: notebooks[n].cells_done(),
                 cells: notebooks[n].code_cell_count(),
@@ -213,21 +253,41 @@ fn describe(status: &Status) -> String {
 
 /// The table printed at the end: notebook, status, cells, time, output file.
 pub fn summary(outcomes: &[Outcome]) -> String {
-    let rows: Vec<[String; 5]> = outcomes
+    let with_parameters = outcomes.iter().any(|o| !o.parameters.is_empty());
+    let with_records = outcomes.iter().any(|o| !o.records.is_empty());
+    let mut titles = vec!["notebook"];
+    if with_parameters {
+        titles.push("parameters");
+    }
+    titles.extend(["status", "cells", "time"]);
+    if with_records {
+        titles.push("recorded");
+    }
+    titles.push("output");
+    let rows: Vec<Vec<String>> = outcomes
         .iter()
         .map(|o| {
             let status = match &o.status {
-                Status::Ok => "ok".to_owned(),
-                Status::Failed(_) => "failed".to_owned(),
-                Status::TimedOut(_) => "timed out".to_owned(),
+                Status::Ok => "ok",
+                Status::Failed(_) => "failed",
+                Status::TimedOut(_) => "timed out",
             };
-            [o.name.clone(), status, format!("{}/{}", o.cells_done, o.cells), format!("{:.1} s", o.seconds), o.output.display().to_string()]
+            let mut row = vec![o.name.clone()];
+            if with_parameters {
+                row.push(o.parameters.clone());
+            }
+            row.extend([status.to_owned(), format!("{}/{}", o.cells_done, o.cells), format!("{:.1} s", o.seconds)]);
+            if with_records {
+                let shown: Vec<String> = o.records.iter().map(|(name, value)| format!("{name}={}", params::python_literal(value))).collect();
+                row.push(shown.join(", "));
+            }
+            row.push(o.output.display().to_string());
+            row
         })
         .collect();
-    let titles = ["notebook", "status", "cells", "time", "output"];
-    let widths: Vec<usize> = (0..5).map(|i| rows.iter().map(|row| row[i].chars().count()).chain([titles[i].len()]).max().unwrap_or(0)).collect();
+    let widths: Vec<usize> = (0..titles.len()).map(|i| rows.iter().map(|row| row[i].chars().count()).chain([titles[i].len()]).max().unwrap_or(0)).collect();
     let line = |cells: &[String]| cells.iter().zip(&widths).map(|(cell, width)| format!("{cell:<width$}")).collect::<Vec<_>>().join("  ").trim_end().to_owned();
-    let mut text = line(&titles.map(str::to_owned));
+    let mut text = line(&titles.iter().map(|title| (*title).to_owned()).collect::<Vec<_>>());
     text.push('\n');
     text.push_str(&line(&widths.iter().map(|width| "-".repeat(*width)).collect::<Vec<_>>()));
     for row in &rows {

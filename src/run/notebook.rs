@@ -9,6 +9,9 @@ use serde_json::{json, Map, Value};
 
 use crate::wire::Message;
 
+/// The display type `parakernel.record` writes (scrapbook's).
+pub const RECORD_MIME: &str = "application/scrapbook.scrap.json+json";
+
 /// Why a notebook cannot be run.
 #[derive(Debug, thiserror::Error)]
 pub enum NotebookError {
@@ -39,6 +42,8 @@ pub struct Notebook {
     /// The client session its requests carry: the kernel gives it a lane of its own.
     pub session: String,
     pub on_main: bool,
+    /// Its parameters, `name=value,...` (empty: none).
+    pub label: String,
     document: Value,
     /// Indexes of the code cells in `document["cells"]`.
     code_cells: Vec<usize>,
@@ -73,7 +78,47 @@ impl Notebook {
         let code_cells: Vec<usize> = cells.iter().enumerate().filter(|(_, cell)| cell["cell_type"] == "code").map(|(index, _)| index).collect();
         let on_main = force_main || document["metadata"]["parakernel"]["lane"] == "main";
         let runs = code_cells.iter().map(|_| CellRun::default()).collect();
-        Ok(Notebook { path: path.to_owned(), output, session, on_main, document, code_cells, cells: runs, displays: HashMap::new(), status: Status::Ok })
+        Ok(Notebook { path: path.to_owned(), output, session, on_main, label: String::new(), document, code_cells, cells: runs, displays: HashMap::new(), status: Status::Ok })
+    }
+
+    /// Papermill's way: a code cell tagged `injected-parameters` with `parameters` after the
+    /// cell tagged `parameters` (first when there is none; an injected cell of an earlier run is
+    /// replaced).
+    pub fn inject(&mut self, parameters: &super::params::Parameters) {
+        if parameters.is_empty() {
+            return;
+        }
+        let tagged = |cell: &Value, tag: &str| cell["metadata"]["tags"].as_array().is_some_and(|tags| tags.iter().any(|t| t == tag));
+        let mut source = String::from("# Parameters\n");
+        for (name, value) in parameters {
+            source.push_str(&format!("{name} = {}\n", super::params::python_literal(value)));
+        }
+        let cell = json!({
+            "cell_type": "code", "execution_count": null, "id": "injected-parameters",
+            "metadata": {"tags": ["injected-parameters"]}, "outputs": [], "source": source,
+        });
+        let Some(cells) = self.document["cells"].as_array_mut() else { return };
+        cells.retain(|cell| !tagged(cell, "injected-parameters"));
+        let at = cells.iter().position(|cell| tagged(cell, "parameters")).map_or(0, |index| index + 1);
+        cells.insert(at, cell);
+        self.code_cells = cells.iter().enumerate().filter(|(_, cell)| cell["cell_type"] == "code").map(|(index, _)| index).collect();
+        self.cells = self.code_cells.iter().map(|_| CellRun::default()).collect();
+    }
+
+    /// What the notebook recorded with `parakernel.record(name, value)` (scrapbook's format, so
+    /// scrapbook reads them too), the last value of each name.
+    pub fn records(&self) -> Vec<(String, Value)> {
+        let mut found: Vec<(String, Value)> = Vec::new();
+        for cell in &self.document["cells"].as_array().cloned().unwrap_or_default() {
+            for output in cell["outputs"].as_array().into_iter().flatten() {
+                let scrap = &output["data"][RECORD_MIME];
+                if let Some(name) = scrap["name"].as_str() {
+                    found.retain(|(known, _)| known != name);
+                    found.push((name.to_owned(), scrap["data"].clone()));
+                }
+            }
+        }
+        found
     }
 
     pub fn name(&self) -> String {

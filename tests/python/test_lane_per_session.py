@@ -74,3 +74,15 @@ def test_an_interrupt_from_one_notebook_reaches_its_own_lane_only(two_notebooks)
     ok(first.execute("%%lane main\nfrom parakernel import channel\nchannel('interrupt-go').send('not interrupted')"))
     result = second.finish(working)
     assert ok(result).stdout == "started\nnot interrupted\n", describe(result)
+
+
+def test_in_and_out_copy_from_and_to_the_notebooks_own_lane(two_notebooks):
+    first, second = two_notebooks
+    ok(first.execute("data = [1, 2, 3]"))
+    ok(second.execute("data = 'the second notebook'"))
+    ok(first.execute("%%lane pl-worker --in data --out total\ntotal = sum(data)"))
+    result = ok(first.execute("%wait pl-worker\nprint(total)"))
+    assert result.stdout == "6\n", describe(result)
+    # Not the main lane's, nor the other notebook's.
+    assert ok(first.execute("%%lane main\nprint('total' in globals())")).stdout == "False\n"
+    assert ok(second.execute("print('total' in globals(), data)")).stdout == "False the second notebook\n"

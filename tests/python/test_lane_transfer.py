@@ -31,7 +31,7 @@ def test_in_and_out_copy_values_between_main_and_a_lane(kernel: Kernel):
     [
         ("%%lane tr-b --in nowhere\n1", "NameError", "name 'nowhere' is not defined in the main lane"),
         ("%%lane tr-b --out never\nx = 1", "NameError", "--out never: the cell did not set 'never'"),
-        ("%%lane tr-b --in lock\n1", "TypeError", "--in lock: the main lane's value cannot be copied"),
+        ("%%lane tr-b --in lock\n1", "TypeError", "--in lock: the value in the main lane cannot be copied"),
         ("%%lane tr-b --out Local\nclass Local:\n    pass", "ImportError", 'sent from lane "tr-b"'),
         ("%%lane main --in data\n1", "LaneError", "a cell that runs in the main lane has them already"),
         ("%%lane tr-b --in 2x\n1", "LaneError", "is not a Python variable name"),

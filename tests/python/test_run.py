@@ -150,3 +150,28 @@ def test_numpy_needs_the_main_lane_and_says_so(tmp_path: Path):
     assert outputs(tmp_path / "arrays.out.ipynb") == [[1, ("stream", "stdout", "3\n")]]
     marked = write(tmp_path / "marked.ipynb", "import numpy\nprint('ok')", metadata={"parakernel": {"lane": "main"}})
     assert run(marked).returncode == 0
+
+
+def test_parameters_and_a_grid_as_papermill_gives_them_with_records(tmp_path: Path):
+    parameters = new_code_cell("lr = 0.5\nseed = 0\noptimizer = 'sgd'")
+    parameters.metadata["tags"] = ["parameters"]
+    notebook = new_notebook(cells=[
+        parameters,
+        new_code_cell("import parakernel\nparakernel.record('score', round(lr * 10 + seed, 3))\nprint(optimizer, lr, seed)"),
+    ])
+    nbformat.write(notebook, tmp_path / "sweep.ipynb")
+    (tmp_path / "params.yaml").write_text("optimizer: adam\nextra: [1, 2]\n")
+    ran = run(tmp_path / "sweep.ipynb", "--grid", "lr=0.01,0.1", "--grid", "seed=1,2", "-f", tmp_path / "params.yaml",
+              "-p", "seed", "9", "--output-dir", tmp_path / "out")
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    runs = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert runs == [f"sweep[lr={lr},seed={seed}].ipynb" for lr in ("0.01", "0.1") for seed in (1, 2)], runs
+    written = nbformat.read(tmp_path / "out" / "sweep[lr=0.1,seed=2].ipynb", as_version=4)
+    injected = written.cells[1]
+    assert injected.metadata.tags == ["injected-parameters"], injected
+    # The grid wins over -p, which wins over the file, as papermill's order goes.
+    assert injected.source == '# Parameters\nextra = [1, 2]\noptimizer = "adam"\nlr = 0.1\nseed = 2\n', injected.source
+    assert written.cells[2].outputs[-1].text == "adam 0.1 2\n"
+    table = ran.stdout
+    assert "parameters" in table.splitlines()[0] and "recorded" in table.splitlines()[0], table
+    assert "score=3.0" in table and "score=1.1" in table, table

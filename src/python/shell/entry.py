@@ -133,11 +133,12 @@ def execute(job_json, code):
     transfer = job.get("transfer") or {}
     shell._last_traceback = None
     try:
-        failed = transfer.get("inputs") and _copy_in(shell, transfer["inputs"])
+        home = transfer.get("home")
+        failed = transfer.get("inputs") and _copy_in(shell, transfer["inputs"], home)
         if failed:
             return _failed(shell, job, failed)
         result = run(code, store_history=job["store_history"], silent=job["silent"])
-        failed = transfer.get("outputs") and result.success and _copy_out(shell, transfer["outputs"])
+        failed = transfer.get("outputs") and result.success and _copy_out(shell, transfer["outputs"], home)
         if failed:
             return _failed(shell, job, failed)
     finally:
@@ -179,22 +180,23 @@ def execute(job_json, code):
     return messages.dumps(reply)
 
 
-def _copy_in(shell, names):
-    """`--in`: once the main lane has run every cell sent before this one, its values of
-    `names` are copied into this lane. Returns the error (shown under the cell) if that fails."""
+def _copy_in(shell, names, home):
+    """`--in`: once the home lane (the main lane, or with one lane per session the session's
+    own) has run every cell sent before this one, its values of `names` are copied into this
+    lane. Returns the error (shown under the cell) if that fails."""
     from .magics import _call
 
     try:
-        _call("wait", lanes=["main"])
-        shell.user_ns.update(_parakernel.main_values(names))
+        _call("wait", lanes=[home or "main"])
+        shell.user_ns.update(_parakernel.home_values(home, names))
     except BaseException as error:  # noqa: BLE001 - shown under the cell, as its own errors are
         shell.showtraceback()
         return error
     return None
 
 
-def _copy_out(shell, names):
-    """`--out`: the cell's values of `names` are copied into the main lane. Returns the error
+def _copy_out(shell, names, home):
+    """`--out`: the cell's values of `names` are copied into the home lane. Returns the error
     (shown under the cell) if a name was not set or a value cannot cross."""
     try:
         missing = [name for name in names if name not in shell.user_ns]
@@ -203,7 +205,7 @@ def _copy_out(shell, names):
                 f"--out {', '.join(missing)}: the cell did not set "
                 + ", ".join(repr(name) for name in missing)
             )
-        _parakernel.set_main_values(list(names), [shell.user_ns[name] for name in names])
+        _parakernel.set_home_values(home, list(names), [shell.user_ns[name] for name in names])
     except BaseException as error:  # noqa: BLE001 - shown under the cell
         shell.showtraceback()
         return error

@@ -24,7 +24,7 @@ from _parakernel_shell.pool import LanePool, RemoteTraceback
 # `map` too, but not in `__all__`: `from parakernel import *` must not hide the built-in map.
 __all__ = [
     "Channel", "ChannelClosed", "Empty", "Full", "LanePool", "RemoteTraceback", "channel", "channels",
-    "shared_buffer", "shared_buffers",
+    "record", "shared_buffer", "shared_buffers",
 ]
 
 
@@ -165,3 +165,23 @@ def map(function, iterable, lanes=None, chunksize=None):  # noqa: A001 - paraker
     from _parakernel_shell import pool
 
     return pool.map(function, iterable, lanes=lanes, chunksize=chunksize)
+
+
+def record(name, value):
+    """Records `value` (anything JSON can hold) under `name` in the cell's outputs, in
+    scrapbook's format (scrapbook reads it back from the notebook); `parakernel run` shows each
+    notebook's recorded values in its summary."""
+    from IPython.display import display
+
+    if not isinstance(name, str) or not name:
+        raise ValueError("record needs a name: a non-empty str")
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError) as error:
+        raise TypeError(f"record({name!r}, ...) takes what JSON can hold (numbers, text, lists, dicts): {error}") from None
+    scrap = {"name": name, "data": value, "encoder": "json", "version": 1}
+    display(
+        {"application/scrapbook.scrap.json+json": scrap},
+        metadata={"scrapbook": {"name": name, "data": True, "display": False}},
+        raw=True,
+    )
