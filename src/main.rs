@@ -220,7 +220,7 @@ fn run_kernel(connection_file: &std::path::Path, python: Option<PathBuf>, max_me
 
 /// `parakernel run`: the kernel core serves the notebooks' sessions in this process; the main
 /// thread runs the main lane, as under `parakernel kernel`. Exits 0 when every notebook ran, 1
-/// when one failed or timed out.
+/// when one failed or timed out, 130 after Ctrl-C.
 fn run_notebooks(args: &parakernel::run::RunArgs) -> anyhow::Result<()> {
     python::configure_allocator_environment();
     let notebooks = parakernel::run::prepare(args)?;
@@ -245,7 +245,6 @@ fn run_notebooks(args: &parakernel::run::RunArgs) -> anyhow::Result<()> {
     main_lane.run()?;
     let outcomes = outcomes.recv_timeout(SHUTDOWN_BOUND).context("the runner did not finish")?;
     println!("{}", parakernel::run::summary(&outcomes));
-    let failed = outcomes.iter().any(|outcome| outcome.status != parakernel::run::Status::Ok);
     parakernel::children::kill_descendants();
-    std::process::exit(i32::from(failed));
+    std::process::exit(parakernel::run::exit_code(&outcomes));
 }

@@ -332,6 +332,8 @@ impl<E: Executor> Kernel<E> {
                 // sent to other lanes run on); else every running lane.
                 let target = match self.session_lanes.get(&session) {
                     Some(name) if self.lane_per_session => InterruptTarget::Lane(Lane::Named(name.clone())),
+                    // A session whose cells all ran on the main lane (a main-lane notebook).
+                    None if self.lane_per_session => InterruptTarget::Lane(Lane::Main),
                     _ => InterruptTarget::All,
                 };
                 self.executor.interrupt(&target);

@@ -7,6 +7,7 @@
 //! their lanes, `%wait` meeting them; up to `--jobs` notebooks at once. Nothing of execution,
 //! streams or lanes is implemented twice.
 
+mod ctrl_c;
 mod notebook;
 pub mod params;
 
@@ -151,8 +152,53 @@ pub async fn drive(mut peer: Peer, key: &[u8], mut notebooks: Vec<Notebook>, arg
     let mut deadlines: HashMap<(usize, usize), Instant> = HashMap::new();
     let mut outcomes: Vec<Option<Outcome>> = (0..notebooks.len()).map(|_| None).collect();
     let timeout = args.timeout.filter(|seconds| seconds.is_finite() && *seconds > 0.0);
+    let runner = Session { id: "parakernel-run".to_owned(), signer: signer.clone() };
+
+    // The main lane runs a silent cell first: then Python's SIGINT handler is in place, and
+    // Ctrl-C's goes in front of it.
+    let warm = runner.message("execute_request", json!({"code": "pass", "silent": true, "store_history": false, "allow_stdin": false}), None, vec![bytes::Bytes::from_static(b"runner")]);
+    let mut warm = warm;
+    warm.metadata.insert("tags".into(), json!(["lane:main"]));
+    let warm_id = warm.header.msg_id.clone();
+    let _ = peer.shell.send(Incoming { channel: Channel::Shell, frames: warm.encode(&signer) }).await;
+    while let Some(outgoing) = peer.outgoing.recv().await {
+        let Ok(message) = Message::decode(outgoing.frames, &mut verifier) else { continue };
+        if message.msg_type() == "execute_reply" && message.parent_header.as_ref().is_some_and(|parent| parent.msg_id == warm_id) {
+            break;
+        }
+    }
+    ctrl_c::install();
+    let mut presses = ctrl_c::presses();
+    let mut interrupted = false;
+    let mut ticks = tokio::time::interval(Duration::from_millis(100));
 
     loop {
+        // Ctrl-C: every running notebook's cell is interrupted (its lane: its session's), no
+        // other starts; a second Ctrl-C stops waiting and writes what ran.
+        if ctrl_c::presses() != presses {
+            presses = ctrl_c::presses();
+            if interrupted {
+                let _ = writeln!(log, "Ctrl-C again: writing what ran and stopping");
+                for &n in &running {
+                    let _ = notebooks[n].write();
+                    outcomes[n] = Some(outcome_of(&notebooks[n], started.get(&n)));
+                }
+                running.clear();
+                break;
+            }
+            interrupted = true;
+            let _ = writeln!(log, "Ctrl-C: interrupting the running cells (press again to stop waiting)");
+            for &n in &running {
+                notebooks[n].status = Status::Interrupted;
+                let session = Session { id: notebooks[n].session.clone(), signer: signer.clone() };
+                let interrupt = session.message("interrupt_request", json!({}), None, vec![bytes::Bytes::from_static(b"runner")]);
+                let _ = peer.control.send(Incoming { channel: Channel::Control, frames: interrupt.encode(&signer) }).await;
+            }
+            for n in waiting.drain(..) {
+                notebooks[n].status = Status::NotRun;
+                outcomes[n] = Some(outcome_of(&notebooks[n], None));
+            }
+        }
         // Start notebooks while there is room; main-lane notebooks one at a time.
         while running.len() < jobs {
             let main_busy = running.iter().any(|&n| notebooks[n].on_main);
@@ -176,6 +222,7 @@ pub async fn drive(mut peer: Peer, key: &[u8], mut notebooks: Vec<Notebook>, arg
         let next_deadline = deadlines.values().min().copied();
         let received = tokio::select! {
             outgoing = peer.outgoing.recv() => outgoing,
+            _ = ticks.tick() => continue,
             () = sleep_until(next_deadline), if next_deadline.is_some() => {
                 let now = Instant::now();
                 let expired: Vec<(usize, usize)> = deadlines.iter().filter(|(_, at)| **at <= now).map(|(key, _)| *key).collect();
@@ -216,24 +263,39 @@ pub async fn drive(mut peer: Peer, key: &[u8], mut notebooks: Vec<Notebook>, arg
             if let Err(error) = &written {
                 notebooks[n].status = Status::Failed(error.to_string());
             }
-            let outcome = Outcome {
-                name: notebooks[n].name(),
-                parameters: notebooks[n].label.clone(),
-                records: notebooks[n].records(),
-                status: notebooks[n].status.clone(),
-                cells_done: notebooks[n].cells_done(),
-                cells: notebooks[n].code_cell_count(),
-                seconds,
-                output: notebooks[n].output.clone(),
-            };
+            let outcome = outcome_of(&notebooks[n], started.get(&n));
             let _ = writeln!(log, "[{}] {} in {seconds:.1} s -> {}", outcome.name, describe(&outcome.status), outcome.output.display());
             outcomes[n] = Some(outcome);
         }
     }
-    let session = Session::new(signer.clone());
-    let shutdown = session.message("shutdown_request", json!({"restart": false}), None, vec![bytes::Bytes::from_static(b"runner")]);
+    let shutdown = runner.message("shutdown_request", json!({"restart": false}), None, vec![bytes::Bytes::from_static(b"runner")]);
     let _ = peer.control.send(Incoming { channel: Channel::Control, frames: shutdown.encode(&signer) }).await;
     outcomes.into_iter().flatten().collect()
+}
+
+fn outcome_of(notebook: &Notebook, started: Option<&Instant>) -> Outcome {
+    Outcome {
+        name: notebook.name(),
+        parameters: notebook.label.clone(),
+        records: notebook.records(),
+        status: notebook.status.clone(),
+        cells_done: notebook.cells_done(),
+        cells: notebook.code_cell_count(),
+        seconds: started.map_or(0.0, |at| at.elapsed().as_secs_f64()),
+        output: notebook.output.clone(),
+    }
+}
+
+/// The process's exit code for these outcomes: 130 after Ctrl-C (as a shell reports SIGINT), 1
+/// when a notebook failed or timed out, else 0.
+pub fn exit_code(outcomes: &[Outcome]) -> i32 {
+    if outcomes.iter().any(|o| matches!(o.status, Status::Interrupted | Status::NotRun)) {
+        130
+    } else if outcomes.iter().any(|o| o.status != Status::Ok) {
+        1
+    } else {
+        0
+    }
 }
 
 async fn sleep_until(deadline: Option<Instant>) {
@@ -248,6 +310,8 @@ fn describe(status: &Status) -> String {
         Status::Ok => "ok".to_owned(),
         Status::Failed(error) => format!("failed ({error})"),
         Status::TimedOut(what) => format!("timed out ({what})"),
+        Status::Interrupted => "interrupted (Ctrl-C)".to_owned(),
+        Status::NotRun => "not run (Ctrl-C came first)".to_owned(),
     }
 }
 
@@ -271,6 +335,8 @@ pub fn summary(outcomes: &[Outcome]) -> String {
                 Status::Ok => "ok",
                 Status::Failed(_) => "failed",
                 Status::TimedOut(_) => "timed out",
+                Status::Interrupted => "interrupted",
+                Status::NotRun => "not run",
             };
             let mut row = vec![o.name.clone()];
             if with_parameters {

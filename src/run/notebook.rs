@@ -31,6 +31,10 @@ pub enum Status {
     Failed(String),
     /// A cell ran longer than `--timeout`.
     TimedOut(String),
+    /// Ctrl-C: its running cell was interrupted, what ran is written.
+    Interrupted,
+    /// Ctrl-C came before it started.
+    NotRun,
 }
 
 /// A notebook being run: its JSON (kept whole: what parakernel does not touch is written back

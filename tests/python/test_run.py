@@ -175,3 +175,31 @@ def test_parameters_and_a_grid_as_papermill_gives_them_with_records(tmp_path: Pa
     table = ran.stdout
     assert "parameters" in table.splitlines()[0] and "recorded" in table.splitlines()[0], table
     assert "score=3.0" in table and "score=1.1" in table, table
+
+
+def test_ctrl_c_interrupts_every_running_cell_writes_what_ran_and_exits_130(tmp_path: Path):
+    import signal
+    import time
+
+    slow = write(tmp_path / "slow.ipynb", "print('first')", "import time\nprint('sleeping', flush=True)\ntime.sleep(600)", "print('never')")
+    main = write(tmp_path / "mainlane.ipynb", "import time\nprint('on main', flush=True)\ntime.sleep(600)", "print('never')")
+    later = write(tmp_path / "later.ipynb", "print('later')")
+    command = [str(BINARY), "run", "--python", sys.executable, "--jobs", "2", str(slow), "--main", str(main), str(later)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seen = ""
+    deadline = time.monotonic() + RUN_TIMEOUT
+    # Both long cells have started (the runner says so on stderr): then Ctrl-C.
+    while not ("[slow.ipynb] cell 2/3" in seen and "[mainlane.ipynb] cell 1/2" in seen):
+        assert time.monotonic() < deadline and process.poll() is None, seen
+        seen += process.stderr.readline()
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=RUN_TIMEOUT)
+    assert process.returncode == 130, out + seen + err
+    cells = outputs(tmp_path / "slow.out.ipynb")
+    assert cells[0] == [1, ("stream", "stdout", "first\n")], cells
+    assert cells[1][-1][:2] == ("error", "KeyboardInterrupt") and cells[2] == [None], cells
+    main_cells = outputs(tmp_path / "mainlane.out.ipynb")
+    assert main_cells[0][-1][:2] == ("error", "KeyboardInterrupt"), main_cells
+    # The quick notebook ran before: it is written as it ran.
+    assert outputs(tmp_path / "later.out.ipynb") == [[1, ("stream", "stdout", "later\n")]]
+    assert "interrupted" in out, out
