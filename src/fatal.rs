@@ -61,6 +61,11 @@ pub fn install() {
 
 /// A writer to the original stderr (the kernel's log goes through it: one copy of the
 /// descriptor for the log and for fatal messages).
+/// The descriptor of the original stderr (to ask whether it is a terminal, and its width).
+pub fn original_stderr_fd() -> RawFd {
+    ORIGINAL_STDERR.load(Ordering::SeqCst)
+}
+
 pub fn original_stderr() -> OriginalStderr {
     OriginalStderr
 }

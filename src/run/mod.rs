@@ -10,9 +10,9 @@
 mod ctrl_c;
 mod notebook;
 pub mod params;
+mod progress;
 
 use std::collections::{HashMap, VecDeque};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -23,6 +23,7 @@ use crate::lanes::Executor;
 use crate::transport::{Channel, Incoming, Peer, Transport};
 use crate::wire::{Message, Session, Signer, Verifier};
 pub use notebook::{Notebook, NotebookError, Status};
+use progress::Progress;
 
 /// `parakernel run`'s options.
 #[derive(Debug, Clone, clap::Args)]
@@ -139,7 +140,8 @@ pub fn prepare(args: &RunArgs) -> anyhow::Result<Vec<Notebook>> {
 
 /// Runs `notebooks` against a kernel served on `transport` (whose far end is `peer`); `key` is
 /// the kernel's signing key. Returns each notebook's outcome, in the order given.
-pub async fn drive(mut peer: Peer, key: &[u8], mut notebooks: Vec<Notebook>, args: &RunArgs, log: &mut dyn Write) -> Vec<Outcome> {
+pub async fn drive(mut peer: Peer, key: &[u8], mut notebooks: Vec<Notebook>, args: &RunArgs) -> Vec<Outcome> {
+    let mut progress = Progress::new(notebooks.len());
     let jobs = args.jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, usize::from)).max(1);
     let mut verifier = Verifier::new(Signer::new(key));
     let signer = Signer::new(key);
@@ -178,7 +180,7 @@ pub async fn drive(mut peer: Peer, key: &[u8], mut notebooks: Vec<Notebook>, arg
         if ctrl_c::presses() != presses {
             presses = ctrl_c::presses();
             if interrupted {
-                let _ = writeln!(log, "Ctrl-C again: writing what ran and stopping");
+                progress.note("Ctrl-C again: writing what ran and stopping");
                 for &n in &running {
                     let _ = notebooks[n].write();
                     outcomes[n] = Some(outcome_of(&notebooks[n], started.get(&n)));
@@ -187,7 +189,7 @@ pub async fn drive(mut peer: Peer, key: &[u8], mut notebooks: Vec<Notebook>, arg
                 break;
             }
             interrupted = true;
-            let _ = writeln!(log, "Ctrl-C: interrupting the running cells (press again to stop waiting)");
+            progress.note("Ctrl-C: interrupting the running cells (press again to stop waiting)");
             for &n in &running {
                 notebooks[n].status = Status::Interrupted;
                 let session = Session { id: notebooks[n].session.clone(), signer: signer.clone() };
@@ -205,7 +207,7 @@ pub async fn drive(mut peer: Peer, key: &[u8], mut notebooks: Vec<Notebook>, arg
             let Some(position) = waiting.iter().position(|&n| !(notebooks[n].on_main && main_busy)) else { break };
             let n = waiting.remove(position).expect("a position in the queue");
             let session = Session { id: notebooks[n].session.clone(), signer: signer.clone() };
-            let _ = writeln!(log, "[{}] started: {} code cells", notebooks[n].name(), notebooks[n].code_cell_count());
+            progress.started(n, &notebooks[n].name(), notebooks[n].code_cell_count());
             for cell in 0..notebooks[n].code_cell_count() {
                 let (content, metadata) = notebooks[n].request(cell, args.allow_errors);
                 let mut message = session.message("execute_request", content, None, vec![bytes::Bytes::from_static(b"runner")]);
@@ -230,7 +232,7 @@ pub async fn drive(mut peer: Peer, key: &[u8], mut notebooks: Vec<Notebook>, arg
                     deadlines.remove(&(n, cell));
                     let seconds = timeout.unwrap_or_default();
                     notebooks[n].timed_out(cell, seconds);
-                    let _ = writeln!(log, "[{}] cell {} ran longer than {seconds} s: interrupted", notebooks[n].name(), cell + 1);
+                    progress.note(&format!("[{}] cell {} ran longer than {seconds} s: interrupted", notebooks[n].name(), cell + 1));
                     // The notebook's own session: the kernel interrupts that notebook's lane.
                     let session = Session { id: notebooks[n].session.clone(), signer: signer.clone() };
                     let interrupt = session.message("interrupt_request", json!({}), None, vec![bytes::Bytes::from_static(b"runner")]);
@@ -248,7 +250,7 @@ pub async fn drive(mut peer: Peer, key: &[u8], mut notebooks: Vec<Notebook>, arg
             }
             let source = notebooks[n].source(cell);
             let first = source.lines().find(|line| !line.trim().is_empty()).unwrap_or("").chars().take(60).collect::<String>();
-            let _ = writeln!(log, "[{}] cell {}/{}: {first}", notebooks[n].name(), cell + 1, notebooks[n].code_cell_count());
+            progress.cell(n, &notebooks[n].name(), cell, notebooks[n].code_cell_count(), &first);
         }
         if message.msg_type() == "execute_reply" {
             deadlines.remove(&(n, cell));
@@ -264,10 +266,11 @@ pub async fn drive(mut peer: Peer, key: &[u8], mut notebooks: Vec<Notebook>, arg
                 notebooks[n].status = Status::Failed(error.to_string());
             }
             let outcome = outcome_of(&notebooks[n], started.get(&n));
-            let _ = writeln!(log, "[{}] {} in {seconds:.1} s -> {}", outcome.name, describe(&outcome.status), outcome.output.display());
+            progress.finished(n, &format!("[{}] {} in {seconds:.1} s -> {}", outcome.name, describe(&outcome.status), outcome.output.display()));
             outcomes[n] = Some(outcome);
         }
     }
+    progress.done();
     let shutdown = runner.message("shutdown_request", json!({"restart": false}), None, vec![bytes::Bytes::from_static(b"runner")]);
     let _ = peer.control.send(Incoming { channel: Channel::Control, frames: shutdown.encode(&signer) }).await;
     outcomes.into_iter().flatten().collect()
@@ -381,8 +384,6 @@ pub async fn serve_and_drive<E: Executor>(
     let (transport, peer) = Transport::unbound();
     let outgoing = transport.outgoing.clone();
     let kernel = Kernel::new(Session::new(Signer::new(&key)), executor, outgoing, info).with_lane_per_session(true);
-    // The original stderr: fd 2 carries the main lane's cell output while cells run.
-    let mut log = crate::fatal::original_stderr();
-    let ((), outcomes) = tokio::join!(kernel.serve(transport, events), drive(peer, &key, notebooks, args, &mut log));
+    let ((), outcomes) = tokio::join!(kernel.serve(transport, events), drive(peer, &key, notebooks, args));
     outcomes
 }
