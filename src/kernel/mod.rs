@@ -333,7 +333,9 @@ impl<E: Executor> Kernel<E> {
                 let target = match self.session_lanes.get(&session) {
                     Some(name) if self.lane_per_session => InterruptTarget::Lane(Lane::Named(name.clone())),
                     // A session whose cells all ran on the main lane (a main-lane notebook).
-                    None if self.lane_per_session => InterruptTarget::Lane(Lane::Main),
+                    None if self.lane_per_session && self.session_counts.contains_key(&session) => InterruptTarget::Lane(Lane::Main),
+                    // A session that sent no cell: the Jupyter server's own, which JupyterLab's
+                    // interrupt button goes through (it does not say which notebook).
                     _ => InterruptTarget::All,
                 };
                 self.executor.interrupt(&target);

@@ -265,6 +265,14 @@ pub async fn drive(mut peer: Peer, key: &[u8], mut notebooks: Vec<Notebook>, arg
             if let Err(error) = &written {
                 notebooks[n].status = Status::Failed(error.to_string());
             }
+            if !notebooks[n].on_main {
+                // Its lane's memory goes back now, not at the end of the run (the kernel names
+                // a session's lane after the session).
+                let stop = json!({"code": format!("%lane stop {}", notebooks[n].session), "silent": true, "store_history": false, "allow_stdin": false});
+                let mut message = runner.message("execute_request", stop, None, vec![bytes::Bytes::from_static(b"runner")]);
+                message.metadata.insert("tags".into(), json!(["lane:main"]));
+                let _ = peer.shell.send(Incoming { channel: Channel::Shell, frames: message.encode(&signer) }).await;
+            }
             let outcome = outcome_of(&notebooks[n], started.get(&n));
             progress.finished(n, &format!("[{}] {} in {seconds:.1} s -> {}", outcome.name, describe(&outcome.status), outcome.output.display()));
             outcomes[n] = Some(outcome);
