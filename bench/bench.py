@@ -29,6 +29,10 @@ to `Row`s; add one to BENCHMARKS to add rows. Rows may have an anchor of their o
 - big-request: one 200 MB execute_request (`s = '<200 MB>'`, signed, to a new kernel of each
   kind): peak RSS (VmHWM), RSS kept after the cell and after `del s`, each also as a multiple
   of the request's size, and the time to the reply.
+- notebooks (bench/notebooks.py): 8 CPU-bound and 40 tiny notebooks through `parakernel run
+  --jobs 1` and `--jobs 2` against papermill on ipykernel (one papermill process per notebook,
+  one after another and two at a time): wall time and peak RSS of the whole process tree,
+  beside the capacity probe.
   A target that needs more cores than the probe found free is shown but not judged; a row
   whose kernel feature is missing says "n/a (why)".
 """
@@ -892,10 +896,12 @@ def big_request(bench: Bench) -> list[Row]:
     return rows
 
 
-# The channels group lives in its own file and imports this one: as `bench`, also when this
-# file runs as the script (`__main__`), so that both see the same Row and Bench.
+# The channels and notebooks groups live in files of their own that import this one: as
+# `bench`, also when this file runs as the script (`__main__`), so that all see the same Row
+# and Bench.
 sys.modules.setdefault("bench", sys.modules[__name__])
 from channels import channels  # noqa: E402
+from notebooks import notebooks  # noqa: E402
 
 BENCHMARKS: dict[str, Callable[[Bench], list[Row]]] = {
     "startup": startup,
@@ -911,6 +917,7 @@ BENCHMARKS: dict[str, Callable[[Bench], list[Row]]] = {
     "lane-life": lane_life,
     "channels": channels,
     "big-request": big_request,
+    "notebooks": notebooks,
 }
 
 
