@@ -1,6 +1,7 @@
-//! The kernel's side of lanes: routing a cell to its lane, the fresh pool's queue, and the calls
-//! lanes make (`%lanes`, `%wait`, `%lane interrupt|restart|stop`). Pure bookkeeping: the
-//! executor does the work.
+//! The kernel's side of lanes: an `execute_request` counted and routed to its lane (a session's
+//! own lane under one lane per session), the fresh pool's queue, and the calls lanes make
+//! (`%lanes`, `%wait`, `%lane interrupt|restart|stop`, a pool's spawned jobs). Pure bookkeeping:
+//! the executor does the work.
 
 use std::time::Duration;
 
@@ -8,10 +9,11 @@ use serde_json::{json, Value};
 use tokio::time::Instant;
 use tracing::debug;
 
-use crate::lanes::{CellCode, ErrorContent, ExecuteReply, Executor, InterruptTarget, Job, Lane, LaneCall, RequestId, Transfer};
+use crate::lanes::{CellCode, ErrorContent, ExecuteJob, ExecuteReply, Executor, InterruptTarget, Job, Lane, LaneCall, RequestId, Transfer};
 use super::routing::{self, Route};
 use super::{Kernel, SetAside, Waiter};
-use crate::wire::quoted;
+use crate::wire::{quoted, ExecuteRequest};
+use super::{cell_tags, header_json};
 
 /// How long a job whose lane was restarted or stopped has to return (an interrupted job ends in
 /// milliseconds) before the kernel answers it and sets its interpreter aside.
@@ -68,6 +70,56 @@ impl<E: Executor> Kernel<E> {
         // Again after a `%lane stop`, which forgets the lane's queue.
         self.lanes.entry(Lane::Named(name.clone())).or_default().session = Some(session.to_owned());
         Some(Lane::Named(name))
+    }
+
+    /// An `execute_request`: counted, recorded in the history, routed to its lane and queued
+    /// there (or refused, when its lane cannot be had).
+    pub(super) fn execute(&mut self, id: RequestId, execute: ExecuteRequest) {
+        // Moved, never copied: the history, the echo and the job share this text.
+        let code = CellCode::from(execute.code);
+        let counted = !execute.silent && execute.store_history;
+        let session = self.in_flight[&id].message.header.session.clone();
+        // One lane per session: each session (notebook) counts its own cells, as a kernel of
+        // its own would.
+        let count = if self.lane_per_session {
+            self.session_counts.entry(session.clone()).or_insert(0)
+        } else {
+            &mut self.execution_count
+        };
+        if counted {
+            *count += 1;
+        }
+        let count = *count;
+        if counted {
+            self.history.record(count, code.clone());
+        }
+        let flight = self.in_flight.get_mut(&id).expect("begun");
+        flight.stop_on_error = execute.stop_on_error;
+        flight.execution_count = count;
+        let tags = cell_tags(&flight.message.metadata);
+        let parent_header = header_json(&flight.message.header);
+        let (lane, transfer, code) = match self.route(&code, &tags, &session) {
+            Ok(routed) => routed,
+            Err(message) => {
+                self.refuse_cell(id, "LaneError", &message);
+                return;
+            }
+        };
+        let job = Job::Execute(ExecuteJob {
+            request: id,
+            code,
+            silent: execute.silent,
+            store_history: execute.store_history,
+            user_expressions: execute.user_expressions,
+            allow_stdin: execute.allow_stdin,
+            execution_count: count,
+            parent_header,
+            transfer,
+        });
+        match lane {
+            Some(lane) => self.enqueue(lane, job),
+            None => self.enqueue_fresh(job),
+        }
     }
 
     /// A cell that cannot run: an `error` output the user sees under the cell, and an error

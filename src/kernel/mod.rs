@@ -27,8 +27,8 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use tracing::{debug, error, info, warn};
 
 use crate::transport::{Channel, Incoming, Outgoing, RateLimit, Transport};
-use crate::wire::{quoted, reply_type, ExecuteRequest, Header, Message, Request, Session, Verifier, WireError};
-use crate::lanes::{CellCode, ErrorContent, Event, ExecuteJob, Executor, InterruptTarget, Job, Lane, Query, RequestId, StreamName};
+use crate::wire::{quoted, reply_type, Header, Message, Request, Session, Verifier, WireError};
+use crate::lanes::{ErrorContent, Event, ExecuteJob, Executor, InterruptTarget, Job, Lane, Query, RequestId, StreamName};
 use crate::wire::content::{CommKind, ExecuteResult};
 use history::History;
 
@@ -361,56 +361,6 @@ impl<E: Executor> Kernel<E> {
         }
     }
 
-    /// An `execute_request`: counted, recorded in the history, routed to its lane and queued
-    /// there (or refused, when its lane cannot be had).
-    fn execute(&mut self, id: RequestId, execute: ExecuteRequest) {
-        // Moved, never copied: the history, the echo and the job share this text.
-        let code = CellCode::from(execute.code);
-        let counted = !execute.silent && execute.store_history;
-        let session = self.in_flight[&id].message.header.session.clone();
-        // One lane per session: each session (notebook) counts its own cells, as a kernel of
-        // its own would.
-        let count = if self.lane_per_session {
-            self.session_counts.entry(session.clone()).or_insert(0)
-        } else {
-            &mut self.execution_count
-        };
-        if counted {
-            *count += 1;
-        }
-        let count = *count;
-        if counted {
-            self.history.record(count, code.clone());
-        }
-        let flight = self.in_flight.get_mut(&id).expect("begun");
-        flight.stop_on_error = execute.stop_on_error;
-        flight.execution_count = count;
-        let tags = cell_tags(&flight.message.metadata);
-        let parent_header = header_json(&flight.message.header);
-        let (lane, transfer, code) = match self.route(&code, &tags, &session) {
-            Ok(routed) => routed,
-            Err(message) => {
-                self.refuse_cell(id, "LaneError", &message);
-                return;
-            }
-        };
-        let job = Job::Execute(ExecuteJob {
-            request: id,
-            code,
-            silent: execute.silent,
-            store_history: execute.store_history,
-            user_expressions: execute.user_expressions,
-            allow_stdin: execute.allow_stdin,
-            execution_count: count,
-            parent_header,
-            transfer,
-        });
-        match lane {
-            Some(lane) => self.enqueue(lane, job),
-            None => self.enqueue_fresh(job),
-        }
-    }
-
     fn kernel_info(&self) -> Value {
         json!({
             "status": "ok",
@@ -586,7 +536,7 @@ async fn sleep_until(deadline: Option<Instant>) {
 }
 
 /// The cell's tags, as JupyterLab sends them in the request's metadata.
-fn cell_tags(metadata: &Map<String, Value>) -> Vec<String> {
+pub(super) fn cell_tags(metadata: &Map<String, Value>) -> Vec<String> {
     metadata
         .get("tags")
         .and_then(Value::as_array)
