@@ -237,14 +237,26 @@ fn run_notebooks(args: &parakernel::run::RunArgs) -> anyhow::Result<()> {
     std::thread::Builder::new()
         .name("parakernel-runner".into())
         .spawn(move || {
-            let ran = runtime.block_on(parakernel::run::serve_and_drive(executor, events, info, notebooks, &owned));
-            let _ = done.send(ran);
+            let ran = std::sync::Arc::new(runtime.block_on(parakernel::run::serve_and_drive(executor, events, info, notebooks, &owned)));
+            let _ = done.send(std::sync::Arc::clone(&ran));
+            // Every notebook is written; a lane stuck in C code must not keep the run alive.
+            std::thread::sleep(SHUTDOWN_BOUND);
+            tracing::warn!("a lane did not stop within {SHUTDOWN_BOUND:?} of the run's end; exiting");
+            finish_run(&ran);
         })
         .context("cannot start the runner's thread")?;
     sigint.thread_unblock().context("cannot unblock SIGINT on the main thread")?;
     main_lane.run()?;
-    let outcomes = outcomes.recv_timeout(SHUTDOWN_BOUND).context("the runner did not finish")?;
-    println!("{}", parakernel::run::summary(&outcomes));
+    let outcomes = outcomes.recv().context("the runner did not finish")?;
+    finish_run(&outcomes);
+}
+
+/// Prints the run's summary and exits with its code, once (from the main thread, or from the
+/// runner's if the main lane does not end in time).
+fn finish_run(outcomes: &[parakernel::run::Outcome]) -> ! {
+    static FINISHING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _once = FINISHING.lock();
+    println!("{}", parakernel::run::summary(outcomes));
     parakernel::children::kill_descendants();
-    std::process::exit(parakernel::run::exit_code(&outcomes));
+    std::process::exit(parakernel::run::exit_code(outcomes));
 }

@@ -173,6 +173,9 @@ pub async fn drive(mut peer: Peer, key: &[u8], mut notebooks: Vec<Notebook>, arg
     let mut presses = ctrl_c::presses();
     let mut interrupted = false;
     let mut ticks = tokio::time::interval(Duration::from_millis(100));
+    // The `%lane stop` requests sent for finished notebooks, answered before the shutdown (a
+    // lane call still in flight at shutdown would never be answered).
+    let mut stops: std::collections::HashSet<String> = std::collections::HashSet::new();
 
     loop {
         // Ctrl-C: every running notebook's cell is interrupted (its lane: its session's), no
@@ -243,6 +246,11 @@ pub async fn drive(mut peer: Peer, key: &[u8], mut notebooks: Vec<Notebook>, arg
         };
         let Some(outgoing) = received else { break };
         let Ok(message) = Message::decode(outgoing.frames, &mut verifier) else { continue };
+        if message.msg_type() == "execute_reply" {
+            if let Some(parent) = &message.parent_header {
+                stops.remove(&parent.msg_id);
+            }
+        }
         let Some(&(n, cell)) = message.parent_header.as_ref().and_then(|parent| requests.get(&parent.msg_id)) else { continue };
         if message.msg_type() == "execute_input" {
             if let Some(seconds) = timeout {
@@ -271,6 +279,7 @@ pub async fn drive(mut peer: Peer, key: &[u8], mut notebooks: Vec<Notebook>, arg
                 let stop = json!({"code": format!("%lane stop {}", notebooks[n].session), "silent": true, "store_history": false, "allow_stdin": false});
                 let mut message = runner.message("execute_request", stop, None, vec![bytes::Bytes::from_static(b"runner")]);
                 message.metadata.insert("tags".into(), json!(["lane:main"]));
+                stops.insert(message.header.msg_id.clone());
                 let _ = peer.shell.send(Incoming { channel: Channel::Shell, frames: message.encode(&signer) }).await;
             }
             let outcome = outcome_of(&notebooks[n], started.get(&n));
@@ -279,6 +288,18 @@ pub async fn drive(mut peer: Peer, key: &[u8], mut notebooks: Vec<Notebook>, arg
         }
     }
     progress.done();
+    let answered = tokio::time::timeout(Duration::from_secs(30), async {
+        while !stops.is_empty() {
+            let Some(outgoing) = peer.outgoing.recv().await else { break };
+            let Ok(message) = Message::decode(outgoing.frames, &mut verifier) else { continue };
+            if message.msg_type() == "execute_reply" {
+                if let Some(parent) = &message.parent_header {
+                    stops.remove(&parent.msg_id);
+                }
+            }
+        }
+    });
+    let _ = answered.await;
     let shutdown = runner.message("shutdown_request", json!({"restart": false}), None, vec![bytes::Bytes::from_static(b"runner")]);
     let _ = peer.control.send(Incoming { channel: Channel::Control, frames: shutdown.encode(&signer) }).await;
     outcomes.into_iter().flatten().collect()
