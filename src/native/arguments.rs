@@ -18,6 +18,15 @@ pub(super) unsafe fn raise(kind: *mut ffi::PyObject, message: &str) {
     unsafe { ffi::PyErr_SetString(kind, text.as_ptr()) };
 }
 
+/// `text` as a new `str` object, or null with an exception set.
+///
+/// # Safety
+/// The caller holds the current interpreter's GIL.
+pub(super) unsafe fn str_object(text: &str) -> *mut ffi::PyObject {
+    // SAFETY: GIL held (caller); the bytes are valid UTF-8 for the length given.
+    unsafe { ffi::PyUnicode_FromStringAndSize(text.as_ptr().cast(), ffi::Py_ssize_t::try_from(text.len()).unwrap_or(ffi::Py_ssize_t::MAX)) }
+}
+
 /// The UTF-8 text of a `str` object (borrowed from it), or `None` with an exception set.
 ///
 /// # Safety

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use pyo3_ffi as ffi;
 
-use super::arguments::{fastcall_args, name_of, or_null, raise};
+use super::arguments::{fastcall_args, name_of, or_null, raise, str_object};
 use super::lane_state::{LaneState, WaitEnd};
 use super::functions::raise_for;
 use super::module::{buffer_type_of, lane_of};
@@ -21,7 +21,7 @@ pub(super) unsafe extern "C" fn channels_json(
 ) -> *mut ffi::PyObject {
     let text = serde_json::to_string(&crate::channels::registry().stats()).unwrap_or_else(|_| "[]".into());
     // SAFETY: called by CPython with the GIL held; the text outlives the call.
-    unsafe { ffi::PyUnicode_FromStringAndSize(text.as_ptr().cast(), isize::try_from(text.len()).unwrap_or(0)) }
+    unsafe { str_object(&text) }
 }
 
 /// The deadline of a `timeout` argument: `None` waits for good; seconds otherwise (0: not at
@@ -284,7 +284,7 @@ pub(super) unsafe extern "C" fn channel_stats(
             return ffi::Py_NewRef(ffi::Py_None());
         };
         let text = serde_json::to_string(&channel.stats()).unwrap_or_else(|_| "null".into());
-        ffi::PyUnicode_FromStringAndSize(text.as_ptr().cast(), isize::try_from(text.len()).unwrap_or(0))
+        str_object(&text)
     }
 }
 
@@ -425,5 +425,5 @@ pub(super) unsafe extern "C" fn shared_buffers_json(
 ) -> *mut ffi::PyObject {
     let text = serde_json::to_string(&crate::channels::buffers().stats()).unwrap_or_else(|_| "[]".into());
     // SAFETY: called by CPython with the GIL held; the text outlives the call.
-    unsafe { ffi::PyUnicode_FromStringAndSize(text.as_ptr().cast(), isize::try_from(text.len()).unwrap_or(0)) }
+    unsafe { str_object(&text) }
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use pyo3_ffi as ffi;
 use serde_json::{Map, Value};
 
-use super::arguments::{buffers_of, fastcall_args, or_null, parse_json, raise, text_of};
+use super::arguments::{buffers_of, fastcall_args, or_null, parse_json, raise, str_object, text_of};
 use super::cpu::cpu_times;
 use super::lane_state::{InputSlot, WaitEnd};
 use super::module::lane_of;
@@ -262,8 +262,7 @@ pub(super) unsafe extern "C" fn call(
                 return ptr::null_mut();
             }
         };
-        #[allow(clippy::cast_possible_wrap)] // a String's length fits isize
-        let text = ffi::PyUnicode_FromStringAndSize(text.as_ptr().cast(), text.len() as ffi::Py_ssize_t);
+        let text = str_object(&text);
         if text.is_null() {
             return ptr::null_mut();
         }
@@ -281,10 +280,8 @@ pub(super) unsafe extern "C" fn cpu_times_json(
     _unused: *mut ffi::PyObject,
 ) -> *mut ffi::PyObject {
     let text = serde_json::to_string(&cpu_times()).unwrap_or_else(|_| "{}".into());
-    #[allow(clippy::cast_possible_wrap)] // a String's length fits isize
-    let size = text.len() as ffi::Py_ssize_t;
-    // SAFETY: called by CPython with the current interpreter's GIL held; the text is UTF-8.
-    unsafe { ffi::PyUnicode_FromStringAndSize(text.as_ptr().cast(), size) }
+    // SAFETY: called by CPython with the current interpreter's GIL held.
+    unsafe { str_object(&text) }
 }
 
 pub(super) unsafe extern "C" fn allow_stdin(

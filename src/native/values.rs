@@ -8,7 +8,7 @@ use std::ptr;
 
 use pyo3_ffi as ffi;
 
-use super::arguments::raise;
+use super::arguments::{raise, str_object};
 use crate::channels::{Int, Value};
 
 /// How deeply containers may nest (a list that contains itself would never end).
@@ -310,7 +310,7 @@ pub(super) unsafe fn to_object(value: &Value) -> New {
             }
             Value::Float(x) => ffi::PyFloat_FromDouble(*x),
             Value::Complex { real, imag } => ffi::PyComplex_FromDoubles(*real, *imag),
-            Value::Str(text) => ffi::PyUnicode_FromStringAndSize(text.as_ptr().cast(), isize::try_from(text.len()).unwrap_or(0)),
+            Value::Str(text) => str_object(text),
             Value::Bytes(bytes) => ffi::PyBytes_FromStringAndSize(bytes.as_ptr().cast(), isize::try_from(bytes.len()).unwrap_or(0)),
             Value::Tuple(items) | Value::List(items) => {
                 let tuple = matches!(value, Value::Tuple(_));
@@ -397,7 +397,7 @@ unsafe fn memoryview(bytes: &[u8], format: &str, shape: &[usize]) -> New {
         if view.is_null() || (format == "B" && shape.len() <= 1) {
             return view;
         }
-        let format_object = ffi::PyUnicode_FromStringAndSize(format.as_ptr().cast(), isize::try_from(format.len()).unwrap_or(0));
+        let format_object = str_object(format);
         let shape_list = ffi::PyList_New(0);
         for &n in shape {
             let item = ffi::PyLong_FromSize_t(n);

@@ -138,6 +138,33 @@ pub fn prepare(args: &RunArgs) -> anyhow::Result<Vec<Notebook>> {
     Ok(notebooks)
 }
 
+/// Sends a request from `session` (a notebook's, or the runner's own) on `channel`; returns
+/// its msg_id.
+async fn send(peer: &Peer, signer: &Signer, session: &str, channel: Channel, msg_type: &str, content: serde_json::Value, metadata: serde_json::Map<String, serde_json::Value>) -> String {
+    let session = Session { id: session.to_owned(), signer: signer.clone() };
+    let mut message = session.message(msg_type, content, None, vec![bytes::Bytes::from_static(b"runner")]);
+    message.metadata = metadata;
+    let queue = if channel == Channel::Control { &peer.control } else { &peer.shell };
+    let _ = queue.send(Incoming { channel, frames: message.encode(signer) }).await;
+    message.header.msg_id
+}
+
+/// A silent cell of the runner's own on the main lane (not counted, no output kept).
+async fn send_main_cell(peer: &Peer, signer: &Signer, code: &str) -> String {
+    let content = json!({"code": code, "silent": true, "store_history": false, "allow_stdin": false});
+    let mut metadata = serde_json::Map::new();
+    metadata.insert("tags".into(), json!(["lane:main"]));
+    send(peer, signer, RUNNER_SESSION, Channel::Shell, "execute_request", content, metadata).await
+}
+
+/// The request an `execute_reply` answers.
+fn replied_to(message: &Message) -> Option<&str> {
+    (message.msg_type() == "execute_reply").then(|| message.parent_header.as_ref().map(|parent| parent.msg_id.as_str())).flatten()
+}
+
+/// The runner's own session (its warm-up and `%lane stop` cells, the shutdown).
+const RUNNER_SESSION: &str = "parakernel-run";
+
 /// Runs `notebooks` against a kernel served on `transport` (whose far end is `peer`); `key` is
 /// the kernel's signing key. Returns each notebook's outcome, in the order given.
 pub async fn drive(mut peer: Peer, key: &[u8], mut notebooks: Vec<Notebook>, args: &RunArgs) -> Vec<Outcome> {
@@ -154,18 +181,13 @@ pub async fn drive(mut peer: Peer, key: &[u8], mut notebooks: Vec<Notebook>, arg
     let mut deadlines: HashMap<(usize, usize), Instant> = HashMap::new();
     let mut outcomes: Vec<Option<Outcome>> = (0..notebooks.len()).map(|_| None).collect();
     let timeout = args.timeout.filter(|seconds| seconds.is_finite() && *seconds > 0.0);
-    let runner = Session { id: "parakernel-run".to_owned(), signer: signer.clone() };
 
     // The main lane runs a silent cell first: then Python's SIGINT handler is in place, and
     // Ctrl-C's goes in front of it.
-    let warm = runner.message("execute_request", json!({"code": "pass", "silent": true, "store_history": false, "allow_stdin": false}), None, vec![bytes::Bytes::from_static(b"runner")]);
-    let mut warm = warm;
-    warm.metadata.insert("tags".into(), json!(["lane:main"]));
-    let warm_id = warm.header.msg_id.clone();
-    let _ = peer.shell.send(Incoming { channel: Channel::Shell, frames: warm.encode(&signer) }).await;
+    let warm = send_main_cell(&peer, &signer, "pass").await;
     while let Some(outgoing) = peer.outgoing.recv().await {
         let Ok(message) = Message::decode(outgoing.frames, &mut verifier) else { continue };
-        if message.msg_type() == "execute_reply" && message.parent_header.as_ref().is_some_and(|parent| parent.msg_id == warm_id) {
+        if replied_to(&message) == Some(warm.as_str()) {
             break;
         }
     }
@@ -195,9 +217,7 @@ pub async fn drive(mut peer: Peer, key: &[u8], mut notebooks: Vec<Notebook>, arg
             progress.note("Ctrl-C: interrupting the running cells (press again to stop waiting)");
             for &n in &running {
                 notebooks[n].status = Status::Interrupted;
-                let session = Session { id: notebooks[n].session.clone(), signer: signer.clone() };
-                let interrupt = session.message("interrupt_request", json!({}), None, vec![bytes::Bytes::from_static(b"runner")]);
-                let _ = peer.control.send(Incoming { channel: Channel::Control, frames: interrupt.encode(&signer) }).await;
+                send(&peer, &signer, &notebooks[n].session, Channel::Control, "interrupt_request", json!({}), serde_json::Map::new()).await;
             }
             for n in waiting.drain(..) {
                 notebooks[n].status = Status::NotRun;
@@ -209,14 +229,11 @@ pub async fn drive(mut peer: Peer, key: &[u8], mut notebooks: Vec<Notebook>, arg
             let main_busy = running.iter().any(|&n| notebooks[n].on_main);
             let Some(position) = waiting.iter().position(|&n| !(notebooks[n].on_main && main_busy)) else { break };
             let n = waiting.remove(position).expect("a position in the queue");
-            let session = Session { id: notebooks[n].session.clone(), signer: signer.clone() };
             progress.started(n, &notebooks[n].name(), notebooks[n].code_cell_count());
             for cell in 0..notebooks[n].code_cell_count() {
                 let (content, metadata) = notebooks[n].request(cell, args.allow_errors);
-                let mut message = session.message("execute_request", content, None, vec![bytes::Bytes::from_static(b"runner")]);
-                message.metadata = metadata;
-                requests.insert(message.header.msg_id.clone(), (n, cell));
-                let _ = peer.shell.send(Incoming { channel: Channel::Shell, frames: message.encode(&signer) }).await;
+                let id = send(&peer, &signer, &notebooks[n].session, Channel::Shell, "execute_request", content, metadata).await;
+                requests.insert(id, (n, cell));
             }
             started.insert(n, Instant::now());
             running.push(n);
@@ -237,19 +254,15 @@ pub async fn drive(mut peer: Peer, key: &[u8], mut notebooks: Vec<Notebook>, arg
                     notebooks[n].timed_out(cell, seconds);
                     progress.note(&format!("[{}] cell {} ran longer than {seconds} s: interrupted", notebooks[n].name(), cell + 1));
                     // The notebook's own session: the kernel interrupts that notebook's lane.
-                    let session = Session { id: notebooks[n].session.clone(), signer: signer.clone() };
-                    let interrupt = session.message("interrupt_request", json!({}), None, vec![bytes::Bytes::from_static(b"runner")]);
-                    let _ = peer.control.send(Incoming { channel: Channel::Control, frames: interrupt.encode(&signer) }).await;
+                    send(&peer, &signer, &notebooks[n].session, Channel::Control, "interrupt_request", json!({}), serde_json::Map::new()).await;
                 }
                 continue;
             }
         };
         let Some(outgoing) = received else { break };
         let Ok(message) = Message::decode(outgoing.frames, &mut verifier) else { continue };
-        if message.msg_type() == "execute_reply" {
-            if let Some(parent) = &message.parent_header {
-                stops.remove(&parent.msg_id);
-            }
+        if let Some(request) = replied_to(&message) {
+            stops.remove(request);
         }
         let Some(&(n, cell)) = message.parent_header.as_ref().and_then(|parent| requests.get(&parent.msg_id)) else { continue };
         if message.msg_type() == "execute_input" {
@@ -276,11 +289,7 @@ pub async fn drive(mut peer: Peer, key: &[u8], mut notebooks: Vec<Notebook>, arg
             if !notebooks[n].on_main {
                 // Its lane's memory goes back now, not at the end of the run (the kernel names
                 // a session's lane after the session).
-                let stop = json!({"code": format!("%lane stop {}", notebooks[n].session), "silent": true, "store_history": false, "allow_stdin": false});
-                let mut message = runner.message("execute_request", stop, None, vec![bytes::Bytes::from_static(b"runner")]);
-                message.metadata.insert("tags".into(), json!(["lane:main"]));
-                stops.insert(message.header.msg_id.clone());
-                let _ = peer.shell.send(Incoming { channel: Channel::Shell, frames: message.encode(&signer) }).await;
+                stops.insert(send_main_cell(&peer, &signer, &format!("%lane stop {}", notebooks[n].session)).await);
             }
             let outcome = outcome_of(&notebooks[n], started.get(&n));
             progress.finished(n, &format!("[{}] {} in {seconds:.1} s -> {}", outcome.name, describe(&outcome.status), outcome.output.display()));
@@ -292,16 +301,13 @@ pub async fn drive(mut peer: Peer, key: &[u8], mut notebooks: Vec<Notebook>, arg
         while !stops.is_empty() {
             let Some(outgoing) = peer.outgoing.recv().await else { break };
             let Ok(message) = Message::decode(outgoing.frames, &mut verifier) else { continue };
-            if message.msg_type() == "execute_reply" {
-                if let Some(parent) = &message.parent_header {
-                    stops.remove(&parent.msg_id);
-                }
+            if let Some(request) = replied_to(&message) {
+                stops.remove(request);
             }
         }
     });
     let _ = answered.await;
-    let shutdown = runner.message("shutdown_request", json!({"restart": false}), None, vec![bytes::Bytes::from_static(b"runner")]);
-    let _ = peer.control.send(Incoming { channel: Channel::Control, frames: shutdown.encode(&signer) }).await;
+    send(&peer, &signer, RUNNER_SESSION, Channel::Control, "shutdown_request", json!({"restart": false}), serde_json::Map::new()).await;
     outcomes.into_iter().flatten().collect()
 }
 
