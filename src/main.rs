@@ -164,7 +164,7 @@ fn run_kernel(connection_file: &std::path::Path, python: Option<PathBuf>, max_me
     let bound = bound?;
     let info = KernelInfo { language_info: python::language_info(), banner: python::banner() };
     let (events_tx, events) = tokio::sync::mpsc::unbounded_channel();
-    let (executor, main_lane) = python::start(PythonOptions { python }, events_tx)?;
+    let (executor, main_lane) = python::start(PythonOptions { python, warm_fresh_lanes: true }, events_tx)?;
 
     // Threads started while SIGINT is blocked inherit the mask.
     sigint.thread_block().context("cannot block SIGINT for the socket threads")?;
@@ -227,7 +227,7 @@ fn run_notebooks(args: &parakernel::run::RunArgs) -> anyhow::Result<()> {
     let python = Some(parakernel::install::environment_python(args.python.as_deref()));
     let info = KernelInfo { language_info: python::language_info(), banner: python::banner() };
     let (events_tx, events) = tokio::sync::mpsc::unbounded_channel();
-    let (executor, main_lane) = python::start(PythonOptions { python }, events_tx)?;
+    let (executor, main_lane) = python::start(PythonOptions { python, warm_fresh_lanes: false }, events_tx)?;
     let mut sigint = SigSet::empty();
     sigint.add(Signal::SIGINT);
     sigint.thread_block().context("cannot block SIGINT for the runner's thread")?;

@@ -1636,6 +1636,7 @@ fn main() {
     let (executor, main_lane) = python::start(
         PythonOptions {
             python: Some(python),
+            warm_fresh_lanes: true,
         },
         sender,
     )

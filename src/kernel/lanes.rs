@@ -37,7 +37,7 @@ impl<E: Executor> Kernel<E> {
                 None => return Ok((Some(Lane::Main), transfer, routed_code)),
                 lane => lane,
             },
-            Route::Named(name) => Some(Lane::Named(name)),
+            Route::Named(name) => Some(self.named_lane(name, session)),
             Route::Fresh => None,
         };
         if let Some(reason) = self.executor.lanes_unavailable() {
@@ -48,28 +48,6 @@ impl<E: Executor> Kernel<E> {
             return Err("no fresh lanes are configured (PARAKERNEL_FRESH_LANES=0); use %%lane NAME".to_owned());
         }
         Ok((lane, transfer, routed_code))
-    }
-
-    /// One lane per session: the lane of a client session (made on its first cell), named after
-    /// the session (`session-1a2b3c4d` for a uuid, else the session's own name, made a lane
-    /// name). `None` when the kernel runs without lanes per session, or without lanes at all.
-    pub(super) fn session_lane(&mut self, session: &str) -> Option<Lane> {
-        if !self.lane_per_session || self.executor.lanes_unavailable().is_some() {
-            return None;
-        }
-        let name = match self.session_lanes.get(session) {
-            Some(name) => name.clone(),
-            None => {
-                let base = session_lane_name(session);
-                let taken = |name: &str| self.session_lanes.values().any(|known| known == name);
-                let name = (1..).map(|n| if n == 1 { base.clone() } else { format!("{base}-{n}") }).find(|name| !taken(name)).expect("a free name");
-                self.session_lanes.insert(session.to_owned(), name.clone());
-                name
-            }
-        };
-        // Again after a `%lane stop`, which forgets the lane's queue.
-        self.lanes.entry(Lane::Named(name.clone())).or_default().session = Some(session.to_owned());
-        Some(Lane::Named(name))
     }
 
     /// An `execute_request`: counted, recorded in the history, routed to its lane and queued
@@ -176,8 +154,8 @@ impl<E: Executor> Kernel<E> {
         }
         let lane = match routing::route(code, &[]) {
             Ok(routed) => match routed.route {
-                Route::Named(name) if self.lanes.contains_key(&Lane::Named(name.clone())) => Lane::Named(name),
                 // A lane not made yet, or a fresh lane: main's namespace is the best guess.
+                Route::Named(name) => self.existing_named_lane(&name, session).unwrap_or(Lane::Main),
                 _ => Lane::Main,
             },
             Err(_) => Lane::Main,
@@ -189,7 +167,7 @@ impl<E: Executor> Kernel<E> {
         debug!(lane = %quoted(&lane.name()), id, call = %quoted(&format!("{call:?}")), "lane call");
         let reply = match call {
             LaneCall::Lanes => Ok(self.lanes_table()),
-            LaneCall::Wait { lanes } => match self.wait_targets(&lanes) {
+            LaneCall::Wait { lanes } => match self.wait_targets(&lanes, request) {
                 Ok(targets) => {
                     let before = request.unwrap_or(self.next_request);
                     self.waiters.push(Waiter { caller: lane, id, before, targets });
@@ -198,37 +176,19 @@ impl<E: Executor> Kernel<E> {
                 }
                 Err(message) => Err(message),
             },
-            LaneCall::Interrupt { lane: name } => self.lookup(&name).map(|target| {
+            LaneCall::Interrupt { lane: name } => self.lookup(&name, request).map(|target| {
                 self.executor.interrupt(&InterruptTarget::Lane(target));
                 json!({"lane": name, "interrupted": true})
             }),
-            LaneCall::Restart { lane: name } => self.end_lane(&lane, &name, true),
-            LaneCall::Stop { lane: name } => self.end_lane(&lane, &name, false),
+            LaneCall::Restart { lane: name } => self.end_lane(&lane, &name, request, true),
+            LaneCall::Stop { lane: name } => self.end_lane(&lane, &name, request, false),
             LaneCall::Spawn { code } => self.spawn(&lane, request, code),
         };
         self.executor.call_reply(&lane, id, reply);
     }
 
-    /// The lane a user means by `name`.
-    fn lookup(&self, name: &str) -> Result<Lane, String> {
-        let lane = match name {
-            "main" => Lane::Main,
-            _ => name
-                .strip_prefix("fresh-")
-                .and_then(|slot| slot.parse().ok())
-                .map(Lane::Fresh)
-                .filter(|lane| self.lanes.contains_key(lane))
-                .unwrap_or_else(|| Lane::Named(name.to_owned())),
-        };
-        if self.lanes.contains_key(&lane) {
-            return Ok(lane);
-        }
-        let known: Vec<String> = self.lanes.keys().map(Lane::name).collect();
-        Err(format!("there is no lane named {name:?}; lanes now: {}", known.join(", ")))
-    }
-
-    fn wait_targets(&self, names: &[String]) -> Result<Vec<Lane>, String> {
-        names.iter().map(|name| self.lookup(name)).collect()
+    fn wait_targets(&self, names: &[String], request: Option<RequestId>) -> Result<Vec<Lane>, String> {
+        names.iter().map(|name| self.lookup(name, request)).collect()
     }
 
     /// Answers every `%wait` whose lanes have finished the cells requested before it.
@@ -325,10 +285,37 @@ impl<E: Executor> Kernel<E> {
     }
 
     /// `%lane restart` / `%lane stop`: queued cells of the lane are aborted and the executor
-    /// ends its interpreter (interrupting a running cell).
-    fn end_lane(&mut self, caller: &Lane, name: &str, restart: bool) -> Result<Value, String> {
+    /// ends its interpreter (interrupting a running cell). Stopping a session's own lane (one
+    /// lane per session) stops the lanes its cells named too, as does stopping the session's
+    /// scope when it never had a lane of its own (a main-lane notebook).
+    fn end_lane(&mut self, caller: &Lane, name: &str, request: Option<RequestId>, restart: bool) -> Result<Value, String> {
+        let resolved = self.lookup(name, request);
+        let scope = match &resolved {
+            Ok(Lane::Named(own)) => Some(own.clone()),
+            Err(_) => Some(name.to_owned()),
+            Ok(_) => None,
+        };
+        let scoped = scope.filter(|scope| !restart && self.session_lanes.values().any(|known| known == scope)).map(|scope| self.scoped_lanes(&scope)).unwrap_or_default();
+        let mut also = Vec::new();
+        for lane in scoped.iter().filter(|lane| *lane != caller) {
+            self.end_one(caller, lane, &lane.name(), false)?;
+            also.push(lane.name());
+        }
+        let mut ended = match resolved {
+            Ok(lane) => self.end_one(caller, &lane, name, restart)?,
+            Err(_) if !also.is_empty() => json!({"lane": name, "restarted": false, "stopped": true, "aborted": 0}),
+            Err(message) => return Err(message),
+        };
+        if !also.is_empty() {
+            ended["also"] = json!(also);
+        }
+        Ok(ended)
+    }
+
+    /// Ends one lane (`end_lane`).
+    fn end_one(&mut self, caller: &Lane, lane: &Lane, name: &str, restart: bool) -> Result<Value, String> {
         let verb = if restart { "restart" } else { "stop" };
-        let lane = self.lookup(name)?;
+        let lane = lane.clone();
         match &lane {
             Lane::Main => {
                 return Err(format!(
@@ -432,20 +419,5 @@ impl<E: Executor> Kernel<E> {
             }));
         }
         Value::Array(rows)
-    }
-}
-
-/// A lane name for a client session: `session-` and the first 8 characters of a uuid, else
-/// the session's letters, digits, `_` and `-` (at most 48; `session` if none).
-fn session_lane_name(session: &str) -> String {
-    let uuid_like = session.len() >= 8 && session.chars().all(|c| c.is_ascii_hexdigit() || c == '-');
-    if uuid_like {
-        return format!("session-{}", &session[..8]);
-    }
-    let kept: String = session.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-').take(48).collect();
-    if kept.is_empty() || kept == "main" || routing::reserved_name(&kept) {
-        format!("session-{kept}")
-    } else {
-        kept
     }
 }

@@ -8,6 +8,7 @@ mod events;
 mod history;
 mod lanes;
 mod queries;
+mod sessions;
 pub mod routing;
 
 pub use queries::{QUERY_BOUND_BUSY, QUERY_BOUND_IDLE};
@@ -28,7 +29,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::transport::{Channel, Incoming, Outgoing, RateLimit, Transport};
 use crate::wire::{quoted, reply_type, Header, Message, Request, Session, Verifier, WireError};
-use crate::lanes::{ErrorContent, Event, ExecuteJob, Executor, InterruptTarget, Job, Lane, Query, RequestId, StreamName};
+use crate::lanes::{ErrorContent, Event, ExecuteJob, Executor, Job, Lane, Query, RequestId, StreamName};
 use crate::wire::content::{CommKind, ExecuteResult};
 use history::History;
 
@@ -328,17 +329,9 @@ impl<E: Executor> Kernel<E> {
                 self.enqueue(lane, job);
             }
             Request::Interrupt(_) => {
-                // One lane per session: a session interrupts its own lane (and the cells it
-                // sent to other lanes run on); else every running lane.
-                let target = match self.session_lanes.get(&session) {
-                    Some(name) if self.lane_per_session => InterruptTarget::Lane(Lane::Named(name.clone())),
-                    // A session whose cells all ran on the main lane (a main-lane notebook).
-                    None if self.lane_per_session && self.session_counts.contains_key(&session) => InterruptTarget::Lane(Lane::Main),
-                    // A session that sent no cell: the Jupyter server's own, which JupyterLab's
-                    // interrupt button goes through (it does not say which notebook).
-                    _ => InterruptTarget::All,
-                };
-                self.executor.interrupt(&target);
+                for target in self.interrupt_targets(&session) {
+                    self.executor.interrupt(&target);
+                }
                 self.finish(id, Some(json!({"status": "ok"})));
             }
             Request::Shutdown(shutdown) => {

@@ -47,6 +47,9 @@ pub(crate) struct Lanes {
     pub(super) events: UnboundedSender<Event>,
     pub(super) answers: Arc<Answers>,
     fresh_count: usize,
+    /// Whether `warm_pool` fills the pool (`PythonOptions::warm_fresh_lanes`); when not, a fresh
+    /// lane starts with its first job.
+    warm_fresh: bool,
     gate: Mutex<Gate>,
     gate_changed: Condvar,
     registry: Mutex<Registry>,
@@ -102,11 +105,13 @@ impl Lanes {
         events: UnboundedSender<Event>,
         answers: Arc<Answers>,
         fresh_count: usize,
+        warm_fresh: bool,
     ) -> Lanes {
         Lanes {
             events,
             answers,
             fresh_count,
+            warm_fresh,
             gate: Mutex::new(Gate::Starting),
             gate_changed: Condvar::new(),
             registry: Mutex::new(Registry {
@@ -203,6 +208,9 @@ impl Lanes {
     /// together with that first lane: on 2 cores, creating the pool at the same time made the
     /// first lane's first cell wait 230-650 ms instead of 110-170 ms.
     pub(super) fn warm_pool(self: &Arc<Self>) {
+        if !self.warm_fresh {
+            return;
+        }
         let mut registry = self.registry();
         if registry.shutting_down {
             return;

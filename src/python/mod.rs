@@ -68,11 +68,16 @@ fn fresh_lane_count() -> usize {
 }
 
 /// How to start Python.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct PythonOptions {
     /// The environment's `python` executable from the kernelspec (`--python`); `None` runs the
     /// interpreter parakernel was built against, without a virtual environment.
     pub python: Option<PathBuf>,
+    /// Whether the fresh-lane pool warms up once the first subinterpreter lane is ready (the
+    /// kernel: a `%%parallel` cell then finds a lane waiting), or each fresh lane starts with
+    /// its first job (`parakernel run`: a notebook run rarely has `parallel` cells, and a warm
+    /// lane costs about 18 MiB).
+    pub warm_fresh_lanes: bool,
 }
 
 #[derive(thiserror::Error, Debug)]
@@ -160,7 +165,7 @@ pub fn start(
     let control = Arc::new(MainControl::default());
     let answers = Answers::new(events.clone());
     let fresh_lanes = fresh_lane_count();
-    let lanes = Arc::new(Lanes::new(events.clone(), Arc::clone(&answers), fresh_lanes));
+    let lanes = Arc::new(Lanes::new(events.clone(), Arc::clone(&answers), fresh_lanes, options.warm_fresh_lanes));
     let main = MainBackend {
         commands,
         queries: queries.clone(),

@@ -286,11 +286,10 @@ pub async fn drive(mut peer: Peer, key: &[u8], mut notebooks: Vec<Notebook>, arg
             if let Err(error) = &written {
                 notebooks[n].status = Status::Failed(error.to_string());
             }
-            if !notebooks[n].on_main {
-                // Its lane's memory goes back now, not at the end of the run (the kernel names
-                // a session's lane after the session).
-                stops.insert(send_main_cell(&peer, &signer, &format!("%lane stop {}", notebooks[n].session)).await);
-            }
+            // Its lanes' memory goes back now, not at the end of the run: the kernel names a
+            // session's lane after the session, and stopping it stops the lanes its cells named
+            // (a main-lane notebook has only those; without any, the stop is a quiet error).
+            stops.insert(send_main_cell(&peer, &signer, &format!("%lane stop {}", notebooks[n].session)).await);
             let outcome = outcome_of(&notebooks[n], started.get(&n));
             progress.finished(n, &format!("[{}] {} in {seconds:.1} s -> {}", outcome.name, describe(&outcome.status), outcome.output.display()));
             outcomes[n] = Some(outcome);

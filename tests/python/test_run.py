@@ -203,3 +203,34 @@ def test_ctrl_c_interrupts_every_running_cell_writes_what_ran_and_exits_130(tmp_
     # The quick notebook ran before: it is written as it ran.
     assert outputs(tmp_path / "later.out.ipynb") == [[1, ("stream", "stdout", "later\n")]]
     assert "interrupted" in out, out
+
+
+def test_lanes_a_notebook_names_are_its_own_in_every_run_of_a_grid(tmp_path: Path):
+    """Two runs of one notebook both tag `lane:worker`: each run has its own worker (they meet
+    through channels, so a shared worker would never finish both cells), `%wait worker` means the
+    run's own, and a `parallel` cell starts a fresh lane on demand."""
+    parameters = new_code_cell("seed = 0")
+    parameters.metadata["tags"] = ["parameters"]
+    worker = new_code_cell(
+        "import sys, parakernel\n"
+        "sys.pk_seen = getattr(sys, 'pk_seen', []) + [seed]\n"
+        "parakernel.channel(f'grid-meet-{seed}').send(seed)\n"
+        "print(sys.pk_seen, parakernel.channel(f'grid-meet-{3 - seed}').recv())")
+    worker.metadata["tags"] = ["lane:worker"]
+    fresh = new_code_cell("print(sum(range(10)))")
+    fresh.metadata["tags"] = ["parallel"]
+    notebook = new_notebook(cells=[
+        parameters,
+        new_code_cell("%%lane worker --in seed\npass"),
+        worker,
+        fresh,
+        new_code_cell("%wait worker\nprint('waited', seed)"),
+    ])
+    nbformat.write(notebook, tmp_path / "twice.ipynb")
+    ran = run(tmp_path / "twice.ipynb", "--grid", "seed=1,2", "--jobs", "2", "--timeout", "60", "--output-dir", tmp_path / "out")
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    for seed in (1, 2):
+        cells = outputs(tmp_path / "out" / f"twice[seed={seed}].ipynb")
+        assert cells[3][1:] == [("stream", "stdout", f"[{seed}] {3 - seed}\n")], cells
+        assert cells[4][1:] == [("stream", "stdout", "45\n")], cells
+        assert cells[5][1:] == [("stream", "stdout", f"waited {seed}\n")], cells

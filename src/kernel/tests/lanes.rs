@@ -334,15 +334,23 @@ async fn one_lane_per_session_runs_each_sessions_cells_in_its_own_lane() {
     let session_of = |name: &str| rows.as_array().unwrap().iter().find(|row| row["name"] == name).map(|row| row["session"].clone());
     assert_eq!(session_of("train-notebook"), Some(json!("train-notebook")));
     assert_eq!(session_of("main"), Some(Value::Null));
-    // An interrupt from a session reaches its own lane only.
+    // An interrupt from a session reaches the lanes running its cells (its own lane, and main
+    // for its `%%lane main` cell), not the other session's lane.
     let mut interrupt = h.request("interrupt_request", json!({}));
     interrupt.header.session = "train-notebook".into();
     h.send(Channel::Control, &interrupt).await;
     h.expect_status("busy", &interrupt).await;
-    match h.call().await {
-        Call::Interrupt(target) => assert_eq!(target, InterruptTarget::Lane(Lane::Named("train-notebook".into()))),
-        other => panic!("expected an interrupt, got {other:?}"),
+    let mut interrupted = Vec::new();
+    for _ in 0..2 {
+        match h.call().await {
+            Call::Interrupt(InterruptTarget::Lane(lane)) => interrupted.push(lane),
+            other => panic!("expected an interrupt of a lane, got {other:?}"),
+        }
     }
+    interrupted.sort();
+    let mut expected = vec![Lane::Main, Lane::Named("train-notebook".into())];
+    expected.sort();
+    assert_eq!(interrupted, expected);
     h.next(Channel::Control).await;
     h.expect_status("idle", &interrupt).await;
     h.expect_status("busy", &a).await;
@@ -351,4 +359,69 @@ async fn one_lane_per_session_runs_each_sessions_cells_in_its_own_lane() {
     h.finish_ok(&job_b, &b).await;
     h.expect_status("busy", &main).await;
     h.finish_ok(&job_main, &main).await;
+}
+
+#[tokio::test]
+async fn one_lane_per_session_keeps_the_lanes_a_sessions_cells_name_apart() {
+    let mut h = Harness::start_per_session().await;
+    let from = |h: &Harness, session: &str, code: &str| {
+        let mut request = h.request("execute_request", json!({"code": code}));
+        request.header.session = session.to_owned();
+        request
+    };
+    // Two notebooks name the same lane: each gets its own.
+    let a = from(&h, "nb1-train", "%%lane fit\nx = 1");
+    h.send(Channel::Shell, &a).await;
+    h.expect_status("busy", &a).await;
+    let job_a = h.started_on(&a, Lane::Named("nb1-train/fit".into())).await;
+    let b = from(&h, "nb2-train", "%%lane fit\nx = 2");
+    h.send(Channel::Shell, &b).await;
+    h.expect_status("busy", &b).await;
+    let job_b = h.started_on(&b, Lane::Named("nb2-train/fit".into())).await;
+    // A tag names the session's lane too.
+    let mut tagged = from(&h, "nb1-train", "y = 1");
+    tagged.metadata.insert("tags".into(), json!(["lane:prep"]));
+    h.send(Channel::Shell, &tagged).await;
+    h.expect_status("busy", &tagged).await;
+    let job_tagged = h.started_on(&tagged, Lane::Named("nb1-train/prep".into())).await;
+    // A session's `%wait fit` and `%lane interrupt fit` mean its own `fit`; a full name reaches
+    // another session's lane.
+    h.event(Event::Call { lane: Lane::Named("nb1-train/prep".into()), id: 1, request: Some(job_tagged.request), call: LaneCall::Interrupt { lane: "fit".into() } });
+    assert!(matches!(h.call().await, Call::Interrupt(InterruptTarget::Lane(Lane::Named(name))) if name == "nb1-train/fit"));
+    assert!(h.call_reply().await.2.is_ok());
+    h.event(Event::Call { lane: Lane::Named("nb1-train/prep".into()), id: 2, request: Some(job_tagged.request), call: LaneCall::Interrupt { lane: "nb2-train/fit".into() } });
+    assert!(matches!(h.call().await, Call::Interrupt(InterruptTarget::Lane(Lane::Named(name))) if name == "nb2-train/fit"));
+    assert!(h.call_reply().await.2.is_ok());
+    // An interrupt from nb2 reaches only the lane running nb2's cell.
+    let mut interrupt = h.request("interrupt_request", json!({}));
+    interrupt.header.session = "nb2-train".into();
+    h.send(Channel::Control, &interrupt).await;
+    h.expect_status("busy", &interrupt).await;
+    assert!(matches!(h.call().await, Call::Interrupt(InterruptTarget::Lane(Lane::Named(name))) if name == "nb2-train/fit"));
+    h.next(Channel::Control).await;
+    h.expect_status("idle", &interrupt).await;
+    h.expect_status("busy", &a).await;
+    h.finish_ok(&job_a, &a).await;
+    h.expect_status("busy", &b).await;
+    h.finish_ok(&job_tagged, &tagged).await;
+    h.expect_status("busy", &b).await;
+    // Stopping a notebook's scope (it never ran a cell on a lane of its own) stops the lanes
+    // its cells named, and no other notebook's.
+    h.event(Event::Call { lane: Lane::Main, id: 3, request: None, call: LaneCall::Stop { lane: "nb1-train".into() } });
+    let mut ended = Vec::new();
+    for _ in 0..2 {
+        match h.call().await {
+            Call::EndLane(Lane::Named(name), false) => ended.push(name),
+            other => panic!("expected a lane stopped, got {other:?}"),
+        }
+    }
+    ended.sort();
+    assert_eq!(ended, ["nb1-train/fit", "nb1-train/prep"]);
+    let (_, _, stopped) = h.call_reply().await;
+    assert_eq!(stopped.unwrap()["also"], json!(["nb1-train/fit", "nb1-train/prep"]));
+    h.event(Event::Call { lane: Lane::Main, id: 4, request: None, call: LaneCall::Lanes });
+    let (_, _, table) = h.call_reply().await;
+    let names: Vec<String> = table.unwrap().as_array().unwrap().iter().map(|row| row["name"].as_str().unwrap().to_owned()).collect();
+    assert!(names.contains(&"nb2-train/fit".to_owned()) && !names.iter().any(|name| name.starts_with("nb1-train")), "{names:?}");
+    h.finish_ok(&job_b, &b).await;
 }
