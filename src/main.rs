@@ -164,7 +164,7 @@ fn run_kernel(connection_file: &std::path::Path, python: Option<PathBuf>, max_me
     let bound = bound?;
     let info = KernelInfo { language_info: python::language_info(), banner: python::banner() };
     let (events_tx, events) = tokio::sync::mpsc::unbounded_channel();
-    let (executor, main_lane) = python::start(PythonOptions { python, warm_fresh_lanes: true }, events_tx)?;
+    let (executor, main_lane) = python::start(PythonOptions { python, on_demand: false }, events_tx)?;
 
     // Threads started while SIGINT is blocked inherit the mask.
     sigint.thread_block().context("cannot block SIGINT for the socket threads")?;
@@ -227,7 +227,8 @@ fn run_notebooks(args: &parakernel::run::RunArgs) -> anyhow::Result<()> {
     let python = Some(parakernel::install::environment_python(args.python.as_deref()));
     let info = KernelInfo { language_info: python::language_info(), banner: python::banner() };
     let (events_tx, events) = tokio::sync::mpsc::unbounded_channel();
-    let (executor, main_lane) = python::start(PythonOptions { python, warm_fresh_lanes: false }, events_tx)?;
+    let lane_calls = events_tx.clone();
+    let (executor, main_lane) = python::start(PythonOptions { python, on_demand: true }, events_tx)?;
     let mut sigint = SigSet::empty();
     sigint.add(Signal::SIGINT);
     sigint.thread_block().context("cannot block SIGINT for the runner's thread")?;
@@ -237,7 +238,7 @@ fn run_notebooks(args: &parakernel::run::RunArgs) -> anyhow::Result<()> {
     std::thread::Builder::new()
         .name("parakernel-runner".into())
         .spawn(move || {
-            let ran = std::sync::Arc::new(runtime.block_on(parakernel::run::serve_and_drive(executor, events, info, notebooks, &owned)));
+            let ran = std::sync::Arc::new(runtime.block_on(parakernel::run::serve_and_drive(executor, events, lane_calls, info, notebooks, &owned)));
             let _ = done.send(std::sync::Arc::clone(&ran));
             // Every notebook is written; a lane stuck in C code must not keep the run alive.
             std::thread::sleep(SHUTDOWN_BOUND);

@@ -1636,7 +1636,7 @@ fn main() {
     let (executor, main_lane) = python::start(
         PythonOptions {
             python: Some(python),
-            warm_fresh_lanes: true,
+            on_demand: false,
         },
         sender,
     )

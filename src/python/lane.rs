@@ -49,14 +49,16 @@ pub(crate) struct LaneRuntime<'py> {
 
 impl<'py> LaneRuntime<'py> {
     /// Binds `_parakernel` in the current interpreter to `state`, loads the shell helper and
-    /// creates the lane's shell (an `IPython` `InteractiveShell`).
+    /// creates the lane's shell (an `IPython` `InteractiveShell`), or with `shell_on_demand`
+    /// leaves the shell to the first job that needs it (`PythonOptions::on_demand`).
     pub(crate) fn start(
         gil: Gil<'py>,
         state: Arc<LaneState>,
+        shell_on_demand: bool,
     ) -> Result<Self, PythonError> {
         let interpreter = InterpreterHandle::current(gil);
         native::register(interpreter.id(), Arc::clone(&state));
-        let runtime = Self::load(gil, state, interpreter);
+        let runtime = Self::load(gil, state, interpreter, shell_on_demand);
         if runtime.is_err() {
             native::unregister(interpreter.id());
         }
@@ -67,6 +69,7 @@ impl<'py> LaneRuntime<'py> {
         gil: Gil<'py>,
         state: Arc<LaneState>,
         interpreter: InterpreterHandle,
+        shell_on_demand: bool,
     ) -> Result<Self, PythonError> {
         let setup =
             |context: &'static str| move |exception| PythonError::Setup { context, exception };
@@ -79,6 +82,7 @@ impl<'py> LaneRuntime<'py> {
             "main": matches!(state.lane(), Lane::Main),
             "fresh": matches!(state.lane(), Lane::Fresh(_)),
             "lane": state.lane().name(),
+            "shell_on_demand": shell_on_demand,
         });
         let options = gil
             .str(&options.to_string())

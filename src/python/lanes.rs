@@ -47,7 +47,7 @@ pub(crate) struct Lanes {
     pub(super) events: UnboundedSender<Event>,
     pub(super) answers: Arc<Answers>,
     fresh_count: usize,
-    /// Whether `warm_pool` fills the pool (`PythonOptions::warm_fresh_lanes`); when not, a fresh
+    /// Whether `warm_pool` fills the pool (not with `PythonOptions::on_demand`); when not, a fresh
     /// lane starts with its first job.
     warm_fresh: bool,
     gate: Mutex<Gate>,

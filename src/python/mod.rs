@@ -73,11 +73,12 @@ pub struct PythonOptions {
     /// The environment's `python` executable from the kernelspec (`--python`); `None` runs the
     /// interpreter parakernel was built against, without a virtual environment.
     pub python: Option<PathBuf>,
-    /// Whether the fresh-lane pool warms up once the first subinterpreter lane is ready (the
-    /// kernel: a `%%parallel` cell then finds a lane waiting), or each fresh lane starts with
-    /// its first job (`parakernel run`: a notebook run rarely has `parallel` cells, and a warm
-    /// lane costs about 18 MiB).
-    pub warm_fresh_lanes: bool,
+    /// Whether what a cell may need starts when a cell first needs it rather than ahead: the
+    /// main lane's IPython shell (about 15 MiB) and the fresh lanes (about 18 MiB each).
+    /// `parakernel run` starts them on demand: a run of lane notebooks may never use them. The
+    /// kernel starts them ahead (the fresh pool once the first lane is ready), so that the first
+    /// cell of each kind does not wait.
+    pub on_demand: bool,
 }
 
 #[derive(thiserror::Error, Debug)]
@@ -165,7 +166,7 @@ pub fn start(
     let control = Arc::new(MainControl::default());
     let answers = Answers::new(events.clone());
     let fresh_lanes = fresh_lane_count();
-    let lanes = Arc::new(Lanes::new(events.clone(), Arc::clone(&answers), fresh_lanes, options.warm_fresh_lanes));
+    let lanes = Arc::new(Lanes::new(events.clone(), Arc::clone(&answers), fresh_lanes, !options.on_demand));
     let main = MainBackend {
         commands,
         queries: queries.clone(),

@@ -157,7 +157,7 @@ fn serve(
     commands: Receiver<LaneCommand>,
     started: Instant,
 ) -> bool {
-    let runtime = match LaneRuntime::start(gil, Arc::clone(&sub.state)) {
+    let runtime = match LaneRuntime::start(gil, Arc::clone(&sub.state), false) {
         Ok(runtime) => runtime,
         Err(error) => {
             let mut why = format!("the lane could not start: {error}");

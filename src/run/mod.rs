@@ -19,7 +19,8 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use crate::kernel::{Kernel, KernelInfo};
-use crate::lanes::Executor;
+use crate::lanes::{Event, Executor, Lane, LaneCall};
+use tokio::sync::mpsc::UnboundedSender;
 use crate::transport::{Channel, Incoming, Peer, Transport};
 use crate::wire::{Message, Session, Signer, Verifier};
 pub use notebook::{Notebook, NotebookError, Status};
@@ -149,12 +150,26 @@ async fn send(peer: &Peer, signer: &Signer, session: &str, channel: Channel, msg
     message.header.msg_id
 }
 
-/// A silent cell of the runner's own on the main lane (not counted, no output kept).
-async fn send_main_cell(peer: &Peer, signer: &Signer, code: &str) -> String {
-    let content = json!({"code": code, "silent": true, "store_history": false, "allow_stdin": false});
+/// A silent, empty cell of the runner's own on the main lane (not counted, nothing run): its
+/// reply says the main lane is up, without making its shell (made on demand under a run).
+async fn send_empty_main_cell(peer: &Peer, signer: &Signer) -> String {
+    let content = json!({"code": "", "silent": true, "store_history": false, "allow_stdin": false});
     let mut metadata = serde_json::Map::new();
     metadata.insert("tags".into(), json!(["lane:main"]));
     send(peer, signer, RUNNER_SESSION, Channel::Shell, "execute_request", content, metadata).await
+}
+
+/// The id of the lane calls the runner makes itself: no lane waits for their answer, which
+/// the main lane drops (its own calls count up from 1).
+const RUNNER_CALL: u64 = u64::MAX;
+
+/// Stops a finished notebook's lanes, as `%lane stop NAME` in a main-lane cell would, but as a
+/// lane call of the runner's own (no cell, no shell): the kernel names a session's lane after
+/// the session, and stopping it stops the lanes its cells named (a main-lane notebook has only
+/// those; without any, the call is refused, and nothing is stopped).
+fn stop_lanes_of(lane_calls: &UnboundedSender<Event>, notebook: &Notebook) {
+    let call = LaneCall::Stop { lane: notebook.session.clone() };
+    let _ = lane_calls.send(Event::Call { lane: Lane::Main, id: RUNNER_CALL, request: None, call });
 }
 
 /// The request an `execute_reply` answers.
@@ -162,12 +177,13 @@ fn replied_to(message: &Message) -> Option<&str> {
     (message.msg_type() == "execute_reply").then(|| message.parent_header.as_ref().map(|parent| parent.msg_id.as_str())).flatten()
 }
 
-/// The runner's own session (its warm-up and `%lane stop` cells, the shutdown).
+/// The runner's own session (its warm-up cell, the shutdown).
 const RUNNER_SESSION: &str = "parakernel-run";
 
 /// Runs `notebooks` against a kernel served on `transport` (whose far end is `peer`); `key` is
-/// the kernel's signing key. Returns each notebook's outcome, in the order given.
-pub async fn drive(mut peer: Peer, key: &[u8], mut notebooks: Vec<Notebook>, args: &RunArgs) -> Vec<Outcome> {
+/// the kernel's signing key, and `lane_calls` the queue of its lanes' calls. Returns each
+/// notebook's outcome, in the order given.
+pub async fn drive(mut peer: Peer, key: &[u8], lane_calls: UnboundedSender<Event>, mut notebooks: Vec<Notebook>, args: &RunArgs) -> Vec<Outcome> {
     let mut progress = Progress::new(notebooks.len());
     let jobs = args.jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, usize::from)).max(1);
     let mut verifier = Verifier::new(Signer::new(key));
@@ -184,7 +200,7 @@ pub async fn drive(mut peer: Peer, key: &[u8], mut notebooks: Vec<Notebook>, arg
 
     // The main lane runs a silent cell first: then Python's SIGINT handler is in place, and
     // Ctrl-C's goes in front of it.
-    let warm = send_main_cell(&peer, &signer, "pass").await;
+    let warm = send_empty_main_cell(&peer, &signer).await;
     while let Some(outgoing) = peer.outgoing.recv().await {
         let Ok(message) = Message::decode(outgoing.frames, &mut verifier) else { continue };
         if replied_to(&message) == Some(warm.as_str()) {
@@ -195,9 +211,6 @@ pub async fn drive(mut peer: Peer, key: &[u8], mut notebooks: Vec<Notebook>, arg
     let mut presses = ctrl_c::presses();
     let mut interrupted = false;
     let mut ticks = tokio::time::interval(Duration::from_millis(100));
-    // The `%lane stop` requests sent for finished notebooks, answered before the shutdown (a
-    // lane call still in flight at shutdown would never be answered).
-    let mut stops: std::collections::HashSet<String> = std::collections::HashSet::new();
 
     loop {
         // Ctrl-C: every running notebook's cell is interrupted (its lane: its session's), no
@@ -261,9 +274,6 @@ pub async fn drive(mut peer: Peer, key: &[u8], mut notebooks: Vec<Notebook>, arg
         };
         let Some(outgoing) = received else { break };
         let Ok(message) = Message::decode(outgoing.frames, &mut verifier) else { continue };
-        if let Some(request) = replied_to(&message) {
-            stops.remove(request);
-        }
         let Some(&(n, cell)) = message.parent_header.as_ref().and_then(|parent| requests.get(&parent.msg_id)) else { continue };
         if message.msg_type() == "execute_input" {
             if let Some(seconds) = timeout {
@@ -286,26 +296,14 @@ pub async fn drive(mut peer: Peer, key: &[u8], mut notebooks: Vec<Notebook>, arg
             if let Err(error) = &written {
                 notebooks[n].status = Status::Failed(error.to_string());
             }
-            // Its lanes' memory goes back now, not at the end of the run: the kernel names a
-            // session's lane after the session, and stopping it stops the lanes its cells named
-            // (a main-lane notebook has only those; without any, the stop is a quiet error).
-            stops.insert(send_main_cell(&peer, &signer, &format!("%lane stop {}", notebooks[n].session)).await);
+            // Its lanes' memory goes back now, not at the end of the run.
+            stop_lanes_of(&lane_calls, &notebooks[n]);
             let outcome = outcome_of(&notebooks[n], started.get(&n));
             progress.finished(n, &format!("[{}] {} in {seconds:.1} s -> {}", outcome.name, describe(&outcome.status), outcome.output.display()));
             outcomes[n] = Some(outcome);
         }
     }
     progress.done();
-    let answered = tokio::time::timeout(Duration::from_secs(30), async {
-        while !stops.is_empty() {
-            let Some(outgoing) = peer.outgoing.recv().await else { break };
-            let Ok(message) = Message::decode(outgoing.frames, &mut verifier) else { continue };
-            if let Some(request) = replied_to(&message) {
-                stops.remove(request);
-            }
-        }
-    });
-    let _ = answered.await;
     send(&peer, &signer, RUNNER_SESSION, Channel::Control, "shutdown_request", json!({"restart": false}), serde_json::Map::new()).await;
     outcomes.into_iter().flatten().collect()
 }
@@ -409,7 +407,8 @@ pub fn summary(outcomes: &[Outcome]) -> String {
 /// `notebooks`; the kernel's executor comes from the caller (the Python lanes).
 pub async fn serve_and_drive<E: Executor>(
     executor: E,
-    events: tokio::sync::mpsc::UnboundedReceiver<crate::lanes::Event>,
+    events: tokio::sync::mpsc::UnboundedReceiver<Event>,
+    lane_calls: UnboundedSender<Event>,
     info: KernelInfo,
     notebooks: Vec<Notebook>,
     args: &RunArgs,
@@ -418,6 +417,6 @@ pub async fn serve_and_drive<E: Executor>(
     let (transport, peer) = Transport::unbound();
     let outgoing = transport.outgoing.clone();
     let kernel = Kernel::new(Session::new(Signer::new(&key)), executor, outgoing, info).with_lane_per_session(true);
-    let ((), outcomes) = tokio::join!(kernel.serve(transport, events), drive(peer, &key, notebooks, args));
+    let ((), outcomes) = tokio::join!(kernel.serve(transport, events), drive(peer, &key, lane_calls, notebooks, args));
     outcomes
 }

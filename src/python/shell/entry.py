@@ -70,6 +70,17 @@ def start(options_json):
 
     messages.install_comms()
 
+    if options.get("shell_on_demand"):
+        # `parakernel run`: the main lane's shell is made by the first job that needs it (a run
+        # of lane notebooks may never need it, and it costs about 15 MiB).
+        del lane.shell
+        lane.make_shell = functools.partial(_make_shell, options)
+        return
+    _make_shell(options)
+
+
+def _make_shell(options):
+    """Makes the lane's IPython shell (`lane.shell`) and registers parakernel's magics."""
     try:
         from traitlets.config import Config
         import IPython  # noqa: F401
@@ -118,6 +129,13 @@ def _error_content(exc):
 def execute(job_json, code):
     """Run one cell, as ipykernel's do_execute; returns the execute_reply content."""
     job = json.loads(job_json)
+    moves = job.get("transfer") or {}
+    quiet = job["silent"] and not code.strip() and not job["user_expressions"] and not (moves.get("inputs") or moves.get("outputs"))
+    if quiet and lane.make_shell is not None:
+        # Nothing to run, in a lane whose shell is made on demand and not made yet (`parakernel
+        # run` sends this to learn that the main lane is up): answered without making it.
+        reply = {"status": "ok", "execution_count": job["execution_count"], "user_expressions": {}, "payload": []}
+        return messages.dumps(reply)
     lane.kernel.parent = {"header": job["parent_header"]}
     shell = lane.shell
     shell.execution_count = job["execution_count"]

@@ -1,5 +1,7 @@
 """What every part of the shell knows of this interpreter's lane; `entry.start` sets it once."""
 
+import sys
+
 # The lane's name ("main", a lane name, or "fresh-N") and whether it is a fresh lane (each cell in
 # a new contextvars.Context, warm state restored after each job).
 name = "main"
@@ -7,6 +9,19 @@ fresh = False
 # The lane's IPython shell and comm manager, once start() made them.
 shell = None
 comm_manager = None
+# Set by `entry.start` when the shell is made on demand (the main lane of `parakernel run`):
+# then `shell` is absent until the first `lane.shell`, which makes it (`__getattr__`).
+make_shell = None
+
+
+def __getattr__(attribute):
+    """`lane.shell` of a lane whose shell is made on demand, the first time: makes it."""
+    global make_shell
+    if attribute == "shell" and make_shell is not None:
+        make, make_shell = make_shell, None
+        make()
+        return shell
+    raise AttributeError(f"module {__name__!r} has no attribute {attribute!r}")
 
 # How to move a cell to the main lane, for every error that says "this works only there".
 TO_MAIN = (
@@ -38,7 +53,7 @@ class Kernel:
 
     @property
     def shell(self):
-        return shell
+        return sys.modules[__name__].shell
 
 
 kernel = Kernel()
