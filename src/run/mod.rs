@@ -8,6 +8,7 @@
 //! streams or lanes is implemented twice.
 
 mod ctrl_c;
+mod layout;
 mod notebook;
 pub mod params;
 mod progress;

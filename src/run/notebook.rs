@@ -97,10 +97,14 @@ impl Notebook {
         for (name, value) in parameters {
             source.push_str(&format!("{name} = {}\n", super::params::python_literal(value)));
         }
-        let cell = json!({
-            "cell_type": "code", "execution_count": null, "id": "injected-parameters",
+        let mut cell = json!({
+            "cell_type": "code", "execution_count": null,
             "metadata": {"tags": ["injected-parameters"]}, "outputs": [], "source": source,
         });
+        // Cell ids exist from nbformat 4.5 on; an older notebook with one would not validate.
+        if self.document["nbformat_minor"].as_u64().is_some_and(|minor| minor >= 5) {
+            cell["id"] = json!("injected-parameters");
+        }
         let Some(cells) = self.document["cells"].as_array_mut() else { return };
         cells.retain(|cell| !tagged(cell, "injected-parameters"));
         let at = cells.iter().position(|cell| tagged(cell, "parameters")).map_or(0, |index| index + 1);
@@ -297,8 +301,7 @@ impl Notebook {
             self.cells[index] = CellRun { replied: run.replied, idle: run.idle, ..CellRun::default() };
         }
         let shown = self.output.display().to_string();
-        let mut text = serde_json::to_string_pretty(&self.document).map_err(|error| NotebookError::Invalid { path: shown.clone(), reason: error.to_string() })?;
-        text.push('\n');
+        let text = super::layout::file_text(&self.document).map_err(|error| NotebookError::Invalid { path: shown.clone(), reason: error.to_string() })?;
         std::fs::write(&self.output, text).map_err(|source| NotebookError::Write { path: shown, source })
     }
 }

@@ -3,6 +3,7 @@ writes are read back with nbformat and compared with what nbclient writes on ipy
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -111,6 +112,27 @@ def test_outputs_match_nbclient_on_ipykernel(tmp_path: Path):
             assert got == want, (index, got, want)
     timing = nbformat.read(tmp_path / "out" / "same.ipynb", as_version=4).cells[0].metadata.execution
     assert {"iopub.status.busy", "iopub.execute_input", "shell.execute_reply", "iopub.status.idle"} <= set(timing)
+    # The file is laid out as nbformat.write lays it out (sorted keys, indent 1, lines split):
+    # writing it again with nbformat changes nothing.
+    written = (tmp_path / "out" / "same.ipynb").read_text(encoding="utf-8")
+    assert nbformat.writes(nbformat.reads(written, as_version=nbformat.NO_CONVERT)) + "\n" == written
+
+
+def test_parameters_in_a_notebook_older_than_cell_ids_keep_it_valid(tmp_path: Path):
+    cell = {"cell_type": "code", "execution_count": None, "metadata": {}, "outputs": []}
+    old = {"nbformat": 4, "nbformat_minor": 4, "metadata": {}, "cells": [
+        {**cell, "metadata": {"tags": ["parameters"]}, "source": "lr = 0.5"},
+        {**cell, "source": "print(lr)\nprint('0%\\r100%')"},
+    ]}
+    (tmp_path / "old.ipynb").write_text(json.dumps(old), encoding="utf-8")
+    ran = run(tmp_path / "old.ipynb", "-p", "lr", "0.1")
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    text = (tmp_path / "old.out.ipynb").read_text(encoding="utf-8")
+    written = nbformat.reads(text, as_version=nbformat.NO_CONVERT)
+    nbformat.validate(written)
+    assert written.nbformat_minor == 4 and all("id" not in cell for cell in written.cells), written.cells
+    assert nbformat.writes(written) + "\n" == text
+    assert written.cells[2].outputs[0].text == "0.1\n0%\r100%\n"
 
 
 def test_an_error_stops_its_notebook_only_and_the_exit_code_says_so(tmp_path: Path):
