@@ -35,22 +35,22 @@ impl<E: Executor> Kernel<E> {
     /// the kernel runs without lanes per session, or without lanes at all.
     pub(super) fn session_lane(&mut self, session: &str) -> Option<Lane> {
         let name = self.session_scope(session)?;
-        self.own_lane(Lane::Named(name), session)
+        Some(self.own_lane(Lane::Named(name), session))
     }
 
     /// The lane a session's cell names: the session's own lane of that name (one lane per
     /// session), else the lane of that name.
     pub(super) fn named_lane(&mut self, name: String, session: &str) -> Lane {
         match self.session_scope(session) {
-            Some(scope) => self.own_lane(Lane::Named(format!("{scope}{SCOPE_SEPARATOR}{name}")), session).expect("a lane"),
+            Some(scope) => self.own_lane(Lane::Named(format!("{scope}{SCOPE_SEPARATOR}{name}")), session),
             None => Lane::Named(name),
         }
     }
 
     /// Marks `lane` as `session`'s (again after a `%lane stop`, which forgets the lane's queue).
-    fn own_lane(&mut self, lane: Lane, session: &str) -> Option<Lane> {
+    fn own_lane(&mut self, lane: Lane, session: &str) -> Lane {
         self.lanes.entry(lane.clone()).or_default().session = Some(session.to_owned());
-        Some(lane)
+        lane
     }
 
     /// The lane a query's `%%lane NAME` line names, if it exists.

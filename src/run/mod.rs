@@ -161,7 +161,7 @@ async fn send_empty_main_cell(peer: &Peer, signer: &Signer) -> String {
 }
 
 /// The id of the lane calls the runner makes itself: no lane waits for their answer, which
-/// the main lane drops (its own calls count up from 1).
+/// the main lane drops (lanes number their calls from `NEXT_CALL_ID`, counting up from 1).
 const RUNNER_CALL: u64 = u64::MAX;
 
 /// Stops a finished notebook's lanes, as `%lane stop NAME` in a main-lane cell would, but as a
