@@ -48,8 +48,9 @@ const MAX_NAME: usize = 64;
 
 pub use crate::lanes::Transfer;
 
-/// Whether `name` is a Python identifier (as `str.isidentifier`, for the letters Rust knows).
-fn identifier(name: &str) -> bool {
+/// Whether `name` is a Python identifier (as `str.isidentifier`, for the letters Rust knows)
+/// and not a keyword: a name a cell can assign.
+pub fn identifier(name: &str) -> bool {
     const KEYWORDS: &[&str] = &[
         "False", "None", "True", "and", "as", "assert", "async", "await", "break", "class", "continue", "def", "del", "elif", "else",
         "except", "finally", "for", "from", "global", "if", "import", "in", "is", "lambda", "nonlocal", "not", "or", "pass", "raise",

@@ -173,6 +173,23 @@ fn stop_lanes_of(lane_calls: &UnboundedSender<Event>, notebook: &Notebook) {
     let _ = lane_calls.send(Event::Call { lane: Lane::Main, id: RUNNER_CALL, request: None, call });
 }
 
+/// Reads a UTF-8 text file of at most `cap` bytes (its size is checked before it decides how
+/// much is allocated), without a byte order mark; a larger one is an error that says so, and
+/// `advice`.
+fn read_capped(path: &Path, cap: u64, advice: &str) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut text = String::new();
+    std::fs::File::open(path)?.take(cap + 1).read_to_string(&mut text)?;
+    if text.len() as u64 > cap {
+        let message = format!("it is larger than {} MiB, the most parakernel run reads ({advice})", cap >> 20);
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, message));
+    }
+    if text.starts_with('\u{feff}') {
+        text.drain(..'\u{feff}'.len_utf8());
+    }
+    Ok(text)
+}
+
 /// The request an `execute_reply` answers.
 fn replied_to(message: &Message) -> Option<&str> {
     (message.msg_type() == "execute_reply").then(|| message.parent_header.as_ref().map(|parent| parent.msg_id.as_str())).flatten()

@@ -12,6 +12,9 @@ use crate::wire::Message;
 /// The display type `parakernel.record` writes (scrapbook's).
 pub const RECORD_MIME: &str = "application/scrapbook.scrap.json+json";
 
+/// The largest notebook file run: as large as the kernel's largest message (512 MiB) twice.
+const MAX_NOTEBOOK: u64 = 1 << 30;
+
 /// Why a notebook cannot be run.
 #[derive(Debug, thiserror::Error)]
 pub enum NotebookError {
@@ -72,7 +75,7 @@ impl Notebook {
     /// Reads `path`; `output` is where it will be written.
     pub fn read(path: &Path, output: PathBuf, session: String, force_main: bool) -> Result<Notebook, NotebookError> {
         let shown = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| NotebookError::Read { path: shown.clone(), source })?;
+        let text = super::read_capped(path, MAX_NOTEBOOK, "clear its outputs to make it smaller: jupyter nbconvert --clear-output --inplace NOTEBOOK").map_err(|source| NotebookError::Read { path: shown.clone(), source })?;
         let document: Value = serde_json::from_str(&text).map_err(|error| NotebookError::Invalid { path: shown.clone(), reason: error.to_string() })?;
         let invalid = |reason: &str| NotebookError::Invalid { path: shown.clone(), reason: reason.to_owned() };
         if document.get("nbformat").and_then(Value::as_u64) != Some(4) {

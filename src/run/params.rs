@@ -13,7 +13,7 @@ pub enum ParameterError {
     Read { path: String, source: std::io::Error },
     #[error("the parameters file {path} is not a mapping of names to values in YAML or JSON: {reason}")]
     Invalid { path: String, reason: String },
-    #[error("{0:?} is not a Python variable name")]
+    #[error("{0:?} is not a Python variable name (a keyword, or not an identifier)")]
     BadName(String),
     #[error("--grid takes NAME=V1,V2,... (e.g. --grid lr=0.01,0.1), not {0:?}")]
     BadGrid(String),
@@ -39,9 +39,7 @@ pub fn typed(text: &str) -> Value {
 }
 
 fn checked(name: &str) -> Result<String, ParameterError> {
-    let mut chars = name.chars();
-    let valid = chars.next().is_some_and(|c| c == '_' || c.is_alphabetic()) && chars.all(|c| c == '_' || c.is_alphanumeric());
-    if valid { Ok(name.to_owned()) } else { Err(ParameterError::BadName(name.to_owned())) }
+    if crate::kernel::routing::identifier(name) { Ok(name.to_owned()) } else { Err(ParameterError::BadName(name.to_owned())) }
 }
 
 /// `-p NAME VALUE` pairs (clap gives them flat).
@@ -49,10 +47,13 @@ pub fn from_pairs(flat: &[String]) -> Result<Parameters, ParameterError> {
     flat.chunks(2).filter(|pair| pair.len() == 2).map(|pair| Ok((checked(&pair[0])?, typed(&pair[1])))).collect()
 }
 
+/// The largest parameters file read (a mapping of names to values, not data).
+const MAX_PARAMETERS_FILE: u64 = 16 << 20;
+
 /// A YAML (or JSON, which is YAML) file mapping names to values.
 pub fn from_file(path: &std::path::Path) -> Result<Parameters, ParameterError> {
     let shown = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|source| ParameterError::Read { path: shown.clone(), source })?;
+    let text = super::read_capped(path, MAX_PARAMETERS_FILE, "it should map parameter names to values").map_err(|source| ParameterError::Read { path: shown.clone(), source })?;
     let value: Value = serde_norway::from_str(&text).map_err(|error| ParameterError::Invalid { path: shown.clone(), reason: error.to_string() })?;
     let Value::Object(map) = value else {
         return Err(ParameterError::Invalid { path: shown, reason: "the top level is not a mapping".into() });
@@ -135,7 +136,22 @@ mod tests {
         assert_eq!(label(&runs[0]), "lr=0.01,seed=1");
         assert_eq!(label(&runs[5]), "lr=0.3,seed=2");
         assert!(grid(&["lr".into()]).is_err() && grid(&["lr=".into()]).is_err() && grid(&["2x=1".into()]).is_err());
+        assert!(grid(&["class=1".into()]).is_err() && from_pairs(&["None".into(), "1".into()]).is_err(), "keywords cannot be assigned");
         assert_eq!(grid(&[]).unwrap(), vec![Vec::new()]);
+    }
+
+    #[test]
+    fn a_parameters_file_is_read_up_to_its_cap_without_a_byte_order_mark() {
+        let directory = std::env::temp_dir().join(format!("parakernel-params-{}", std::process::id()));
+        std::fs::create_dir_all(&directory).unwrap();
+        let small = directory.join("small.yaml");
+        std::fs::write(&small, "\u{feff}lr: 0.1\n").unwrap();
+        assert_eq!(from_file(&small).unwrap(), vec![("lr".to_owned(), json!(0.1))]);
+        let large = directory.join("large.yaml");
+        std::fs::write(&large, "x".repeat(MAX_PARAMETERS_FILE as usize + 1)).unwrap();
+        let error = from_file(&large).unwrap_err().to_string();
+        assert!(error.contains("larger than 16 MiB"), "{error}");
+        std::fs::remove_dir_all(&directory).unwrap();
     }
 
     #[test]
