@@ -65,6 +65,7 @@ impl<E: Executor> Kernel<E> {
         };
         let failed = reply.as_ref().is_some_and(ExecuteReply::is_error);
         let abort = failed && self.in_flight[&id].stop_on_error;
+        let session = self.in_flight[&id].message.header.session.clone();
         let executed = reply.is_some();
         if let Some(queue) = self.lanes.get_mut(&lane) {
             if queue.running == Some(id) {
@@ -75,7 +76,16 @@ impl<E: Executor> Kernel<E> {
         }
         self.finish(id, reply.map(|reply| reply.to_value()));
         if abort {
-            self.abort_queued(&lane);
+            if self.lane_per_session {
+                // A notebook's error stops the notebook: its cells queued on every lane.
+                let lanes: Vec<Lane> = self.lanes.keys().cloned().collect();
+                for queued in &lanes {
+                    self.abort_queued(queued, &session);
+                }
+                self.abort_pooled(&session);
+            } else {
+                self.abort_queued(&lane, &session);
+            }
         }
         self.start_next(&lane);
         if matches!(lane, Lane::Fresh(_)) {
@@ -84,14 +94,31 @@ impl<E: Executor> Kernel<E> {
     }
 
     /// `stop_on_error`: the cells queued behind a failed one in the same lane are answered
-    /// `aborted` without running; other lanes and non-execute jobs go on.
-    pub(super) fn abort_queued(&mut self, lane: &Lane) {
+    /// `aborted` without running; other lanes and non-execute jobs go on. With one lane per
+    /// session, only the failed cell's session's cells are (on every lane: a notebook's error
+    /// stops the notebook), and a lane two notebooks share (main) goes on with the other's.
+    pub(super) fn abort_queued(&mut self, lane: &Lane, session: &str) {
+        let in_flight = &self.in_flight;
+        let per_session = self.lane_per_session;
         let Some(queue) = self.lanes.get_mut(lane) else {
             return;
         };
+        let of_session = |job: &Job| !per_session || in_flight.get(&job.request()).is_some_and(|flight| flight.message.header.session == session);
         let (aborted, kept): (Vec<Job>, Vec<Job>) =
-            queue.waiting.drain(..).partition(|job| matches!(job, Job::Execute(_)));
+            queue.waiting.drain(..).partition(|job| matches!(job, Job::Execute(_)) && of_session(job));
         queue.waiting.extend(kept);
+        for job in aborted {
+            self.abort(&job);
+        }
+    }
+
+    /// One lane per session: the session's cells waiting for a fresh lane are aborted too.
+    fn abort_pooled(&mut self, session: &str) {
+        let in_flight = &self.in_flight;
+        let (aborted, kept): (Vec<Job>, Vec<Job>) = self.pool.drain(..).partition(|job| {
+            matches!(job, Job::Execute(_)) && in_flight.get(&job.request()).is_some_and(|flight| flight.spawned.is_none() && flight.message.header.session == session)
+        });
+        self.pool.extend(kept);
         for job in aborted {
             self.abort(&job);
         }

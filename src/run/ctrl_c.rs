@@ -2,12 +2,19 @@
 //! -INT`) is noted for the runner, which interrupts every running cell, writes what ran and
 //! exits 130; it is not passed on (the runner interrupts the main lane's cell too, through the
 //! kernel). The kernel's own SIGINT to the main thread (how it interrupts a main-lane cell,
-//! `pthread_kill`) goes on to Python's handler, installed before this one.
+//! `pthread_kill`) goes on to Python's handler, installed before this one. A SIGTERM (what
+//! `timeout`, CI runners and service managers send) writes what ran at once and exits 143.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 /// How many times an outside SIGINT came.
 static PRESSED: AtomicUsize = AtomicUsize::new(0);
+/// Whether a SIGTERM came.
+static TERMINATED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_sigterm(_signal: libc::c_int) {
+    TERMINATED.store(true, Ordering::SeqCst);
+}
 static INSTALLED: AtomicBool = AtomicBool::new(false);
 /// The handler that was installed before this one (Python's), as the address `sigaction` gave.
 static PREVIOUS: AtomicUsize = AtomicUsize::new(0);
@@ -45,8 +52,9 @@ pub fn install() {
     if INSTALLED.swap(true, Ordering::SeqCst) {
         return;
     }
-    // SAFETY: a zeroed sigaction is a valid starting point; the handler only touches atomics
-    // and calls the previous handler, which is async-signal-safe (Python's).
+    // SAFETY: no interpreter's GIL is needed: only signal dispositions change. A zeroed
+    // sigaction is a valid starting point; the handlers only touch atomics, and the SIGINT one
+    // calls the previous handler, which is async-signal-safe (Python's).
     unsafe {
         let mut action: libc::sigaction = std::mem::zeroed();
         action.sa_sigaction = on_sigint as *const () as usize;
@@ -57,7 +65,17 @@ pub fn install() {
             PREVIOUS_SIGINFO.store(previous.sa_flags & libc::SA_SIGINFO != 0, Ordering::SeqCst);
             PREVIOUS.store(previous.sa_sigaction, Ordering::SeqCst);
         }
+        let mut terminate: libc::sigaction = std::mem::zeroed();
+        terminate.sa_sigaction = on_sigterm as *const () as usize;
+        terminate.sa_flags = libc::SA_RESTART;
+        libc::sigemptyset(&raw mut terminate.sa_mask);
+        libc::sigaction(libc::SIGTERM, &raw const terminate, std::ptr::null_mut());
     }
+}
+
+/// Whether a SIGTERM came.
+pub fn terminated() -> bool {
+    TERMINATED.load(Ordering::SeqCst)
 }
 
 /// How many times Ctrl-C was pressed so far.

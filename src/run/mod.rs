@@ -45,8 +45,9 @@ pub struct RunArgs {
     /// Run every cell even when one raises (the notebook still counts as run).
     #[arg(long)]
     pub allow_errors: bool,
-    /// Interrupt a cell that runs longer than this many seconds; the notebook fails.
-    #[arg(long, value_name = "SECONDS")]
+    /// Interrupt a cell that runs longer than this many seconds; the notebook fails. A cell
+    /// that an interrupt does not end within 5 s more has its lanes stopped.
+    #[arg(long, value_name = "SECONDS", value_parser = positive_seconds)]
     pub timeout: Option<f64>,
     /// Run this notebook on the main lane (for numpy, pandas and other modules lanes refuse;
     /// such notebooks run one at a time). Also notebook metadata `"parakernel": {"lane": "main"}`.
@@ -67,6 +68,14 @@ pub struct RunArgs {
     /// more names), in parallel, each written to its own file.
     #[arg(long, value_name = "NAME=V1,V2", conflicts_with = "inplace")]
     pub grid: Vec<String>,
+}
+
+/// `--timeout`: a number of seconds above 0.
+fn positive_seconds(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(seconds) if seconds.is_finite() && seconds > 0.0 => Ok(seconds),
+        _ => Err(format!("{text:?} is not a number of seconds above 0 (e.g. --timeout 600)")),
+    }
 }
 
 /// How one notebook ended, for the summary.
@@ -97,6 +106,29 @@ fn output_path(args: &RunArgs, path: &Path, run: Option<&str>) -> PathBuf {
         Some(dir) => dir.join(format!("{stem}.ipynb")),
         None => path.with_file_name(format!("{stem}.out.ipynb")),
     }
+}
+
+/// Refuses, before anything runs, an output that would be lost or would destroy something: one
+/// another run of this command writes too (the same notebook given twice, two folders' notebooks
+/// of one name in one `--output-dir`, grid values that give one file name), the input itself
+/// without `--inplace`, or a file name longer than file systems take.
+fn check_output(output: &Path, input: &Path, inplace: bool, earlier: &[Notebook]) -> anyhow::Result<()> {
+    let same = |a: &Path, b: &Path| a == b || (std::fs::canonicalize(a).is_ok() && std::fs::canonicalize(a).ok() == std::fs::canonicalize(b).ok());
+    let canonical_parent = |path: &Path| path.parent().and_then(|parent| std::fs::canonicalize(if parent.as_os_str().is_empty() { Path::new(".") } else { parent }).ok()).map(|parent| parent.join(path.file_name().unwrap_or_default()));
+    let key = canonical_parent(output).unwrap_or_else(|| output.to_owned());
+    if let Some(other) = earlier.iter().find(|other| canonical_parent(&other.output).unwrap_or_else(|| other.output.clone()) == key) {
+        anyhow::bail!(
+            "{} and {} would both be written to {}: give each notebook once, or run them into different --output-dir folders, or give --grid values that differ",
+            other.path.display(), input.display(), output.display()
+        );
+    }
+    if !inplace && same(output, input) {
+        anyhow::bail!("{} would be written over itself: use --inplace to mean it, or another --output-dir", input.display());
+    }
+    if output.file_name().is_some_and(|name| name.len() > 255) {
+        anyhow::bail!("the output file name for {} is longer than 255 bytes ({}): give shorter --grid values", input.display(), output.display());
+    }
+    Ok(())
 }
 
 /// A session name for the `index`th notebook: its file's stem as a lane name, numbered.
@@ -131,6 +163,7 @@ pub fn prepare(args: &RunArgs) -> anyhow::Result<Vec<Notebook>> {
             }
             let label = (!args.grid.is_empty()).then(|| params::label(run));
             let output = output_path(args, path, label.as_deref());
+            check_output(&output, path, args.inplace, &notebooks)?;
             let mut notebook = Notebook::read(path, output, session_name(path, notebooks.len()), on_main(path))?;
             notebook.inject(&parameters);
             notebook.label = params::label(&parameters);
@@ -151,10 +184,10 @@ async fn send(peer: &Peer, signer: &Signer, session: &str, channel: Channel, msg
     message.header.msg_id
 }
 
-/// A silent, empty cell of the runner's own on the main lane (not counted, nothing run): its
-/// reply says the main lane is up, without making its shell (made on demand under a run).
-async fn send_empty_main_cell(peer: &Peer, signer: &Signer) -> String {
-    let content = json!({"code": "", "silent": true, "store_history": false, "allow_stdin": false});
+/// A silent cell of the runner's own on the main lane (not counted, no output kept). An empty
+/// one says the main lane is up, without making its shell (made on demand under a run).
+async fn send_main_cell(peer: &Peer, signer: &Signer, code: &str) -> String {
+    let content = json!({"code": code, "silent": true, "store_history": false, "allow_stdin": false});
     let mut metadata = serde_json::Map::new();
     metadata.insert("tags".into(), json!(["lane:main"]));
     send(peer, signer, RUNNER_SESSION, Channel::Shell, "execute_request", content, metadata).await
@@ -198,6 +231,10 @@ fn replied_to(message: &Message) -> Option<&str> {
 /// The runner's own session (its warm-up cell, the shutdown).
 const RUNNER_SESSION: &str = "parakernel-run";
 
+/// How long a cell over `--timeout` has, once interrupted, before its notebook's lanes are
+/// stopped (a cell that catches `KeyboardInterrupt`, or waits in C code).
+const TIMEOUT_GRACE: Duration = Duration::from_secs(5);
+
 /// Runs `notebooks` against a kernel served on `transport` (whose far end is `peer`); `key` is
 /// the kernel's signing key, and `lane_calls` the queue of its lanes' calls. Returns each
 /// notebook's outcome, in the order given.
@@ -213,15 +250,28 @@ pub async fn drive(mut peer: Peer, key: &[u8], lane_calls: UnboundedSender<Event
     let mut started: HashMap<usize, Instant> = HashMap::new();
     // (notebook, cell) -> when its --timeout passes, from its execute_input.
     let mut deadlines: HashMap<(usize, usize), Instant> = HashMap::new();
+    // notebook -> when its lanes are stopped: a timed-out cell the interrupt did not end.
+    let mut last_resort: HashMap<usize, Instant> = HashMap::new();
     let mut outcomes: Vec<Option<Outcome>> = (0..notebooks.len()).map(|_| None).collect();
     let timeout = args.timeout.filter(|seconds| seconds.is_finite() && *seconds > 0.0);
 
     // The main lane runs a silent cell first: then Python's SIGINT handler is in place, and
-    // Ctrl-C's goes in front of it.
-    let warm = send_empty_main_cell(&peer, &signer).await;
+    // Ctrl-C's goes in front of it. A Ctrl-C that came before reached Python's handler: the
+    // lane could not start, or the cell says KeyboardInterrupt; then nothing runs.
+    let warm = send_main_cell(&peer, &signer, "").await;
     while let Some(outgoing) = peer.outgoing.recv().await {
         let Ok(message) = Message::decode(outgoing.frames, &mut verifier) else { continue };
         if replied_to(&message) == Some(warm.as_str()) {
+            if message.content["status"] == "error" && message.content.to_string().contains("KeyboardInterrupt") {
+                progress.note("Ctrl-C before the first cell: nothing ran");
+                for notebook in &mut notebooks {
+                    notebook.status = Status::NotRun;
+                }
+                waiting.clear();
+                progress.done();
+                send(&peer, &signer, RUNNER_SESSION, Channel::Control, "shutdown_request", json!({"restart": false}), serde_json::Map::new()).await;
+                return notebooks.iter().map(|notebook| outcome_of(notebook, None)).collect();
+            }
             break;
         }
     }
@@ -232,14 +282,21 @@ pub async fn drive(mut peer: Peer, key: &[u8], lane_calls: UnboundedSender<Event
 
     loop {
         // Ctrl-C: every running notebook's cell is interrupted (its lane: its session's), no
-        // other starts; a second Ctrl-C stops waiting and writes what ran.
-        if ctrl_c::presses() != presses {
+        // other starts; a second Ctrl-C (or a SIGTERM) stops waiting and writes what ran.
+        if ctrl_c::presses() != presses || ctrl_c::terminated() {
             presses = ctrl_c::presses();
-            if interrupted {
-                progress.note("Ctrl-C again: writing what ran and stopping");
+            if interrupted || ctrl_c::terminated() {
+                progress.note(if ctrl_c::terminated() { "SIGTERM: writing what ran and stopping" } else { "Ctrl-C again: writing what ran and stopping" });
                 for &n in &running {
-                    let _ = notebooks[n].write();
+                    notebooks[n].status = Status::Interrupted;
+                    if let Err(error) = notebooks[n].write() {
+                        progress.note(&error.to_string());
+                    }
                     outcomes[n] = Some(outcome_of(&notebooks[n], started.get(&n)));
+                }
+                for n in waiting.drain(..) {
+                    notebooks[n].status = Status::NotRun;
+                    outcomes[n] = Some(outcome_of(&notebooks[n], None));
                 }
                 running.clear();
                 break;
@@ -254,6 +311,27 @@ pub async fn drive(mut peer: Peer, key: &[u8], lane_calls: UnboundedSender<Event
                 notebooks[n].status = Status::NotRun;
                 outcomes[n] = Some(outcome_of(&notebooks[n], None));
             }
+        }
+        // Notebooks done (every cell answered; one without code cells at once): written, and
+        // their lanes stopped now, not at the end of the run.
+        for n in running.iter().copied().filter(|&n| notebooks[n].finished()).collect::<Vec<_>>() {
+            running.retain(|&r| r != n);
+            requests.retain(|_, (owner, _)| *owner != n);
+            deadlines.retain(|(owner, _), _| *owner != n);
+            last_resort.remove(&n);
+            let seconds = started.get(&n).map_or(0.0, |at| at.elapsed().as_secs_f64());
+            if let Err(error) = notebooks[n].write() {
+                notebooks[n].status = Status::Failed(error.to_string());
+            }
+            stop_lanes_of(&lane_calls, &notebooks[n]);
+            if notebooks[n].on_main {
+                // The next main-lane notebook starts with an empty namespace, as in a kernel of
+                // its own (the modules imported stay imported).
+                send_main_cell(&peer, &signer, "%reset -f").await;
+            }
+            let outcome = outcome_of(&notebooks[n], started.get(&n));
+            progress.finished(n, &format!("[{}] {} in {seconds:.1} s -> {}", outcome.name, describe(&outcome.status), outcome.output.display()));
+            outcomes[n] = Some(outcome);
         }
         // Start notebooks while there is room; main-lane notebooks one at a time.
         while running.len() < jobs {
@@ -272,7 +350,7 @@ pub async fn drive(mut peer: Peer, key: &[u8], lane_calls: UnboundedSender<Event
         if running.is_empty() {
             break;
         }
-        let next_deadline = deadlines.values().min().copied();
+        let next_deadline = deadlines.values().chain(last_resort.values()).min().copied();
         let received = tokio::select! {
             outgoing = peer.outgoing.recv() => outgoing,
             _ = ticks.tick() => continue,
@@ -284,8 +362,20 @@ pub async fn drive(mut peer: Peer, key: &[u8], lane_calls: UnboundedSender<Event
                     let seconds = timeout.unwrap_or_default();
                     notebooks[n].timed_out(cell, seconds);
                     progress.note(&format!("[{}] cell {} ran longer than {seconds} s: interrupted", notebooks[n].name(), cell + 1));
-                    // The notebook's own session: the kernel interrupts that notebook's lane.
+                    // The notebook's own session: the kernel interrupts the lanes running its cells.
                     send(&peer, &signer, &notebooks[n].session, Channel::Control, "interrupt_request", json!({}), serde_json::Map::new()).await;
+                    last_resort.entry(n).or_insert(now + TIMEOUT_GRACE);
+                }
+                let stubborn: Vec<usize> = last_resort.iter().filter(|(_, at)| **at <= now).map(|(n, _)| *n).collect();
+                for n in stubborn {
+                    last_resort.remove(&n);
+                    if notebooks[n].on_main {
+                        progress.note(&format!("[{}] the interrupted cell goes on: the main lane cannot be stopped; waiting for it", notebooks[n].name()));
+                    } else {
+                        // Its running cell is set aside and answered, the cells behind it aborted.
+                        progress.note(&format!("[{}] the interrupted cell did not end within {} s: stopping its lanes", notebooks[n].name(), TIMEOUT_GRACE.as_secs()));
+                        stop_lanes_of(&lane_calls, &notebooks[n]);
+                    }
                 }
                 continue;
             }
@@ -305,21 +395,6 @@ pub async fn drive(mut peer: Peer, key: &[u8], lane_calls: UnboundedSender<Event
             deadlines.remove(&(n, cell));
         }
         notebooks[n].take(cell, &message, args.allow_errors);
-        if notebooks[n].finished() {
-            running.retain(|&r| r != n);
-            requests.retain(|_, (owner, _)| *owner != n);
-            deadlines.retain(|(owner, _), _| *owner != n);
-            let seconds = started.get(&n).map_or(0.0, |at| at.elapsed().as_secs_f64());
-            let written = notebooks[n].write();
-            if let Err(error) = &written {
-                notebooks[n].status = Status::Failed(error.to_string());
-            }
-            // Its lanes' memory goes back now, not at the end of the run.
-            stop_lanes_of(&lane_calls, &notebooks[n]);
-            let outcome = outcome_of(&notebooks[n], started.get(&n));
-            progress.finished(n, &format!("[{}] {} in {seconds:.1} s -> {}", outcome.name, describe(&outcome.status), outcome.output.display()));
-            outcomes[n] = Some(outcome);
-        }
     }
     progress.done();
     send(&peer, &signer, RUNNER_SESSION, Channel::Control, "shutdown_request", json!({"restart": false}), serde_json::Map::new()).await;
@@ -339,10 +414,12 @@ fn outcome_of(notebook: &Notebook, started: Option<&Instant>) -> Outcome {
     }
 }
 
-/// The process's exit code for these outcomes: 130 after Ctrl-C (as a shell reports SIGINT), 1
-/// when a notebook failed or timed out, else 0.
+/// The process's exit code for these outcomes: 143 after a SIGTERM and 130 after Ctrl-C (as a
+/// shell reports those signals), 1 when a notebook failed or timed out, else 0.
 pub fn exit_code(outcomes: &[Outcome]) -> i32 {
-    if outcomes.iter().any(|o| matches!(o.status, Status::Interrupted | Status::NotRun)) {
+    if ctrl_c::terminated() {
+        143
+    } else if outcomes.iter().any(|o| matches!(o.status, Status::Interrupted | Status::NotRun)) {
         130
     } else if outcomes.iter().any(|o| o.status != Status::Ok) {
         1
@@ -368,6 +445,19 @@ fn describe(status: &Status) -> String {
     }
 }
 
+/// A table cell's text, cut to [`SUMMARY_CELL`] characters.
+fn clip(text: &str) -> String {
+    if text.chars().count() <= SUMMARY_CELL {
+        return text.to_owned();
+    }
+    let mut clipped: String = text.chars().take(SUMMARY_CELL - 1).collect();
+    clipped.push('…');
+    clipped
+}
+
+/// The widest a summary cell's parameters or records are shown (the file has them whole).
+const SUMMARY_CELL: usize = 80;
+
 /// The table printed at the end: notebook, status, cells, time, output file.
 pub fn summary(outcomes: &[Outcome]) -> String {
     let with_parameters = outcomes.iter().any(|o| !o.parameters.is_empty());
@@ -391,14 +481,14 @@ pub fn summary(outcomes: &[Outcome]) -> String {
                 Status::Interrupted => "interrupted",
                 Status::NotRun => "not run",
             };
-            let mut row = vec![o.name.clone()];
+            let mut row = vec![clip(&o.name)];
             if with_parameters {
-                row.push(o.parameters.clone());
+                row.push(clip(&o.parameters));
             }
             row.extend([status.to_owned(), format!("{}/{}", o.cells_done, o.cells), format!("{:.1} s", o.seconds)]);
             if with_records {
                 let shown: Vec<String> = o.records.iter().map(|(name, value)| format!("{name}={}", params::python_literal(value))).collect();
-                row.push(shown.join(", "));
+                row.push(clip(&shown.join(", ")));
             }
             row.push(o.output.display().to_string());
             row

@@ -69,6 +69,8 @@ struct CellRun {
     clear_pending: bool,
     replied: bool,
     idle: bool,
+    /// Replied, and not `aborted`: the cell ran.
+    ran: bool,
 }
 
 impl Notebook {
@@ -82,6 +84,9 @@ impl Notebook {
             return Err(invalid("only nbformat 4 notebooks can be run (open and save it in JupyterLab to upgrade it)"));
         }
         let cells = document.get("cells").and_then(Value::as_array).ok_or_else(|| invalid("it has no \"cells\" list"))?;
+        if let Some(reason) = structure_error(&document, cells) {
+            return Err(invalid(&reason));
+        }
         let code_cells: Vec<usize> = cells.iter().enumerate().filter(|(_, cell)| cell["cell_type"] == "code").map(|(index, _)| index).collect();
         let on_main = force_main || document["metadata"]["parakernel"]["lane"] == "main";
         let runs = code_cells.iter().map(|_| CellRun::default()).collect();
@@ -140,9 +145,9 @@ impl Notebook {
         self.code_cells.len()
     }
 
-    /// How many code cells have run to their end.
+    /// How many code cells ran to their end (an aborted cell did not run).
     pub fn cells_done(&self) -> usize {
-        self.cells.iter().filter(|cell| cell.replied && cell.idle).count()
+        self.cells.iter().filter(|cell| cell.ran && cell.idle).count()
     }
 
     pub fn finished(&self) -> bool {
@@ -205,10 +210,16 @@ impl Notebook {
                 // A cell answered `aborted` never ran: nbclient leaves its count empty.
                 if content["status"] == "aborted" {
                     cell.execution_count = None;
+                    if self.status == Status::Ok {
+                        // Not behind an error of its own notebook: its lane was stopped or
+                        // restarted (`%lane stop`, a --timeout that interrupts could not end).
+                        self.status = Status::Failed(format!("cell {} did not run: the kernel aborted it (its lane was stopped or restarted)", index + 1));
+                    }
                 } else if let Some(count) = content["execution_count"].as_u64() {
                     cell.execution_count.get_or_insert(count);
                 }
                 cell.replied = true;
+                cell.ran = content["status"] != "aborted";
                 if content["status"] == "error" && !allow_errors && self.status == Status::Ok {
                     let (ename, evalue) = (content["ename"].as_str().unwrap_or("Error"), content["evalue"].as_str().unwrap_or(""));
                     let mut error = format!("{ename}: {}", evalue.lines().next().unwrap_or(""));
@@ -301,10 +312,48 @@ impl Notebook {
                 }
                 cell["metadata"]["execution"] = Value::Object(run.timing);
             }
-            self.cells[index] = CellRun { replied: run.replied, idle: run.idle, ..CellRun::default() };
+            self.cells[index] = CellRun { replied: run.replied, idle: run.idle, ran: run.ran, ..CellRun::default() };
         }
         let shown = self.output.display().to_string();
         let text = super::layout::file_text(&self.document).map_err(|error| NotebookError::Invalid { path: shown.clone(), reason: error.to_string() })?;
-        std::fs::write(&self.output, text).map_err(|source| NotebookError::Write { path: shown, source })
+        // Written beside the file, then renamed over it: a run killed while writing (or a full
+        // disk) never leaves a truncated notebook, `--inplace` included.
+        let name = self.output.file_name().map(|name| name.to_string_lossy().into_owned()).unwrap_or_default();
+        let partial = self.output.with_file_name(format!(".{name}.parakernel-{}.tmp", std::process::id()));
+        let written = std::fs::write(&partial, text).and_then(|()| std::fs::rename(&partial, &self.output));
+        if written.is_err() {
+            let _ = std::fs::remove_file(&partial);
+        }
+        written.map_err(|source| NotebookError::Write { path: shown, source })
     }
+}
+
+/// What makes `document` (with these `cells`) not an nbformat 4 notebook that can be run and
+/// written back valid, if anything: the parts parakernel reads or writes must have their types.
+fn structure_error(document: &Value, cells: &[Value]) -> Option<String> {
+    if !document.get("metadata").is_none_or(Value::is_object) {
+        return Some("its \"metadata\" is not a mapping".into());
+    }
+    let text = |value: &Value| value.is_string() || value.as_array().is_some_and(|lines| lines.iter().all(Value::is_string));
+    for (index, cell) in cells.iter().enumerate() {
+        let number = index + 1;
+        let Some(kind) = cell.get("cell_type").and_then(Value::as_str) else {
+            return Some(format!("cell {number} is not a cell (a mapping with a \"cell_type\")"));
+        };
+        if !["code", "markdown", "raw"].contains(&kind) {
+            return Some(format!("cell {number} has the unknown cell_type {kind:?} (code, markdown or raw)"));
+        }
+        if !cell.get("source").is_some_and(text) {
+            return Some(format!("cell {number}'s \"source\" is not text (a string or a list of strings)"));
+        }
+        let metadata = cell.get("metadata");
+        if !metadata.is_none_or(Value::is_object) {
+            return Some(format!("cell {number}'s \"metadata\" is not a mapping"));
+        }
+        let tags = metadata.and_then(|metadata| metadata.get("tags"));
+        if !tags.is_none_or(|tags| tags.as_array().is_some_and(|tags| tags.iter().all(Value::is_string))) {
+            return Some(format!("cell {number}'s tags are not a list of strings"));
+        }
+    }
+    None
 }

@@ -425,3 +425,36 @@ async fn one_lane_per_session_keeps_the_lanes_a_sessions_cells_name_apart() {
     assert!(names.contains(&"nb2-train/fit".to_owned()) && !names.iter().any(|name| name.starts_with("nb1-train")), "{names:?}");
     h.finish_ok(&job_b, &b).await;
 }
+
+#[tokio::test]
+async fn one_lane_per_session_a_failed_cell_aborts_only_its_own_sessions_cells_on_a_shared_lane() {
+    let mut h = Harness::start_per_session().await;
+    let from = |h: &Harness, session: &str, code: &str| {
+        let mut request = h.request("execute_request", json!({"code": code}));
+        request.header.session = session.to_owned();
+        request
+    };
+    let failing = from(&h, "nb1", "%%lane main\n1/0");
+    h.send(Channel::Shell, &failing).await;
+    h.expect_status("busy", &failing).await;
+    let job = h.started_on(&failing, Lane::Main).await;
+    // Queued on the main lane behind it: another notebook's cell, then its own next cell.
+    let other = from(&h, "nb2", "%%lane main\nfine");
+    h.send(Channel::Shell, &other).await;
+    h.expect_status("busy", &other).await;
+    let behind = from(&h, "nb1", "%%lane main\nnever");
+    h.send(Channel::Shell, &behind).await;
+    h.expect_status("busy", &behind).await;
+    h.event(Event::Finished { request: job.request, reply: Some(crate::lanes::ExecuteReply::error(1, crate::lanes::ErrorContent::new("ZeroDivisionError", ""))) });
+    assert_eq!(h.next(Channel::Shell).await.content["status"], "error");
+    h.expect_status("idle", &failing).await;
+    h.expect_status("busy", &other).await;
+    let aborted = h.next(Channel::Shell).await;
+    assert_eq!(aborted.parent_header.as_ref().unwrap().msg_id, behind.header.msg_id);
+    assert_eq!(aborted.content["status"], "aborted");
+    h.expect_status("idle", &behind).await;
+    h.expect_status("busy", &other).await;
+    // The other notebook's cell runs.
+    let job_other = h.started_on(&other, Lane::Main).await;
+    h.finish_ok(&job_other, &other).await;
+}
