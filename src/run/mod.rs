@@ -142,7 +142,7 @@ fn session_name(path: &Path, index: usize) -> String {
 /// nothing: a notebook or a parameter that cannot be read is reported before anything runs).
 pub fn prepare(args: &RunArgs) -> anyhow::Result<Vec<Notebook>> {
     if let Some(dir) = &args.output_dir {
-        std::fs::create_dir_all(dir).map_err(|source| NotebookError::Write { path: dir.display().to_string(), source })?;
+        std::fs::create_dir_all(dir).map_err(|source| NotebookError::Write { path: dir.display().to_string(), error: source })?;
     }
     let mut common = match &args.parameters_file {
         Some(file) => params::from_file(file)?,
@@ -490,7 +490,8 @@ pub fn summary(outcomes: &[Outcome]) -> String {
                 let shown: Vec<String> = o.records.iter().map(|(name, value)| format!("{name}={}", params::python_literal(value))).collect();
                 row.push(clip(&shown.join(", ")));
             }
-            row.push(o.output.display().to_string());
+            // A notebook that never started is not written.
+            row.push(if o.status == Status::NotRun { "-".to_owned() } else { o.output.display().to_string() });
             row
         })
         .collect();

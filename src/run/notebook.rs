@@ -18,12 +18,12 @@ const MAX_NOTEBOOK: u64 = 1 << 30;
 /// Why a notebook cannot be run.
 #[derive(Debug, thiserror::Error)]
 pub enum NotebookError {
-    #[error("cannot read {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    #[error("cannot read {path}: {error}")]
+    Read { path: String, error: std::io::Error },
     #[error("{path} is not a notebook: {reason}")]
     Invalid { path: String, reason: String },
-    #[error("cannot write {path}: {source}")]
-    Write { path: String, source: std::io::Error },
+    #[error("cannot write {path}: {error}")]
+    Write { path: String, error: std::io::Error },
 }
 
 /// What became of a notebook.
@@ -77,7 +77,7 @@ impl Notebook {
     /// Reads `path`; `output` is where it will be written.
     pub fn read(path: &Path, output: PathBuf, session: String, force_main: bool) -> Result<Notebook, NotebookError> {
         let shown = path.display().to_string();
-        let text = super::read_capped(path, MAX_NOTEBOOK, "clear its outputs to make it smaller: jupyter nbconvert --clear-output --inplace NOTEBOOK").map_err(|source| NotebookError::Read { path: shown.clone(), source })?;
+        let text = super::read_capped(path, MAX_NOTEBOOK, "clear its outputs to make it smaller: jupyter nbconvert --clear-output --inplace NOTEBOOK").map_err(|source| NotebookError::Read { path: shown.clone(), error: source })?;
         let document: Value = serde_json::from_str(&text).map_err(|error| NotebookError::Invalid { path: shown.clone(), reason: error.to_string() })?;
         let invalid = |reason: &str| NotebookError::Invalid { path: shown.clone(), reason: reason.to_owned() };
         if document.get("nbformat").and_then(Value::as_u64) != Some(4) {
@@ -324,7 +324,7 @@ impl Notebook {
         if written.is_err() {
             let _ = std::fs::remove_file(&partial);
         }
-        written.map_err(|source| NotebookError::Write { path: shown, source })
+        written.map_err(|source| NotebookError::Write { path: shown, error: source })
     }
 }
 

@@ -9,8 +9,8 @@ pub type Parameters = Vec<(String, Value)>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ParameterError {
-    #[error("cannot read the parameters file {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    #[error("cannot read the parameters file {path}: {error}")]
+    Read { path: String, error: std::io::Error },
     #[error("the parameters file {path} is not a mapping of names to values in YAML or JSON: {reason}")]
     Invalid { path: String, reason: String },
     #[error("{0:?} is not a Python variable name (a keyword, or not an identifier)")]
@@ -53,7 +53,7 @@ const MAX_PARAMETERS_FILE: u64 = 16 << 20;
 /// A YAML (or JSON, which is YAML) file mapping names to values.
 pub fn from_file(path: &std::path::Path) -> Result<Parameters, ParameterError> {
     let shown = path.display().to_string();
-    let text = super::read_capped(path, MAX_PARAMETERS_FILE, "it should map parameter names to values").map_err(|source| ParameterError::Read { path: shown.clone(), source })?;
+    let text = super::read_capped(path, MAX_PARAMETERS_FILE, "it should map parameter names to values").map_err(|source| ParameterError::Read { path: shown.clone(), error: source })?;
     let value: Value = serde_norway::from_str(&text).map_err(|error| ParameterError::Invalid { path: shown.clone(), reason: error.to_string() })?;
     let Value::Object(map) = value else {
         return Err(ParameterError::Invalid { path: shown, reason: "the top level is not a mapping".into() });
