@@ -11,10 +11,12 @@ mod ctrl_c;
 mod layout;
 mod notebook;
 pub mod params;
+mod prepare;
 mod progress;
+mod summary;
 
 use std::collections::{HashMap, VecDeque};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -26,6 +28,10 @@ use crate::transport::{Channel, Incoming, Peer, Transport};
 use crate::wire::{Message, Session, Signer, Verifier};
 pub use notebook::{Notebook, NotebookError, Status};
 use progress::Progress;
+pub use prepare::prepare;
+use prepare::read_capped;
+pub use summary::{exit_code, summary, Outcome};
+use summary::{describe, outcome_of};
 
 /// `parakernel run`'s options.
 #[derive(Debug, Clone, clap::Args)]
@@ -78,101 +84,6 @@ fn positive_seconds(text: &str) -> Result<f64, String> {
     }
 }
 
-/// How one notebook ended, for the summary.
-#[derive(Debug)]
-pub struct Outcome {
-    pub name: String,
-    /// `name=value,...` of the run's parameters.
-    pub parameters: String,
-    /// What the notebook recorded (`parakernel.record`).
-    pub records: Vec<(String, serde_json::Value)>,
-    pub status: Status,
-    pub cells_done: usize,
-    pub cells: usize,
-    pub seconds: f64,
-    pub output: PathBuf,
-}
-
-/// Where a notebook's outputs go; a sweep's runs carry their parameters in the name.
-fn output_path(args: &RunArgs, path: &Path, run: Option<&str>) -> PathBuf {
-    if args.inplace {
-        return path.to_owned();
-    }
-    let mut stem = path.file_stem().map_or_else(|| "notebook".into(), |stem| stem.to_string_lossy().into_owned());
-    if let Some(run) = run {
-        stem = format!("{stem}[{}]", run.replace('/', "_"));
-    }
-    match &args.output_dir {
-        Some(dir) => dir.join(format!("{stem}.ipynb")),
-        None => path.with_file_name(format!("{stem}.out.ipynb")),
-    }
-}
-
-/// Refuses, before anything runs, an output that would be lost or would destroy something: one
-/// another run of this command writes too (the same notebook given twice, two folders' notebooks
-/// of one name in one `--output-dir`, grid values that give one file name), the input itself
-/// without `--inplace`, or a file name longer than file systems take.
-fn check_output(output: &Path, input: &Path, inplace: bool, earlier: &[Notebook]) -> anyhow::Result<()> {
-    let same = |a: &Path, b: &Path| a == b || (std::fs::canonicalize(a).is_ok() && std::fs::canonicalize(a).ok() == std::fs::canonicalize(b).ok());
-    let canonical_parent = |path: &Path| path.parent().and_then(|parent| std::fs::canonicalize(if parent.as_os_str().is_empty() { Path::new(".") } else { parent }).ok()).map(|parent| parent.join(path.file_name().unwrap_or_default()));
-    let key = canonical_parent(output).unwrap_or_else(|| output.to_owned());
-    if let Some(other) = earlier.iter().find(|other| canonical_parent(&other.output).unwrap_or_else(|| other.output.clone()) == key) {
-        anyhow::bail!(
-            "{} and {} would both be written to {}: give each notebook once, or run them into different --output-dir folders, or give --grid values that differ",
-            other.path.display(), input.display(), output.display()
-        );
-    }
-    if !inplace && same(output, input) {
-        anyhow::bail!("{} would be written over itself: use --inplace to mean it, or another --output-dir", input.display());
-    }
-    if output.file_name().is_some_and(|name| name.len() > 255) {
-        anyhow::bail!("the output file name for {} is longer than 255 bytes ({}): give shorter --grid values", input.display(), output.display());
-    }
-    Ok(())
-}
-
-/// A session name for the `index`th notebook: its file's stem as a lane name, numbered.
-fn session_name(path: &Path, index: usize) -> String {
-    let stem = path.file_stem().map(|stem| stem.to_string_lossy().into_owned()).unwrap_or_default();
-    let kept: String = stem.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '-' { c } else { '-' }).take(40).collect();
-    format!("nb{}-{kept}", index + 1)
-}
-
-/// Reads every notebook, once per run of the sweep, with its parameters injected (all or
-/// nothing: a notebook or a parameter that cannot be read is reported before anything runs).
-pub fn prepare(args: &RunArgs) -> anyhow::Result<Vec<Notebook>> {
-    if let Some(dir) = &args.output_dir {
-        std::fs::create_dir_all(dir).map_err(|source| NotebookError::Write { path: dir.display().to_string(), error: source })?;
-    }
-    let mut common = match &args.parameters_file {
-        Some(file) => params::from_file(file)?,
-        None => Vec::new(),
-    };
-    common.extend(params::from_pairs(&args.parameters)?);
-    let runs = params::grid(&args.grid)?;
-    let on_main = |path: &Path| args.main.iter().any(|main| main == path || std::fs::canonicalize(main).ok() == std::fs::canonicalize(path).ok());
-    let mut all: Vec<PathBuf> = args.notebooks.clone();
-    all.extend(args.main.iter().filter(|main| !args.notebooks.contains(main)).cloned());
-    let mut notebooks = Vec::new();
-    for path in &all {
-        for run in &runs {
-            let mut parameters = common.clone();
-            for (name, value) in run {
-                parameters.retain(|(known, _)| known != name);
-                parameters.push((name.clone(), value.clone()));
-            }
-            let label = (!args.grid.is_empty()).then(|| params::label(run));
-            let output = output_path(args, path, label.as_deref());
-            check_output(&output, path, args.inplace, &notebooks)?;
-            let mut notebook = Notebook::read(path, output, session_name(path, notebooks.len()), on_main(path))?;
-            notebook.inject(&parameters);
-            notebook.label = params::label(&parameters);
-            notebooks.push(notebook);
-        }
-    }
-    Ok(notebooks)
-}
-
 /// Sends a request from `session` (a notebook's, or the runner's own) on `channel`; returns
 /// its msg_id.
 async fn send(peer: &Peer, signer: &Signer, session: &str, channel: Channel, msg_type: &str, content: serde_json::Value, metadata: serde_json::Map<String, serde_json::Value>) -> String {
@@ -204,23 +115,6 @@ const RUNNER_CALL: u64 = u64::MAX;
 fn stop_lanes_of(lane_calls: &UnboundedSender<Event>, notebook: &Notebook) {
     let call = LaneCall::Stop { lane: notebook.session.clone() };
     let _ = lane_calls.send(Event::Call { lane: Lane::Main, id: RUNNER_CALL, request: None, call });
-}
-
-/// Reads a UTF-8 text file of at most `cap` bytes (its size is checked before it decides how
-/// much is allocated), without a byte order mark; a larger one is an error that says so, and
-/// `advice`.
-fn read_capped(path: &Path, cap: u64, advice: &str) -> std::io::Result<String> {
-    use std::io::Read;
-    let mut text = String::new();
-    std::fs::File::open(path)?.take(cap + 1).read_to_string(&mut text)?;
-    if text.len() as u64 > cap {
-        let message = format!("it is larger than {} MiB, the most parakernel run reads ({advice})", cap >> 20);
-        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, message));
-    }
-    if text.starts_with('\u{feff}') {
-        text.drain(..'\u{feff}'.len_utf8());
-    }
-    Ok(text)
 }
 
 /// The request an `execute_reply` answers.
@@ -401,115 +295,11 @@ pub async fn drive(mut peer: Peer, key: &[u8], lane_calls: UnboundedSender<Event
     outcomes.into_iter().flatten().collect()
 }
 
-fn outcome_of(notebook: &Notebook, started: Option<&Instant>) -> Outcome {
-    Outcome {
-        name: notebook.name(),
-        parameters: notebook.label.clone(),
-        records: notebook.records(),
-        status: notebook.status.clone(),
-        cells_done: notebook.cells_done(),
-        cells: notebook.code_cell_count(),
-        seconds: started.map_or(0.0, |at| at.elapsed().as_secs_f64()),
-        output: notebook.output.clone(),
-    }
-}
-
-/// The process's exit code for these outcomes: 143 after a SIGTERM and 130 after Ctrl-C (as a
-/// shell reports those signals), 1 when a notebook failed or timed out, else 0.
-pub fn exit_code(outcomes: &[Outcome]) -> i32 {
-    if ctrl_c::terminated() {
-        143
-    } else if outcomes.iter().any(|o| matches!(o.status, Status::Interrupted | Status::NotRun)) {
-        130
-    } else if outcomes.iter().any(|o| o.status != Status::Ok) {
-        1
-    } else {
-        0
-    }
-}
-
 async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
         None => std::future::pending().await,
     }
-}
-
-fn describe(status: &Status) -> String {
-    match status {
-        Status::Ok => "ok".to_owned(),
-        Status::Failed(error) => format!("failed ({error})"),
-        Status::TimedOut(what) => format!("timed out ({what})"),
-        Status::Interrupted => "interrupted (Ctrl-C)".to_owned(),
-        Status::NotRun => "not run (Ctrl-C came first)".to_owned(),
-    }
-}
-
-/// A table cell's text, cut to [`SUMMARY_CELL`] characters.
-fn clip(text: &str) -> String {
-    if text.chars().count() <= SUMMARY_CELL {
-        return text.to_owned();
-    }
-    let mut clipped: String = text.chars().take(SUMMARY_CELL - 1).collect();
-    clipped.push('…');
-    clipped
-}
-
-/// The widest a summary cell's parameters or records are shown (the file has them whole).
-const SUMMARY_CELL: usize = 80;
-
-/// The table printed at the end: notebook, status, cells, time, output file.
-pub fn summary(outcomes: &[Outcome]) -> String {
-    let with_parameters = outcomes.iter().any(|o| !o.parameters.is_empty());
-    let with_records = outcomes.iter().any(|o| !o.records.is_empty());
-    let mut titles = vec!["notebook"];
-    if with_parameters {
-        titles.push("parameters");
-    }
-    titles.extend(["status", "cells", "time"]);
-    if with_records {
-        titles.push("recorded");
-    }
-    titles.push("output");
-    let rows: Vec<Vec<String>> = outcomes
-        .iter()
-        .map(|o| {
-            let status = match &o.status {
-                Status::Ok => "ok",
-                Status::Failed(_) => "failed",
-                Status::TimedOut(_) => "timed out",
-                Status::Interrupted => "interrupted",
-                Status::NotRun => "not run",
-            };
-            let mut row = vec![clip(&o.name)];
-            if with_parameters {
-                row.push(clip(&o.parameters));
-            }
-            row.extend([status.to_owned(), format!("{}/{}", o.cells_done, o.cells), format!("{:.1} s", o.seconds)]);
-            if with_records {
-                let shown: Vec<String> = o.records.iter().map(|(name, value)| format!("{name}={}", params::python_literal(value))).collect();
-                row.push(clip(&shown.join(", ")));
-            }
-            // A notebook that never started is not written.
-            row.push(if o.status == Status::NotRun { "-".to_owned() } else { o.output.display().to_string() });
-            row
-        })
-        .collect();
-    let widths: Vec<usize> = (0..titles.len()).map(|i| rows.iter().map(|row| row[i].chars().count()).chain([titles[i].len()]).max().unwrap_or(0)).collect();
-    let line = |cells: &[String]| cells.iter().zip(&widths).map(|(cell, width)| format!("{cell:<width$}")).collect::<Vec<_>>().join("  ").trim_end().to_owned();
-    let mut text = line(&titles.iter().map(|title| (*title).to_owned()).collect::<Vec<_>>());
-    text.push('\n');
-    text.push_str(&line(&widths.iter().map(|width| "-".repeat(*width)).collect::<Vec<_>>()));
-    for row in &rows {
-        text.push('\n');
-        text.push_str(&line(row));
-    }
-    for outcome in outcomes {
-        if outcome.status != Status::Ok {
-            text.push_str(&format!("\n{}: {}", outcome.name, describe(&outcome.status)));
-        }
-    }
-    text
 }
 
 /// Serves the kernel on a socketless transport with one lane per session and drives it with
