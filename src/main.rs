@@ -164,7 +164,7 @@ fn run_kernel(connection_file: &std::path::Path, python: Option<PathBuf>, max_me
     let bound = bound?;
     let info = KernelInfo { language_info: python::language_info(), banner: python::banner() };
     let (events_tx, events) = tokio::sync::mpsc::unbounded_channel();
-    let (executor, main_lane) = python::start(PythonOptions { python, on_demand: false }, events_tx)?;
+    let (executor, main_lane) = python::start(PythonOptions { python, on_demand: false, on_main_ready: None }, events_tx)?;
 
     // Threads started while SIGINT is blocked inherit the mask.
     sigint.thread_block().context("cannot block SIGINT for the socket threads")?;
@@ -228,7 +228,7 @@ fn run_notebooks(args: &parakernel::run::RunArgs) -> anyhow::Result<()> {
     let info = KernelInfo { language_info: python::language_info(), banner: python::banner() };
     let (events_tx, events) = tokio::sync::mpsc::unbounded_channel();
     let lane_calls = events_tx.clone();
-    let (executor, main_lane) = python::start(PythonOptions { python, on_demand: true }, events_tx)?;
+    let (executor, main_lane) = python::start(PythonOptions { python, on_demand: true, on_main_ready: Some(parakernel::run::install_ctrl_c) }, events_tx)?;
     let mut sigint = SigSet::empty();
     sigint.add(Signal::SIGINT);
     sigint.thread_block().context("cannot block SIGINT for the runner's thread")?;
@@ -247,7 +247,11 @@ fn run_notebooks(args: &parakernel::run::RunArgs) -> anyhow::Result<()> {
         })
         .context("cannot start the runner's thread")?;
     sigint.thread_unblock().context("cannot unblock SIGINT on the main thread")?;
-    main_lane.run()?;
+    if let Err(error) = main_lane.run() {
+        // Python could not start (a Ctrl-C during its start among the causes): the runner was
+        // answered with the error, and its summary and exit code say what became of the run.
+        tracing::error!("{:#}", anyhow::Error::new(error));
+    }
     let outcomes = outcomes.recv().context("the runner did not finish")?;
     finish_run(&outcomes);
 }

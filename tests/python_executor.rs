@@ -1637,6 +1637,7 @@ fn main() {
         PythonOptions {
             python: Some(python),
             on_demand: false,
+            on_main_ready: None,
         },
         sender,
     )

@@ -298,7 +298,16 @@ impl<E: Executor> Kernel<E> {
         let scoped = scope.filter(|scope| !restart && self.session_lanes.values().any(|known| known == scope)).map(|scope| self.scoped_lanes(&scope)).unwrap_or_default();
         let mut also = Vec::new();
         for lane in scoped.iter().filter(|lane| *lane != caller) {
-            self.end_one(caller, lane, &lane.name(), false)?;
+            match lane {
+                // A fresh lane running one of the session's cells (a `parallel` cell, a pool's
+                // worker) gets a new interpreter: the cell is set aside, the lane serves on.
+                Lane::Fresh(_) => {
+                    self.end_unchecked(lane, true);
+                }
+                _ => {
+                    self.end_one(caller, lane, &lane.name(), false)?;
+                }
+            }
             also.push(lane.name());
         }
         let mut ended = match resolved {
@@ -332,6 +341,14 @@ impl<E: Executor> Kernel<E> {
             }
             Lane::Named(_) => {}
         }
+        let aborted = self.end_unchecked(&lane, restart);
+        Ok(json!({"lane": name, "restarted": restart, "stopped": !restart, "aborted": aborted}))
+    }
+
+    /// Ends `lane` (`end_one` has checked that it may): its queued cells are aborted, its
+    /// running cell set aside. Returns how many cells were aborted.
+    fn end_unchecked(&mut self, lane: &Lane, restart: bool) -> usize {
+        let lane = lane.clone();
         let queued: Vec<Job> = self.lanes.get_mut(&lane).map(|queue| queue.waiting.drain(..).collect()).unwrap_or_default();
         for job in &queued {
             self.abort(job);
@@ -356,7 +373,7 @@ impl<E: Executor> Kernel<E> {
         if !restart {
             self.lanes.remove(&lane);
         }
-        Ok(json!({"lane": name, "restarted": restart, "stopped": !restart, "aborted": queued.len()}))
+        queued.len()
     }
 
     /// Answers the set-aside jobs that have not returned within [`SET_ASIDE_GRACE`]: an error

@@ -88,10 +88,24 @@ impl<E: Executor> Kernel<E> {
         self.session_lanes.get(&flight.message.header.session).filter(|_| self.lane_per_session)
     }
 
-    /// The lanes a session's cells named (`scope/NAME`): stopped with the session's lane.
+    /// The lanes a session's cells named (`scope/NAME`), and the fresh lanes now running one of
+    /// its cells: ended with the session's lane.
     pub(super) fn scoped_lanes(&self, scope: &str) -> Vec<Lane> {
         let prefix = format!("{scope}{SCOPE_SEPARATOR}");
-        self.lanes.keys().filter(|lane| matches!(lane, Lane::Named(name) if name.starts_with(&prefix))).cloned().collect()
+        let session = self.session_lanes.iter().find(|(_, known)| *known == scope).map(|(session, _)| session.as_str());
+        let runs_session_cell = |queue: &super::LaneQueue| {
+            let running = queue.running.and_then(|request| self.in_flight.get(&request));
+            running.is_some_and(|flight| Some(flight.message.header.session.as_str()) == session)
+        };
+        self.lanes
+            .iter()
+            .filter(|(lane, queue)| match lane {
+                Lane::Named(name) => name.starts_with(&prefix),
+                Lane::Fresh(_) => runs_session_cell(queue),
+                Lane::Main => false,
+            })
+            .map(|(lane, _)| lane.clone())
+            .collect()
     }
 
     /// What an `interrupt_request` from `session` interrupts. One lane per session: the lanes

@@ -218,6 +218,9 @@ impl MainLane {
         embed::after_initialize(gil, self.options.python.as_deref())?;
         self.state.bind_lane_thread();
         let runtime = LaneRuntime::start(gil, Arc::clone(&self.state), self.options.on_demand)?;
+        if let Some(ready) = self.options.on_main_ready {
+            ready();
+        }
         // Lanes may create their interpreters from now on (`_datetime` is imported in main).
         // Not before the main lane's shell is up: if it fails, Python is finalized at once and
         // no subinterpreter may exist then.

@@ -79,6 +79,10 @@ pub struct PythonOptions {
     /// kernel starts them ahead (the fresh pool once the first lane is ready), so that the first
     /// cell of each kind does not wait.
     pub on_demand: bool,
+    /// Called on the main thread once the main lane's Python has its signal handlers (after
+    /// its shell module started): `parakernel run` puts its Ctrl-C handler in front there, so
+    /// that no SIGINT falls between Python's handler and its own.
+    pub on_main_ready: Option<fn()>,
 }
 
 #[derive(thiserror::Error, Debug)]

@@ -47,7 +47,7 @@ extern "C" fn on_sigint(signal: libc::c_int, info: *mut libc::siginfo_t, context
 }
 
 /// Installs the handler, once, in front of whatever handles SIGINT now (call it once Python's
-/// handler is in place: after the main lane has run a cell).
+/// handler is in place: from the main lane, `PythonOptions::on_main_ready`).
 pub fn install() {
     if INSTALLED.swap(true, Ordering::SeqCst) {
         return;

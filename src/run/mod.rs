@@ -31,6 +31,8 @@ use progress::Progress;
 pub use prepare::prepare;
 use prepare::read_capped;
 pub use summary::{exit_code, summary, Outcome};
+/// Puts the runner's Ctrl-C and SIGTERM handlers in front of Python's (`PythonOptions::on_main_ready`).
+pub use ctrl_c::install as install_ctrl_c;
 use summary::{describe, outcome_of};
 
 /// `parakernel run`'s options.
@@ -169,8 +171,10 @@ pub async fn drive(mut peer: Peer, key: &[u8], lane_calls: UnboundedSender<Event
             break;
         }
     }
+    // In place already (the main lane installs it once Python's is: `on_main_ready`); a
+    // Ctrl-C since then counts.
     ctrl_c::install();
-    let mut presses = ctrl_c::presses();
+    let mut presses = 0;
     let mut interrupted = false;
     let mut ticks = tokio::time::interval(Duration::from_millis(100));
 
@@ -200,6 +204,12 @@ pub async fn drive(mut peer: Peer, key: &[u8], lane_calls: UnboundedSender<Event
             for &n in &running {
                 notebooks[n].status = Status::Interrupted;
                 send(&peer, &signer, &notebooks[n].session, Channel::Control, "interrupt_request", json!({}), serde_json::Map::new()).await;
+                // An interrupt reaches the cells running now. A notebook none of whose cells has
+                // started yet (its lane still starting) has its lanes stopped instead: its cells
+                // are aborted rather than run after the interrupt.
+                if !notebooks[n].on_main && !notebooks[n].started() {
+                    stop_lanes_of(&lane_calls, &notebooks[n]);
+                }
             }
             for n in waiting.drain(..) {
                 notebooks[n].status = Status::NotRun;
@@ -221,7 +231,7 @@ pub async fn drive(mut peer: Peer, key: &[u8], lane_calls: UnboundedSender<Event
             if notebooks[n].on_main {
                 // The next main-lane notebook starts with an empty namespace, as in a kernel of
                 // its own (the modules imported stay imported).
-                send_main_cell(&peer, &signer, "%reset -f").await;
+                send_main_cell(&peer, &signer, "%reset -f\n%reset -f in").await;
             }
             let outcome = outcome_of(&notebooks[n], started.get(&n));
             progress.finished(n, &format!("[{}] {} in {seconds:.1} s -> {}", outcome.name, describe(&outcome.status), outcome.output.display()));

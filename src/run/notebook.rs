@@ -145,6 +145,11 @@ impl Notebook {
         self.code_cells.len()
     }
 
+    /// Whether a code cell has started (its `execute_input` came).
+    pub fn started(&self) -> bool {
+        self.cells.iter().any(|cell| cell.timing.contains_key("iopub.execute_input"))
+    }
+
     /// How many code cells ran to their end (an aborted cell did not run).
     pub fn cells_done(&self) -> usize {
         self.cells.iter().filter(|cell| cell.ran && cell.idle).count()
@@ -193,7 +198,9 @@ impl Notebook {
         match message.msg_type() {
             "status" => match content["execution_state"].as_str() {
                 Some("busy") => {
-                    cell.timing.insert("iopub.status.busy".into(), date);
+                    // The first: the kernel says busy again for a cell still running whenever
+                    // another request ends (its indicator reads busy until the last is done).
+                    cell.timing.entry("iopub.status.busy").or_insert(date);
                 }
                 Some("idle") => {
                     cell.timing.insert("iopub.status.idle".into(), date);
@@ -331,8 +338,8 @@ impl Notebook {
 /// What makes `document` (with these `cells`) not an nbformat 4 notebook that can be run and
 /// written back valid, if anything: the parts parakernel reads or writes must have their types.
 fn structure_error(document: &Value, cells: &[Value]) -> Option<String> {
-    if !document.get("metadata").is_none_or(Value::is_object) {
-        return Some("its \"metadata\" is not a mapping".into());
+    if !document.get("metadata").is_some_and(Value::is_object) {
+        return Some("its \"metadata\" is missing or not a mapping".into());
     }
     let text = |value: &Value| value.is_string() || value.as_array().is_some_and(|lines| lines.iter().all(Value::is_string));
     for (index, cell) in cells.iter().enumerate() {

@@ -20,11 +20,14 @@ fn output_path(args: &RunArgs, path: &Path, run: Option<&str>) -> PathBuf {
     }
 }
 
+/// The longest output file name (bytes).
+const MAX_OUTPUT_NAME: usize = 200;
+
 /// Refuses, before anything runs, an output that would be lost or would destroy something: one
 /// another run of this command writes too (the same notebook given twice, two folders' notebooks
 /// of one name in one `--output-dir`, grid values that give one file name), the input itself
 /// without `--inplace`, or a file name longer than file systems take.
-fn check_output(output: &Path, input: &Path, inplace: bool, earlier: &[Notebook]) -> anyhow::Result<()> {
+fn check_output(output: &Path, input: &Path, inputs: &[PathBuf], inplace: bool, earlier: &[Notebook]) -> anyhow::Result<()> {
     let same = |a: &Path, b: &Path| a == b || (std::fs::canonicalize(a).is_ok() && std::fs::canonicalize(a).ok() == std::fs::canonicalize(b).ok());
     let canonical_parent = |path: &Path| path.parent().and_then(|parent| std::fs::canonicalize(if parent.as_os_str().is_empty() { Path::new(".") } else { parent }).ok()).map(|parent| parent.join(path.file_name().unwrap_or_default()));
     let key = canonical_parent(output).unwrap_or_else(|| output.to_owned());
@@ -37,8 +40,12 @@ fn check_output(output: &Path, input: &Path, inplace: bool, earlier: &[Notebook]
     if !inplace && same(output, input) {
         anyhow::bail!("{} would be written over itself: use --inplace to mean it, or another --output-dir", input.display());
     }
-    if output.file_name().is_some_and(|name| name.len() > 255) {
-        anyhow::bail!("the output file name for {} is longer than 255 bytes ({}): give shorter --grid values", input.display(), output.display());
+    if let Some(other) = inputs.iter().find(|other| !same(other, input) && same(output, other)) {
+        anyhow::bail!("{}'s run would be written over {}, another notebook of this run: use --output-dir", input.display(), other.display());
+    }
+    // File systems take 255 bytes; the temporary file written first adds a few dozen.
+    if output.file_name().is_some_and(|name| name.len() > MAX_OUTPUT_NAME) {
+        anyhow::bail!("the output file name for {} is longer than {MAX_OUTPUT_NAME} bytes ({}): give shorter --grid values", input.display(), output.display());
     }
     Ok(())
 }
@@ -75,7 +82,7 @@ pub fn prepare(args: &RunArgs) -> anyhow::Result<Vec<Notebook>> {
             }
             let label = (!args.grid.is_empty()).then(|| params::label(run));
             let output = output_path(args, path, label.as_deref());
-            check_output(&output, path, args.inplace, &notebooks)?;
+            check_output(&output, path, &all, args.inplace, &notebooks)?;
             let mut notebook = Notebook::read(path, output, session_name(path, notebooks.len()), on_main(path))?;
             notebook.inject(&parameters);
             notebook.label = params::label(&parameters);
@@ -90,11 +97,15 @@ pub fn prepare(args: &RunArgs) -> anyhow::Result<Vec<Notebook>> {
 /// `advice`.
 pub(super) fn read_capped(path: &Path, cap: u64, advice: &str) -> std::io::Result<String> {
     use std::io::Read;
+    let too_large = || std::io::Error::new(std::io::ErrorKind::InvalidData, format!("it is larger than {} MiB, the most parakernel run reads ({advice})", cap >> 20));
+    let file = std::fs::File::open(path)?;
+    if file.metadata()?.len() > cap {
+        return Err(too_large());
+    }
     let mut text = String::new();
-    std::fs::File::open(path)?.take(cap + 1).read_to_string(&mut text)?;
+    file.take(cap + 1).read_to_string(&mut text)?;
     if text.len() as u64 > cap {
-        let message = format!("it is larger than {} MiB, the most parakernel run reads ({advice})", cap >> 20);
-        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, message));
+        return Err(too_large());
     }
     if text.starts_with('\u{feff}') {
         text.drain(..'\u{feff}'.len_utf8());

@@ -53,9 +53,14 @@ pub(super) fn describe(status: &Status) -> String {
         Status::Ok => "ok".to_owned(),
         Status::Failed(error) => format!("failed ({error})"),
         Status::TimedOut(what) => format!("timed out ({what})"),
-        Status::Interrupted => "interrupted (Ctrl-C)".to_owned(),
-        Status::NotRun => "not run (Ctrl-C came first)".to_owned(),
+        Status::Interrupted => format!("interrupted ({})", signal_name()),
+        Status::NotRun => format!("not run ({} came first)", signal_name()),
     }
+}
+
+/// What stopped the run: a SIGTERM, else Ctrl-C.
+fn signal_name() -> &'static str {
+    if ctrl_c::terminated() { "SIGTERM" } else { "Ctrl-C" }
 }
 
 /// A table cell's text, cut to [`SUMMARY_CELL`] characters.
