@@ -76,16 +76,7 @@ impl<E: Executor> Kernel<E> {
         }
         self.finish(id, reply.map(|reply| reply.to_value()));
         if abort {
-            if self.lane_per_session {
-                // A notebook's error stops the notebook: its cells queued on every lane.
-                let lanes: Vec<Lane> = self.lanes.keys().cloned().collect();
-                for queued in &lanes {
-                    self.abort_queued(queued, &session);
-                }
-                self.abort_pooled(&session);
-            } else {
-                self.abort_queued(&lane, &session);
-            }
+            self.abort_queued(&lane, &session);
         }
         self.start_next(&lane);
         if matches!(lane, Lane::Fresh(_)) {
@@ -95,30 +86,26 @@ impl<E: Executor> Kernel<E> {
 
     /// `stop_on_error`: the cells queued behind a failed one in the same lane are answered
     /// `aborted` without running; other lanes and non-execute jobs go on. With one lane per
-    /// session, only the failed cell's session's cells are (on every lane: a notebook's error
-    /// stops the notebook), and a lane two notebooks share (main) goes on with the other's.
+    /// session, the failed cell's session's cells are, and only those: on every lane and in the
+    /// fresh pool (a notebook's error stops the notebook), while a lane two notebooks share
+    /// (main) goes on with the other's.
     pub(super) fn abort_queued(&mut self, lane: &Lane, session: &str) {
-        let in_flight = &self.in_flight;
-        let per_session = self.lane_per_session;
-        let Some(queue) = self.lanes.get_mut(lane) else {
-            return;
-        };
-        let of_session = |job: &Job| !per_session || in_flight.get(&job.request()).is_some_and(|flight| flight.message.header.session == session);
-        let (aborted, kept): (Vec<Job>, Vec<Job>) =
-            queue.waiting.drain(..).partition(|job| matches!(job, Job::Execute(_)) && of_session(job));
-        queue.waiting.extend(kept);
-        for job in aborted {
-            self.abort(&job);
-        }
-    }
-
-    /// One lane per session: the session's cells waiting for a fresh lane are aborted too.
-    fn abort_pooled(&mut self, session: &str) {
-        let in_flight = &self.in_flight;
-        let (aborted, kept): (Vec<Job>, Vec<Job>) = self.pool.drain(..).partition(|job| {
-            matches!(job, Job::Execute(_)) && in_flight.get(&job.request()).is_some_and(|flight| flight.spawned.is_none() && flight.message.header.session == session)
+        // `None`: every cell (without lanes per session).
+        let of_session: Option<std::collections::HashSet<RequestId>> = self.lane_per_session.then(|| {
+            let ours = |flight: &super::InFlight| flight.spawned.is_none() && flight.message.header.session == session;
+            self.in_flight.iter().filter(|(_, flight)| ours(flight)).map(|(id, _)| *id).collect()
         });
-        self.pool.extend(kept);
+        let aborts = |job: &Job| of_session.as_ref().is_none_or(|ours| ours.contains(&job.request()));
+        let lanes: Vec<Lane> = if self.lane_per_session { self.lanes.keys().cloned().collect() } else { vec![lane.clone()] };
+        let mut aborted = Vec::new();
+        for lane in &lanes {
+            if let Some(queue) = self.lanes.get_mut(lane) {
+                aborted.extend(take_cells(&mut queue.waiting, aborts));
+            }
+        }
+        if self.lane_per_session {
+            aborted.extend(take_cells(&mut self.pool, aborts));
+        }
         for job in aborted {
             self.abort(&job);
         }
@@ -147,4 +134,11 @@ impl<E: Executor> Kernel<E> {
             None => warn!("input_reply with no input_request waiting; dropped"),
         }
     }
+}
+
+/// Takes the cells (execute jobs) `aborts` picks out of `queue`, leaving the rest in order.
+fn take_cells(queue: &mut std::collections::VecDeque<Job>, aborts: impl Fn(&Job) -> bool) -> Vec<Job> {
+    let (taken, kept): (Vec<Job>, Vec<Job>) = queue.drain(..).partition(|job| matches!(job, Job::Execute(_)) && aborts(job));
+    queue.extend(kept);
+    taken
 }

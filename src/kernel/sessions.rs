@@ -42,7 +42,7 @@ impl<E: Executor> Kernel<E> {
     /// session), else the lane of that name.
     pub(super) fn named_lane(&mut self, name: String, session: &str) -> Lane {
         match self.session_scope(session) {
-            Some(scope) => self.own_lane(Lane::Named(format!("{scope}{SCOPE_SEPARATOR}{name}")), session),
+            Some(scope) => self.own_lane(scoped(&scope, &name), session),
             None => Lane::Named(name),
         }
     }
@@ -55,13 +55,13 @@ impl<E: Executor> Kernel<E> {
 
     /// The lane a query's `%%lane NAME` line names, if it exists.
     pub(super) fn existing_named_lane(&self, name: &str, session: &str) -> Option<Lane> {
-        let scoped = self.session_lanes.get(session).filter(|_| self.lane_per_session).map(|scope| Lane::Named(format!("{scope}{SCOPE_SEPARATOR}{name}")));
+        let scoped = self.session_lanes.get(session).filter(|_| self.lane_per_session).map(|scope| scoped(scope, name));
         scoped.into_iter().chain([Lane::Named(name.to_owned())]).find(|lane| self.lanes.contains_key(lane))
     }
 
     /// The lane a user means by `name` in a lane call made by the cell `request`.
     pub(super) fn lookup(&self, name: &str, request: Option<RequestId>) -> Result<Lane, String> {
-        if let Some(lane) = self.caller_scope(request).map(|scope| Lane::Named(format!("{scope}{SCOPE_SEPARATOR}{name}"))) {
+        if let Some(lane) = self.caller_scope(request).map(|scope| scoped(scope, name)) {
             if !name.contains(SCOPE_SEPARATOR) && self.lanes.contains_key(&lane) {
                 return Ok(lane);
             }
@@ -124,6 +124,11 @@ impl<E: Executor> Kernel<E> {
             .map(|(lane, _)| InterruptTarget::Lane(lane.clone()))
             .collect()
     }
+}
+
+/// The lane `name` of a session's `scope` (`nb1-train/fit`).
+fn scoped(scope: &str, name: &str) -> Lane {
+    Lane::Named(format!("{scope}{SCOPE_SEPARATOR}{name}"))
 }
 
 /// A lane name for a client session: `session-` and the first 8 characters of a uuid, else

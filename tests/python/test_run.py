@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import nbformat
@@ -31,6 +32,19 @@ def write(path: Path, *cells: str, metadata: dict | None = None) -> Path:
 def run(*args: str | Path) -> subprocess.CompletedProcess[str]:
     command = [str(BINARY), "run", "--python", sys.executable, *map(str, args)]
     return subprocess.run(command, capture_output=True, text=True, timeout=RUN_TIMEOUT)
+
+
+def run_until(*args: str | Path, started: tuple[str, ...]) -> tuple[subprocess.Popen, str]:
+    """Starts `parakernel run` with `args` and reads its progress lines until each of `started`
+    has appeared (then the cells they name are running). Returns the process and what it said."""
+    command = [str(BINARY), "run", "--python", sys.executable, *map(str, args)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seen = ""
+    deadline = time.monotonic() + RUN_TIMEOUT
+    while not all(line in seen for line in started):
+        assert time.monotonic() < deadline and process.poll() is None, seen
+        seen += process.stderr.readline()
+    return process, seen
 
 
 def outputs(path: Path) -> list[list[tuple]]:
@@ -201,19 +215,12 @@ def test_parameters_and_a_grid_as_papermill_gives_them_with_records(tmp_path: Pa
 
 def test_ctrl_c_interrupts_every_running_cell_writes_what_ran_and_exits_130(tmp_path: Path):
     import signal
-    import time
 
     slow = write(tmp_path / "slow.ipynb", "print('first')", "import time\nprint('sleeping', flush=True)\ntime.sleep(600)", "print('never')")
     main = write(tmp_path / "mainlane.ipynb", "import time\nprint('on main', flush=True)\ntime.sleep(600)", "print('never')")
     later = write(tmp_path / "later.ipynb", "print('later')")
-    command = [str(BINARY), "run", "--python", sys.executable, "--jobs", "2", str(slow), "--main", str(main), str(later)]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    seen = ""
-    deadline = time.monotonic() + RUN_TIMEOUT
     # Both long cells have started (the runner says so on stderr): then Ctrl-C.
-    while not ("[slow.ipynb] cell 2/3" in seen and "[mainlane.ipynb] cell 1/2" in seen):
-        assert time.monotonic() < deadline and process.poll() is None, seen
-        seen += process.stderr.readline()
+    process, seen = run_until("--jobs", "2", slow, "--main", main, later, started=("[slow.ipynb] cell 2/3", "[mainlane.ipynb] cell 1/2"))
     process.send_signal(signal.SIGINT)
     out, err = process.communicate(timeout=RUN_TIMEOUT)
     assert process.returncode == 130, out + seen + err

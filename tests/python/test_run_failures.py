@@ -5,15 +5,12 @@ SIGTERM, outputs that would collide, main-lane notebooks one after another."""
 from __future__ import annotations
 
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import nbformat
 import pytest
 
-from test_run import BINARY, RUN_TIMEOUT, outputs, run, write
+from test_run import RUN_TIMEOUT, outputs, run, run_until, write
 
 pytestmark = [pytest.mark.parakernel_only("parakernel run is parakernel's own"), pytest.mark.needs_lanes]
 
@@ -65,13 +62,7 @@ def test_a_cell_that_outlives_its_timeouts_interrupt_has_its_lanes_stopped(tmp_p
 
 def test_sigterm_writes_what_ran_and_exits_143(tmp_path: Path):
     slow = write(tmp_path / "slow.ipynb", "print('first')", "import time\ntime.sleep(600)", "print('never')")
-    command = [str(BINARY), "run", "--python", sys.executable, str(slow)]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    seen = ""
-    deadline = time.monotonic() + RUN_TIMEOUT
-    while "[slow.ipynb] cell 2/3" not in seen:
-        assert time.monotonic() < deadline and process.poll() is None, seen
-        seen += process.stderr.readline()
+    process, seen = run_until(slow, started=("[slow.ipynb] cell 2/3",))
     process.send_signal(signal.SIGTERM)
     out, err = process.communicate(timeout=RUN_TIMEOUT)
     assert process.returncode == 143, out + seen + err

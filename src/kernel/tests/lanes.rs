@@ -13,6 +13,13 @@ impl Harness {
     }
 
     /// Reads execute_input and the job, which must go to `lane`.
+    /// An `execute_request` of `code` from client session `session` (not sent).
+    fn execute_request_from(&self, session: &str, code: &str) -> Message {
+        let mut request = self.request("execute_request", json!({"code": code}));
+        request.header.session = session.to_owned();
+        request
+    }
+
     async fn started_on(&mut self, request: &Message, lane: Lane) -> crate::lanes::ExecuteJob {
         let input = self.next(Channel::Iopub).await;
         assert_eq!(input.msg_type(), "execute_input");
@@ -308,22 +315,17 @@ async fn a_spawned_job_runs_on_a_fresh_lane_under_the_calling_cell_and_owes_no_r
 #[tokio::test]
 async fn one_lane_per_session_runs_each_sessions_cells_in_its_own_lane() {
     let mut h = Harness::start_per_session().await;
-    let from = |h: &Harness, session: &str, code: &str| {
-        let mut request = h.request("execute_request", json!({"code": code}));
-        request.header.session = session.to_owned();
-        request
-    };
-    let a = from(&h, "1a2b3c4d-0000-4000-8000-000000000000", "x = 1");
+    let a = h.execute_request_from("1a2b3c4d-0000-4000-8000-000000000000", "x = 1");
     h.send(Channel::Shell, &a).await;
     h.expect_status("busy", &a).await;
     let job_a = h.started_on(&a, Lane::Named("session-1a2b3c4d".into())).await;
     // Another session's cell runs beside it, in its lane; a name that is no uuid is kept.
-    let b = from(&h, "train-notebook", "x = 2");
+    let b = h.execute_request_from("train-notebook", "x = 2");
     h.send(Channel::Shell, &b).await;
     h.expect_status("busy", &b).await;
     let job_b = h.started_on(&b, Lane::Named("train-notebook".into())).await;
     // `%%lane main` and tags still choose.
-    let main = from(&h, "train-notebook", "%%lane main\nshared = 1");
+    let main = h.execute_request_from("train-notebook", "%%lane main\nshared = 1");
     h.send(Channel::Shell, &main).await;
     h.expect_status("busy", &main).await;
     let job_main = h.started_on(&main, Lane::Main).await;
@@ -364,22 +366,17 @@ async fn one_lane_per_session_runs_each_sessions_cells_in_its_own_lane() {
 #[tokio::test]
 async fn one_lane_per_session_keeps_the_lanes_a_sessions_cells_name_apart() {
     let mut h = Harness::start_per_session().await;
-    let from = |h: &Harness, session: &str, code: &str| {
-        let mut request = h.request("execute_request", json!({"code": code}));
-        request.header.session = session.to_owned();
-        request
-    };
     // Two notebooks name the same lane: each gets its own.
-    let a = from(&h, "nb1-train", "%%lane fit\nx = 1");
+    let a = h.execute_request_from("nb1-train", "%%lane fit\nx = 1");
     h.send(Channel::Shell, &a).await;
     h.expect_status("busy", &a).await;
     let job_a = h.started_on(&a, Lane::Named("nb1-train/fit".into())).await;
-    let b = from(&h, "nb2-train", "%%lane fit\nx = 2");
+    let b = h.execute_request_from("nb2-train", "%%lane fit\nx = 2");
     h.send(Channel::Shell, &b).await;
     h.expect_status("busy", &b).await;
     let job_b = h.started_on(&b, Lane::Named("nb2-train/fit".into())).await;
     // A tag names the session's lane too.
-    let mut tagged = from(&h, "nb1-train", "y = 1");
+    let mut tagged = h.execute_request_from("nb1-train", "y = 1");
     tagged.metadata.insert("tags".into(), json!(["lane:prep"]));
     h.send(Channel::Shell, &tagged).await;
     h.expect_status("busy", &tagged).await;
@@ -429,20 +426,15 @@ async fn one_lane_per_session_keeps_the_lanes_a_sessions_cells_name_apart() {
 #[tokio::test]
 async fn one_lane_per_session_a_failed_cell_aborts_only_its_own_sessions_cells_on_a_shared_lane() {
     let mut h = Harness::start_per_session().await;
-    let from = |h: &Harness, session: &str, code: &str| {
-        let mut request = h.request("execute_request", json!({"code": code}));
-        request.header.session = session.to_owned();
-        request
-    };
-    let failing = from(&h, "nb1", "%%lane main\n1/0");
+    let failing = h.execute_request_from("nb1", "%%lane main\n1/0");
     h.send(Channel::Shell, &failing).await;
     h.expect_status("busy", &failing).await;
     let job = h.started_on(&failing, Lane::Main).await;
     // Queued on the main lane behind it: another notebook's cell, then its own next cell.
-    let other = from(&h, "nb2", "%%lane main\nfine");
+    let other = h.execute_request_from("nb2", "%%lane main\nfine");
     h.send(Channel::Shell, &other).await;
     h.expect_status("busy", &other).await;
-    let behind = from(&h, "nb1", "%%lane main\nnever");
+    let behind = h.execute_request_from("nb1", "%%lane main\nnever");
     h.send(Channel::Shell, &behind).await;
     h.expect_status("busy", &behind).await;
     h.event(Event::Finished { request: job.request, reply: Some(crate::lanes::ExecuteReply::error(1, crate::lanes::ErrorContent::new("ZeroDivisionError", ""))) });
